@@ -1,0 +1,1 @@
+"""Glue shared by Chinwag's server programs: settings, Redis keys, logging, backoff."""

@@ -1,0 +1,27 @@
+"""Capped exponential backoff with full jitter, for every reconnect loop."""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    """Delays of ``base * 2**n`` capped at ``cap``, half fixed and half random (equal jitter).
+
+    Like redis-py's ``EqualJitterBackoff``: half the delay is fixed, half random, so
+    many gateways reconnecting at once spread out without ever retrying instantly.
+    """
+
+    def __init__(self, base: float = 0.05, cap: float = 2.0, rng: random.Random | None = None) -> None:
+        self.base = base
+        self.cap = cap
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * (2**self.failures))
+        self.failures = min(self.failures + 1, 30)
+        return float(delay / 2 + self._rng.uniform(0, delay / 2))
+
+    def reset(self) -> None:
+        self.failures = 0

@@ -1,0 +1,203 @@
+"""All configuration in one place: a frozen Settings built from flags and env vars.
+
+Every option has a flag and an environment variable (``CHINWAG_*``, plus the
+conventional ``REDIS_URL``); a flag beats the environment, which beats the
+default.  Entry points build one Settings and pass it down; nothing below
+reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str  # Settings field
+    env: str
+    help: str
+    roles: frozenset[str]  # which programs take it: gateway, presence, server
+    parse: Callable[[str], Any] = str
+
+
+_G, _P, _S = "gateway", "presence", "server"
+_ALL = frozenset((_G, _P, _S))
+_GW = frozenset((_G, _S))
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "CHINWAG_HOST", "address to listen on", _ALL),
+    Option("port", "CHINWAG_PORT", "WebSocket port", _GW, int),
+    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://); chinwag-server without it "
+           "starts an embedded Redis", _ALL),
+    Option("http_port", "CHINWAG_HTTP_PORT", "port for /healthz, /readyz and /metrics (default: the WebSocket "
+           "port + 100; chinwag-presence: 9190; 0 turns it off)", _ALL, int),
+    Option("node_id", "CHINWAG_NODE_ID", "this gateway's id in the cluster (default: random)", _GW),
+    Option("data_dir", "CHINWAG_DATA_DIR", "where the embedded Redis keeps its data", frozenset((_S,))),
+    Option("lease_ttl", "CHINWAG_LEASE_TTL", "seconds a gateway's lease lives without renewal", _ALL,
+           float),
+    Option("reap_interval", "CHINWAG_REAP_INTERVAL", "seconds between presence reaper sweeps",
+           frozenset((_P, _S)), float),
+    Option("max_frame_bytes", "CHINWAG_MAX_FRAME_BYTES", "largest client frame answered "
+           "(larger ones get too_large)", _GW, int),
+    Option("max_body_chars", "CHINWAG_MAX_BODY_CHARS", "longest message body", _GW, int),
+    Option("stream_maxlen", "CHINWAG_STREAM_MAXLEN", "messages kept per conversation stream", _GW, int),
+    Option("login_timeout", "CHINWAG_LOGIN_TIMEOUT", "seconds a new socket has to log in", _GW, float),
+    Option("max_write_buffer", "CHINWAG_MAX_WRITE_BUFFER", "bytes queued to one client before it "
+           "is cut off as a slow consumer", _GW, int),
+    Option("compression", "CHINWAG_COMPRESSION", "enable permessage-deflate", _GW, _bool),
+    Option("tls_cert", "CHINWAG_TLS_CERT", "PEM certificate (chain) to serve wss:// with", _GW),
+    Option("tls_key", "CHINWAG_TLS_KEY", "PEM private key of --tls-cert", _GW),
+    Option("allowed_origins", "CHINWAG_ALLOWED_ORIGINS", "comma-separated Origin values browsers may connect "
+           "from (clients sending no Origin are always allowed; default: any)", _GW),
+    Option("rate_messages", "CHINWAG_RATE_MESSAGES", "sends per second per user, shared by every gateway "
+           "(0: unlimited)", _GW, float),
+    Option("rate_burst", "CHINWAG_RATE_BURST", "sends a user may make at once before the rate applies", _GW, int),
+    Option("rate_abuse_limit", "CHINWAG_RATE_ABUSE_LIMIT", "rate_limited answers in a row before the socket is "
+           "closed with 4029", _GW, int),
+    Option("login_failures", "CHINWAG_LOGIN_FAILURES", "wrong passwords for one account before it is locked", _GW,
+           int),
+    Option("lockout_seconds", "CHINWAG_LOCKOUT_SECONDS", "how long those failures count, and the lock lasts", _GW,
+           int),
+    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address, "
+           "bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
+    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address, bursts of 5x that "
+           "(0: unlimited); over it: rate_limited", _GW, float),
+    Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
+           "refused with HTTP 503", _GW, int),
+    Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
+    Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
+    Option("argon2_memory_kib", "CHINWAG_ARGON2_MEMORY_KIB", "argon2id memory in KiB", _GW, int),
+    Option("argon2_parallelism", "CHINWAG_ARGON2_PARALLELISM", "argon2id lanes", _GW, int),
+    Option("shutdown_timeout", "CHINWAG_SHUTDOWN_TIMEOUT", "seconds to drain on SIGTERM", _ALL, float),
+    Option("blob_dir", "CHINWAG_BLOB_DIR", "directory of uploaded files, shared by every gateway of a cluster "
+           "(default: blobs in the data directory, ~/.local/share/chinwag/blobs)", _GW),
+    Option("max_file_bytes", "CHINWAG_MAX_FILE_BYTES", "largest file a user can upload", _GW, int),
+    Option("user_quota_bytes", "CHINWAG_USER_QUOTA_BYTES", "bytes of files each user can store", _GW, int),
+    Option("log_level", "CHINWAG_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", _ALL),
+    Option("log_json", "CHINWAG_LOG_JSON", "log one JSON object per line", _ALL, _bool),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 9000
+    redis_url: str | None = None
+    http_port: int | None = None
+    node_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    data_dir: str = str(Path.home() / ".local" / "share" / "chinwag")
+    lease_ttl: float = 10.0
+    reap_interval: float = 1.0
+    max_frame_bytes: int = 64 * 1024
+    max_body_chars: int = 8000
+    stream_maxlen: int = 10_000
+    login_timeout: float = 10.0
+    max_write_buffer: int = 4 * 1024 * 1024
+    compression: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    allowed_origins: str | None = None
+    max_connections: int = 10_000
+    ip_connections: float = 20.0
+    ip_logins: float = 10.0
+    rate_messages: float = 20.0
+    rate_burst: int = 40
+    rate_abuse_limit: int = 200
+    login_failures: int = 5
+    lockout_seconds: int = 300
+    ping_interval: float = 20.0
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19_456
+    argon2_parallelism: int = 1
+    shutdown_timeout: float = 10.0
+    blob_dir: str | None = None  # None: <data_dir>/blobs
+    max_file_bytes: int = 25 * 1024 * 1024
+    user_quota_bytes: int = 500 * 1024 * 1024
+    log_level: str = "INFO"
+    log_json: bool = False
+
+    def http_port_for(self, role: str) -> int:
+        """The HTTP port in effect: explicit, or derived from the role's default (0 = off)."""
+        if self.http_port is not None:
+            return self.http_port
+        return 9190 if role == "presence" else self.port + 100
+
+    @property
+    def blob_path(self) -> str:
+        """Where uploaded files live: ``blob_dir``, else ``blobs`` under the data directory."""
+        return self.blob_dir or str(Path(self.data_dir) / "blobs")
+
+    @property
+    def hard_frame_bytes(self) -> int:
+        """Frames past this are not read at all: the socket closes with 1009."""
+        return max(1024 * 1024, 4 * self.max_frame_bytes)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_args(
+        cls,
+        role: str,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        prog: str | None = None,
+        description: str | None = None,
+    ) -> Settings:
+        """Parse flags for one program (gateway, presence or server) over env and defaults."""
+        env = os.environ if env is None else env
+        parser = build_parser(role, prog, description)
+        ns = parser.parse_args(argv)
+        values: dict[str, Any] = {}
+        for opt in OPTIONS:
+            if role not in opt.roles:
+                continue
+            flag_value = getattr(ns, opt.name)
+            if flag_value is not None:
+                values[opt.name] = flag_value
+            elif env.get(opt.env) not in (None, ""):
+                try:
+                    values[opt.name] = opt.parse(env[opt.env])
+                except ValueError as exc:
+                    parser.error(f"{opt.env}: {exc}")
+        if "redis_url" not in values and env.get("CHINWAG_REDIS_URL"):
+            values["redis_url"] = env["CHINWAG_REDIS_URL"]
+        return cls(**values)
+
+
+def build_parser(role: str, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    defaults = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Every flag can also be set by the environment variable shown beside it.",
+    )
+    for opt in OPTIONS:
+        if role not in opt.roles:
+            continue
+        flag = "--" + opt.name.replace("_", "-")
+        default = defaults.get(opt.name)
+        shown = "" if default is None or opt.name == "node_id" else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": None, "help": f"{opt.help}{shown} [env: {opt.env}]"}
+        if opt.parse is _bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = opt.parse
+            kwargs["metavar"] = opt.name.split("_")[-1].upper()
+        parser.add_argument(flag, **kwargs)
+    return parser

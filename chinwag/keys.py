@@ -1,0 +1,124 @@
+"""Names of every Redis key and pub/sub channel Chinwag uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "cw:"
+
+# Accounts: hash {name, pw, delivered}. ``delivered`` is the last inbox id pushed live.
+def account(key: str) -> str:
+    return f"{PREFIX}acct:{key}"
+
+
+ONLINE = f"{PREFIX}online"  # set of display names of everyone online
+GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
+LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
+
+
+def session(key: str) -> str:
+    """Hash {gw, token, name}: who holds the name ``key`` right now."""
+    return f"{PREFIX}sess:{key}"
+
+
+def gateway_users(node_id: str) -> str:
+    """Set of name keys held by one gateway (what the reaper frees)."""
+    return f"{PREFIX}gw:{node_id}:users"
+
+
+# Streams (message storage).
+BROADCAST_STREAM = f"{PREFIX}s:all"
+
+
+def dm_stream(a: str, b: str) -> str:
+    lo, hi = sorted((a, b))
+    return f"{PREFIX}s:dm:{lo}|{hi}"
+
+
+def inbox_stream(key: str) -> str:
+    """Every DM addressed to ``key``, for offline delivery and resume."""
+    return f"{PREFIX}s:in:{key}"
+
+
+# Files (gateway/files.py).  The bytes live in the blob store, named by their SHA-256.
+def file_meta(sha256: str) -> str:
+    """Hash {name, mime, size} of a stored file, as its first uploader described it (download headers)."""
+    return f"{PREFIX}f:{sha256}"
+
+
+def upload(upload_id: str) -> str:
+    """Hash {user, name, size, mime, sha} of an upload in progress; expires a day after its last ``upload``."""
+    return f"{PREFIX}up:{upload_id}"
+
+
+def files_owned(key: str) -> str:
+    """Hash sha256 -> size: the files charged to a user's quota (each once)."""
+    return f"{PREFIX}fo:{key}"
+
+
+def files_used(key: str) -> str:
+    """Bytes charged to a user's quota: the sum of ``files_owned``."""
+    return f"{PREFIX}fu:{key}"
+
+
+def files_reserved(key: str) -> str:
+    """Hash upload id -> size: uploads in progress, counted against the quota before any byte is stored."""
+    return f"{PREFIX}fr:{key}"
+
+
+# Pub/sub channels.
+BROADCAST_CHANNEL = f"{PREFIX}c:all"
+PRESENCE_CHANNEL = f"{PREFIX}c:presence"
+
+
+def user_channel(key: str) -> str:
+    return f"{PREFIX}c:u:{key}"
+
+
+def gateway_channel(node_id: str) -> str:
+    """Control messages for one gateway (session takeovers). Lua builds the same name."""
+    return f"{PREFIX}c:gw:{node_id}"
+
+
+def dedupe(sender_key: str, ref: str) -> str:
+    """Result of a send with this ref, kept a few minutes so a retry is acked, not re-sent."""
+    return f"{PREFIX}dd:{sender_key}:{ref}"
+
+
+# Groups: hash {name, owner, owner_name, invite_only}; members hash key -> display name;
+# invited set; and per user the set of group keys they belong to.
+def group(gkey: str) -> str:
+    return f"{PREFIX}g:{gkey}"
+
+
+def group_members(gkey: str) -> str:
+    return f"{PREFIX}g:{gkey}:m"
+
+
+def group_invited(gkey: str) -> str:
+    return f"{PREFIX}g:{gkey}:inv"
+
+
+def user_groups(ukey: str) -> str:
+    return f"{PREFIX}ug:{ukey}"
+
+
+def group_cursors(ukey: str) -> str:
+    """Hash group key -> last group message id written to this user (kept at logout)."""
+    return f"{PREFIX}gcur:{ukey}"
+
+
+def group_stream(gkey: str) -> str:
+    return f"{PREFIX}s:g:{gkey}"
+
+
+def group_channel(gkey: str) -> str:
+    return f"{PREFIX}c:g:{gkey}"
+
+
+def rate(ukey: str) -> str:
+    """A user's send token bucket (shared by every gateway)."""
+    return f"{PREFIX}rl:{ukey}"
+
+
+def password_failures(ukey: str) -> str:
+    """Failed logins for an account in the current lockout window."""
+    return f"{PREFIX}pwf:{ukey}"

@@ -1,0 +1,31 @@
+"""Creating Redis command clients the same way everywhere."""
+
+from __future__ import annotations
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError
+
+
+def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
+    """A pooled client that fails fast when Redis is away, and queues when it is merely busy.
+
+    At most ``max_connections`` commands are in flight; more wait up to
+    ``pool_timeout`` for a free connection (a burst of logins or sends is
+    queued, not answered ``unavailable``).  One immediate retry covers the
+    stale pooled socket left by a Redis restart; anything longer is the
+    caller's backoff loop.  A timeout is not retried: the script may have run,
+    and running a send twice would store it twice.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+        retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
+        health_check_interval=0,
+    )
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it

@@ -1,0 +1,69 @@
+"""Running a coroutine as a program: uvloop when installed, clean exit on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from typing import Any
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(main)
+    except KeyboardInterrupt:
+        pass
+
+
+async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], rounds: int = 20) -> None:
+    """Cancel tasks and wait until they really end.
+
+    A library that catches ``CancelledError`` deep inside a call (redis-py has
+    done so) leaves a task running after one ``cancel()``; this cancels again
+    until each is done, and reports any that would not stop.
+    """
+    pending = {t for t in tasks if not t.done()}
+    for _ in range(rounds):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=0.25)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                logging.getLogger("chinwag").error("task %s failed while stopping", task.get_name(),
+                                                   exc_info=task.exception())
+    for task in pending:
+        logging.getLogger("chinwag").error("task %s ignored cancellation; abandoning it", task.get_name())
+
+
+def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a server program until SIGTERM or SIGINT sets its stop event.
+
+    A failure to start that the OS reports (a port in use, an address not
+    available) ends the program with one clear log line and exit status 1.
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(stop)
+
+    try:
+        run(main())
+    except OSError as exc:
+        logging.getLogger("chinwag").error("cannot start: %s", exc)
+        raise SystemExit(1) from None

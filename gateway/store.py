@@ -1,0 +1,316 @@
+"""Message storage in Redis Streams: store-and-publish in one Lua call, history, replay.
+
+A message is appended to its conversation stream and published in the same
+atomic script, so nothing is ever delivered live without being stored.
+Message ids come from one global counter (``cw:lastid``, "<ms>-<seq>" on the
+Redis clock): ids are unique everywhere and ordered in every stream, and the
+same id names a message in its conversation, in the recipient's inbox and on
+the wire.  The frame JSON is built once, inside the script, and stored as is:
+history, replay and live delivery all send those same bytes.
+
+A DM goes to three places: the pair's conversation stream (history), the
+recipient's inbox stream (offline delivery, resume), and, if the recipient is
+online, their pub/sub channel, advancing their ``delivered`` cursor.  A DM to
+an offline user is stored and acked; the gateway replays the inbox after the
+cursor at their next login.
+
+Sends are idempotent per (sender, ref): the first run records its id (and a
+digest of recipient and body) under a dedupe key that lives ``dedupe_ttl``
+seconds, and a retry with the same ref and content (after a reconnect, or an
+``unavailable`` whose script did run) gets that id back without storing or
+publishing again.  A ref reused for different content is simply a new send.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from chinwag import keys
+from protocol.errors import NotFound, NotMember, RateLimited
+from protocol.names import id_tuple
+
+# Returns the earlier result of a retried send.  KEYS[1] is its dedupe key; ARGV[1] is a digest
+# of what is sent ('' when the send has no ref): a ref reused for a *different* message is a new send.
+_DEDUPE = """
+if ARGV[1] ~= '' then
+  local prev = redis.call('GET', KEYS[1])
+  if prev then
+    local pid, pms, pdigest = string.match(prev, '^(%S+) (%d+) (%S+)$')
+    if pdigest == ARGV[1] then
+      return {2, pid, pms}
+    end
+  end
+end
+"""
+
+# Records this send's result for retries: ARGV[2] is the dedupe TTL in seconds.
+_REMEMBER = """
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[1], id .. ' ' .. string.format('%d', ms) .. ' ' .. ARGV[1], 'EX', ARGV[2])
+end
+"""
+
+# The sender's token bucket (after the dedupe check: a retry costs nothing).  KEYS[#KEYS] is the
+# bucket; ARGV[#ARGV - 1] the refill rate per second (0 = unlimited), ARGV[#ARGV] the burst.
+_RATE = """
+local rate, burst = tonumber(ARGV[#ARGV - 1]), tonumber(ARGV[#ARGV])
+if rate > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local b = redis.call('HMGET', KEYS[#KEYS], 'tokens', 'ts')
+  local tokens = math.min(burst, (tonumber(b[1]) or burst) + (now - (tonumber(b[2]) or now)) * rate)
+  if tokens < 1 then
+    return {-9, math.ceil((1 - tokens) / rate * 1000)}
+  end
+  redis.call('HSET', KEYS[#KEYS], 'tokens', tostring(tokens - 1), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[#KEYS], math.ceil(burst / rate * 1000) + 1000)
+end
+"""
+
+# Sets `id` (string) and `ms` (number): the next global message id.  KEYS[2] is cw:lastid.
+_NEXT_ID = """
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = 0
+local last = redis.call('GET', KEYS[2])
+if last then
+  local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+  lms = tonumber(lms)
+  if lms >= ms then
+    ms = lms
+    seq = tonumber(lseq) + 1
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+redis.call('SET', KEYS[2], id)
+"""
+
+# KEYS: dedupe, lastid, conversation stream, inbox stream, recipient account, recipient session
+# ARGV: has ref, dedupe ttl, sender name (JSON), body (JSON), maxlen, recipient channel
+# -> {0} unknown user | {1, id, ms} | {2, id, ms} a retry of an earlier send
+_SEND_DM = _DEDUPE + _RATE + """
+local name = redis.call('HGET', KEYS[5], 'name')
+if not name then
+  return {0}
+end
+""" + _NEXT_ID + """
+local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"@' .. name ..
+  '","body":' .. ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[7] .. '}'
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('PUBLISH', ARGV[6], frame)
+  redis.call('HSET', KEYS[5], 'delivered', id)
+end
+""" + _REMEMBER + """
+return {1, id, string.format('%d', ms)}
+"""
+
+# KEYS: dedupe, lastid, broadcast stream ; ARGV: has ref, dedupe ttl, sender (JSON), body (JSON), maxlen, channel
+_SEND_BROADCAST = _DEDUPE + _RATE + _NEXT_ID + """
+local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"*","body":' ..
+  ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[7] .. '}'
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+redis.call('PUBLISH', ARGV[6], frame)
+""" + _REMEMBER + """
+return {1, id, string.format('%d', ms)}
+"""
+
+# KEYS: dedupe, lastid, group stream, group, members
+# ARGV: digest, dedupe ttl, sender (JSON), body (JSON), maxlen, group channel, sender key
+# -> {-1} no such group | {0} not a member | {1, id, ms} | {2, id, ms} a retry
+_SEND_GROUP = _DEDUPE + _RATE + """
+local gname = redis.call('HGET', KEYS[4], 'name')
+if not gname then
+  return {-1}
+end
+if redis.call('HEXISTS', KEYS[5], ARGV[7]) == 0 then
+  return {0}
+end
+""" + _NEXT_ID + """
+local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"#' .. gname .. '","body":' ..
+  ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[8] .. '}'
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+redis.call('PUBLISH', ARGV[6], frame)
+""" + _REMEMBER + """
+return {1, id, string.format('%d', ms)}
+"""
+
+# KEYS: account ; ARGV: id -- only ever moves the cursor forward
+_ADVANCE = """
+local cur = redis.call('HGET', KEYS[1], 'delivered')
+if cur then
+  local cms, cseq = string.match(cur, '^(%d+)-(%d+)$')
+  local nms, nseq = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  cms, cseq, nms, nseq = tonumber(cms), tonumber(cseq), tonumber(nms), tonumber(nseq)
+  if nms < cms or (nms == cms and nseq <= cseq) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], 'delivered', ARGV[1])
+return 1
+"""
+
+_json = msgspec.json.Encoder()
+_ID_AT = len(b'{"type":"message","id":"')
+
+
+def frame_id(frame: bytes) -> tuple[int, int]:
+    """The id of a stored message frame, read from its fixed prefix (the scripts above build it)."""
+    end = frame.index(b'"', _ID_AT)
+    ms, _, seq = frame[_ID_AT:end].partition(b"-")
+    return int(ms), int(seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    id: str
+    ts: int
+    duplicate: bool = False  # a retry: nothing new was stored
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    frames: list[tuple[str, bytes]]  # (id, frame) after the resume point, oldest first
+    recovered: bool  # False when trimming may have removed messages after the resume point
+
+
+def _stored(result: list[Any]) -> Stored:
+    if int(result[0]) == -9:
+        raise RateLimited("sending too fast", retry_after=int(result[1]) / 1000)
+    return Stored(_text(result[1]), int(result[2]), duplicate=int(result[0]) == 2)
+
+
+def _digest(ref: str | None, to: str, body: str, file_json: bytes = b"") -> str:
+    """What a retry must match to count as the same send ('' = no ref, no dedupe)."""
+    if not ref:
+        return ""
+    return hashlib.blake2b(f"{to}\0{body}\0".encode() + file_json, digest_size=8).hexdigest()
+
+
+def _file_fragment(file_json: bytes) -> bytes:
+    """``,"file":{...}`` for a message that carries a stored file, else nothing."""
+    return b',"file":' + file_json if file_json else b""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Store:
+    """Appends, reads and replays messages; one Redis round trip per operation."""
+
+    def __init__(
+        self, redis: Redis, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0, burst: int = 1
+    ) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+        self.dedupe_ttl = dedupe_ttl
+        self.rate = rate  # sends per second per user (0: unlimited)
+        self.burst = burst
+        self._send_dm = redis.register_script(_SEND_DM)
+        self._send_broadcast = redis.register_script(_SEND_BROADCAST)
+        self._send_group = redis.register_script(_SEND_GROUP)
+        self._advance = redis.register_script(_ADVANCE)
+
+    async def send_dm(
+        self, sender_json: bytes, sender_key: str, to_key: str, body: str, ref: str | None = None,
+        file_json: bytes = b"",
+    ) -> Stored | None:
+        """Store and deliver a DM once per (sender, ref); None if the recipient has no account."""
+        result = await self._send_dm(
+            keys=[
+                keys.dedupe(sender_key, ref or ""),
+                keys.LAST_ID,
+                keys.dm_stream(sender_key, to_key),
+                keys.inbox_stream(to_key),
+                keys.account(to_key),
+                keys.session(to_key),
+                keys.rate(sender_key),
+            ],
+            args=[
+                _digest(ref, to_key, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
+                keys.user_channel(to_key), _file_fragment(file_json), self.rate, self.burst,
+            ],
+        )
+        if int(result[0]) == 0:
+            return None
+        return _stored(result)  # raises RateLimited for -9
+
+    async def send_broadcast(
+        self, sender_json: bytes, sender_key: str, body: str, ref: str | None = None, file_json: bytes = b""
+    ) -> Stored:
+        """Store and publish a broadcast once per (sender, ref)."""
+        result = await self._send_broadcast(
+            keys=[keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.rate(sender_key)],
+            args=[_digest(ref, "*", body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
+                  keys.BROADCAST_CHANNEL, _file_fragment(file_json), self.rate, self.burst],
+        )
+        return _stored(result)
+
+    async def send_group(
+        self, sender_json: bytes, sender_key: str, gkey: str, body: str, ref: str | None = None,
+        file_json: bytes = b"",
+    ) -> Stored:
+        """Store and publish to a group's members once per (sender, ref); NotFound / NotMember otherwise."""
+        result = await self._send_group(
+            keys=[keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.group_stream(gkey), keys.group(gkey),
+                  keys.group_members(gkey), keys.rate(sender_key)],
+            args=[_digest(ref, "#" + gkey, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body),
+                  self.maxlen, keys.group_channel(gkey), sender_key, _file_fragment(file_json), self.rate,
+                  self.burst],
+        )
+        status = int(result[0])
+        if status == -9:
+            return _stored(result)  # raises RateLimited
+        if status == -1:
+            raise NotFound("no such group")
+        if status == 0:
+            raise NotMember()
+        return _stored(result)
+
+    async def history(self, stream: str, before: str | None, limit: int) -> list[msgspec.Raw]:
+        """Up to ``limit`` frames before ``before`` (exclusive), oldest first."""
+        start = f"({before}" if before else "+"
+        rows: list[Any] = await self.redis.xrevrange(stream, start, "-", count=limit) or []
+        rows.reverse()
+        return [msgspec.Raw(fields[b"f"]) for _, fields in rows]
+
+    async def inbox_after(self, key: str, after: str, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        """Inbox entries strictly after ``after``, oldest first: (id, frame)."""
+        return await self.stream_after(keys.inbox_stream(key), after, limit)
+
+    async def stream_after(self, stream: str, after: str, limit: int = 10_000) -> list[tuple[str, bytes]]:
+        """Stream entries strictly after ``after``, oldest first: (id, frame)."""
+        rows: list[Any] = await self.redis.xrange(stream, f"({after}", "+", count=limit) or []
+        return [(_text(rid), fields[b"f"]) for rid, fields in rows]
+
+    async def replay(self, stream: str, after: str) -> Replay:
+        """Everything after ``after``, and whether that is provably everything.
+
+        Streams are trimmed with ``MAXLEN ~``, which never leaves fewer than
+        ``maxlen`` entries; so a stream shorter than that was never trimmed, and
+        otherwise nothing after ``after`` is missing only if its oldest surviving
+        entry is not newer than ``after``.
+        """
+        page = 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(stream, f"({after}", "+", count=page)
+            pipe.xlen(stream)
+            pipe.xrange(stream, "-", "+", count=1)
+            rows, length, first = await pipe.execute()
+        frames = [(_text(rid), fields[b"f"]) for rid, fields in rows or []]
+        while len(rows or ()) == page:  # a long absence: read on, one page per round trip
+            rows = await self.stream_after(stream, frames[-1][0], page)
+            frames.extend(rows)
+        recovered = int(length) < self.maxlen or not first or id_tuple(_text(first[0][0])) <= id_tuple(after)
+        return Replay(frames, recovered)
+
+    async def advance_delivered(self, key: str, message_id: str) -> None:
+        """Move a user's delivered cursor forward (never back)."""
+        await self._advance(keys=[keys.account(key)], args=[message_id])

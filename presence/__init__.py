@@ -1,0 +1,1 @@
+"""Presence: unique usernames across the cluster, and freeing the names of dead gateways."""

@@ -1,0 +1,3 @@
+from presence.service import main
+
+main()

@@ -1,0 +1,213 @@
+"""Who is online, atomically: name claims, releases, gateway leases and reaping.
+
+Every state change is one Lua script, so two gateways racing for a name see
+exactly one winner, and a presence event is published in the same atomic step
+as the change it reports.  Scripts take the time from Redis (``TIME``), so
+gateways with skewed clocks agree on lease expiry.
+
+Data (see chinwag.keys): ``cw:online`` is the set of online display names;
+``cw:sess:<key>`` says which gateway holds a name, with its session token;
+``cw:gw:<node>:users`` lists the names one gateway holds; ``cw:gateways`` maps
+each gateway to its lease expiry.  A gateway that stops renewing is reaped:
+its names are freed and ``offline`` events published.
+
+These scripts touch keys they compute from ``KEYS`` prefixes, so they need a
+single Redis (or Sentinel pair), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from chinwag import keys
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: gateways ; ARGV: node, ttl_ms, mode ('register' | 'renew')
+_LEASE = _NOW + """
+if ARGV[3] == 'renew' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], string.format('%d', now + tonumber(ARGV[2])), ARGV[1])
+return 1
+"""
+
+# KEYS: session, online, gateway users, gateways, account
+# ARGV: key, display name, node, token hash, presence channel, key prefix, takeover token hash ('' = none)
+# -> {1, delivered cursor, online names} | {2, ...} taken over | {0} taken | {-1} gateway has no lease
+# A takeover moves the session to this gateway without presence events and tells
+# the old gateway (on its control channel) to close the old socket.
+_CLAIM = """
+if not redis.call('ZSCORE', KEYS[4], ARGV[3]) then
+  return {-1}
+end
+local status = 1
+local held = redis.call('HMGET', KEYS[1], 'gw', 'token')
+if held[1] then
+  if ARGV[7] == '' or held[2] ~= ARGV[7] then
+    return {0}
+  end
+  status = 2
+  redis.call('SREM', ARGV[6] .. 'gw:' .. held[1] .. ':users', ARGV[1])
+  redis.call('PUBLISH', ARGV[6] .. 'c:gw:' .. held[1], '{"kick":"' .. ARGV[1] .. '","token":"' .. held[2] .. '"}')
+end
+redis.call('HSET', KEYS[1], 'gw', ARGV[3], 'token', ARGV[4], 'name', ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[1])
+local cursor = redis.call('HGET', KEYS[5], 'delivered') or '0-0'
+if status == 2 then
+  return {2, cursor, redis.call('SMEMBERS', KEYS[2])}
+end
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('PUBLISH', ARGV[5], '{"type":"presence","user":"' .. ARGV[2] .. '","status":"online"}')
+return {1, cursor, redis.call('SMEMBERS', KEYS[2])}
+"""
+
+# KEYS: session, online, gateway users ; ARGV: key, node, token, presence channel -> 1 | 0
+_RELEASE = """
+local s = redis.call('HMGET', KEYS[1], 'gw', 'token', 'name')
+if s[1] ~= ARGV[2] or s[2] ~= ARGV[3] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], s[3])
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('PUBLISH', ARGV[4], '{"type":"presence","user":"' .. s[3] .. '","status":"offline"}')
+return 1
+"""
+
+# KEYS: gateways, online ; ARGV: key prefix, presence channel, batch size, node ('' = every expired)
+# -> {reaped gateway ids, freed names}
+_REAP = _NOW + """
+local prefix = ARGV[1]
+local ids
+if ARGV[4] ~= '' then
+  ids = {ARGV[4]}
+else
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now), 'LIMIT', 0, tonumber(ARGV[3]))
+end
+local freed = {}
+for _, gw in ipairs(ids) do
+  local ukey = prefix .. 'gw:' .. gw .. ':users'
+  for _, member in ipairs(redis.call('SMEMBERS', ukey)) do
+    local sk = prefix .. 'sess:' .. member
+    local s = redis.call('HMGET', sk, 'gw', 'name')
+    if s[1] == gw then
+      redis.call('DEL', sk)
+      redis.call('SREM', KEYS[2], s[2])
+      redis.call('PUBLISH', ARGV[2], '{"type":"presence","user":"' .. s[2] .. '","status":"offline"}')
+      freed[#freed + 1] = s[2]
+    end
+  end
+  redis.call('DEL', ukey)
+  redis.call('ZREM', KEYS[1], gw)
+end
+return {ids, freed}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Result of a successful claim: where offline delivery resumes, and who is online."""
+
+    delivered: str
+    online: list[str]
+    took_over: bool = False  # the name was moved from another (presumed dead) connection
+
+
+class NoLease(Exception):
+    """The gateway's lease is gone (reaped or Redis restarted empty): register again."""
+
+
+def token_hash(token: str) -> str:
+    """What Redis keeps of a session token: a leaked Redis dump cannot take a name over."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Registry:
+    """The atomic operations on presence state; gateway and presence service share it."""
+
+    def __init__(self, redis: Redis, lease_ttl: float = 10.0) -> None:
+        self.redis = redis
+        self.lease_ttl_ms = int(lease_ttl * 1000)
+        self._lease = redis.register_script(_LEASE)
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+        self._reap = redis.register_script(_REAP)
+
+    async def register_gateway(self, node_id: str) -> None:
+        await self._lease(keys=[keys.GATEWAYS], args=[node_id, self.lease_ttl_ms, "register"])
+
+    async def renew_lease(self, node_id: str) -> bool:
+        """Extend the lease; False means it was reaped and must be registered again."""
+        return bool(await self._lease(keys=[keys.GATEWAYS], args=[node_id, self.lease_ttl_ms, "renew"]))
+
+    async def claim(
+        self, key: str, name: str, node_id: str, token: str, takeover_token: str | None = None
+    ) -> Claim | None:
+        """Take ``name`` for a session on ``node_id``; None if someone else holds it.
+
+        With ``takeover_token`` (the holder's session token) the name is taken over
+        instead of refused.  Only hashes of tokens are stored and compared.
+        """
+        result = await self._claim(
+            keys=[keys.session(key), keys.ONLINE, keys.gateway_users(node_id), keys.GATEWAYS, keys.account(key)],
+            args=[
+                key, name, node_id, token_hash(token), keys.PRESENCE_CHANNEL, keys.PREFIX,
+                token_hash(takeover_token) if takeover_token else "",
+            ],
+        )
+        status = int(result[0])
+        if status == -1:
+            raise NoLease(node_id)
+        if status == 0:
+            return None
+        return Claim(delivered=_s(result[1]), online=sorted(_s(n) for n in result[2]), took_over=status == 2)
+
+    async def release(self, key: str, node_id: str, token: str) -> bool:
+        """Free a name if this session still holds it; publishes ``offline``."""
+        return bool(
+            await self._release(
+                keys=[keys.session(key), keys.ONLINE, keys.gateway_users(node_id)],
+                args=[key, node_id, token_hash(token), keys.PRESENCE_CHANNEL],
+            )
+        )
+
+    async def release_gateway(self, node_id: str) -> list[str]:
+        """Free every name a gateway holds and drop its lease (clean shutdown)."""
+        _, freed = await self._run_reap(node_id)
+        return freed
+
+    async def reap_expired(self, batch: int = 16) -> tuple[list[str], list[str]]:
+        """Free the names of gateways whose lease expired: (gateway ids, names freed)."""
+        return await self._run_reap("", batch)
+
+    async def _run_reap(self, node_id: str, batch: int = 16) -> tuple[list[str], list[str]]:
+        result: list[list[bytes]] = await self._reap(
+            keys=[keys.GATEWAYS, keys.ONLINE], args=[keys.PREFIX, keys.PRESENCE_CHANNEL, batch, node_id]
+        )
+        ids, freed = result
+        return [_s(i) for i in ids], [_s(n) for n in freed]
+
+    async def online(self) -> list[str]:
+        return sorted(_s(n) for n in await self.redis.smembers(keys.ONLINE))
+
+    async def gateways(self) -> dict[str, int]:
+        """Every live gateway with its lease expiry (ms since the epoch, Redis clock)."""
+        rows: list[Any] = await self.redis.zrange(keys.GATEWAYS, 0, -1, withscores=True)
+        return {_s(node): int(score) for node, score in rows}
+
+    async def holder(self, key: str) -> str | None:
+        """The gateway holding a name, if any."""
+        gw = await self.redis.hget(keys.session(key), "gw")
+        return None if gw is None else _s(gw)

@@ -1,0 +1,148 @@
+"""The presence service: frees the names of gateways that died (``chinwag-presence``).
+
+Gateways renew a lease in Redis every third of its TTL.  This service sweeps
+expired leases every ``reap_interval`` seconds; a gateway killed with ``kill -9``
+has its users shown offline and its names freed within ``lease_ttl +
+reap_interval`` seconds (11 s with the defaults).
+
+After losing Redis the reaper waits one full TTL of good connection before it
+reaps again, so gateways get the chance to renew leases that ran out while
+Redis itself was away, instead of having all their users kicked at once.
+Several presence services may run; the Lua sweep is atomic, so they never
+double-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from redis.exceptions import RedisError
+
+from chinwag.backoff import Backoff
+from chinwag.config import Settings
+from chinwag.http import serve_http
+from chinwag.logs import setup_logging
+from chinwag.metrics import CONTENT_TYPE
+from chinwag.metrics import Registry as Metrics
+from chinwag.redis import connect_redis
+from chinwag.runtime import cancel_and_wait, run_service
+
+from .registry import Registry
+
+log = logging.getLogger("chinwag.presence")
+
+
+class Reaper:
+    """Background loop that frees expired gateways' names; survives Redis outages."""
+
+    def __init__(self, registry: Registry, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.settings = settings
+        self._clock = clock
+        self._grace_until: float | None = None  # None while Redis is unreachable
+        self.sweeps = 0
+        self.reaped_gateways = 0
+        self.freed_names = 0
+
+    @property
+    def redis_up(self) -> bool:
+        return self._grace_until is not None
+
+    async def sweep_once(self) -> list[str]:
+        """One sweep; returns the gateway ids reaped."""
+        reaped: list[str] = []
+        while True:
+            ids, freed = await self.registry.reap_expired()
+            if not ids:
+                break
+            reaped.extend(ids)
+            self.reaped_gateways += len(ids)
+            self.freed_names += len(freed)
+            log.warning("reaped gateways %s (lease expired): freed %d names", ",".join(ids), len(freed))
+        self.sweeps += 1
+        return reaped
+
+    async def run(self) -> None:
+        backoff = Backoff(base=0.1, cap=5.0)
+        lost_redis = False
+        while True:
+            try:
+                await self.registry.redis.ping()
+                now = self._clock()
+                if self._grace_until is None:
+                    grace = self.settings.lease_ttl if lost_redis else 0.0
+                    self._grace_until = now + grace
+                    log.info("connected to Redis; reaping in %.1fs", grace)
+                if now >= self._grace_until:
+                    await self.sweep_once()
+                backoff.reset()
+                await asyncio.sleep(self.settings.reap_interval)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                if self._grace_until is not None:
+                    log.warning("lost Redis (%s); reconnecting", type(exc).__name__)
+                self._grace_until = None
+                lost_redis = True
+                await asyncio.sleep(backoff.next_delay())
+            except Exception:
+                log.exception("reaper sweep failed; retrying")
+                await asyncio.sleep(backoff.next_delay())
+
+
+def add_metrics(metrics: Metrics, reaper: Reaper) -> None:
+    """The reaper's work as Prometheus series (also merged into chinwag-server's /metrics)."""
+    metrics.gauge("chinwag_presence_sweeps_total", "Reaper sweeps done", lambda: reaper.sweeps, kind="counter")
+    metrics.gauge("chinwag_presence_reaped_gateways_total", "Gateways reaped after their lease expired",
+                  lambda: reaper.reaped_gateways, kind="counter")
+    metrics.gauge("chinwag_presence_freed_names_total", "Names freed by reaping", lambda: reaper.freed_names,
+                  kind="counter")
+    metrics.gauge("chinwag_presence_redis_up", "1 while the reaper reaches Redis", lambda: float(reaper.redis_up))
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the reaper (and its HTTP endpoints) until ``stop`` is set."""
+    redis = connect_redis(settings.redis_url or "redis://127.0.0.1:6379/0")
+    reaper = Reaper(Registry(redis, settings.lease_ttl), settings)
+    task = asyncio.create_task(reaper.run(), name="presence-reaper")
+    metrics = Metrics()
+    add_metrics(metrics, reaper)
+    http: asyncio.Server | None = None
+    if port := settings.http_port_for("presence"):
+        def readyz() -> tuple[int, str, bytes]:
+            return (200, "text/plain", b"ready\n") if reaper.redis_up else (503, "text/plain", b"not ready\n")
+
+        http = await serve_http(settings.host, port, {
+            "/healthz": lambda: (200, "text/plain", b"ok\n"),
+            "/readyz": readyz,
+            "/metrics": lambda: (200, CONTENT_TYPE, metrics.render()),
+        })
+    log.info("presence service running (lease ttl %.1fs, sweep every %.1fs)", settings.lease_ttl,
+             settings.reap_interval)
+    try:
+        await stop.wait()
+    finally:
+        if http is not None:
+            http.close()
+        await cancel_and_wait([task])
+        await redis.aclose()
+        log.info("presence service stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings.from_args(
+        "presence", argv, prog="chinwag-presence",
+        description="Chinwag presence service: frees the usernames of gateways that died.",
+    )
+    setup_logging(settings.log_level, settings.log_json)
+    if not settings.redis_url:
+        raise SystemExit("chinwag-presence needs --redis-url (or REDIS_URL)")
+
+    run_service(lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""GUI test fixtures: a private Xvfb display, a Tk root per test, screenshots.
+
+The ``xvfb`` session fixture always starts its own ``Xvfb`` (deterministic: no
+window manager, a fixed 1280x800 screen, nothing else on it) using
+``-displayfd`` so Xvfb itself picks a free display number and says when it is
+ready.  Without Xvfb it falls back to an existing ``DISPLAY``; with neither the
+GUI tests are skipped with the reason.  A Python built without Tk skips the
+whole folder (and says so in the report header).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import ROOT
+
+try:
+    import tkinter as tk
+
+    from client.gui import ChatWindow
+except ImportError as exc:  # this Python has no Tk: nothing in this folder can run
+    NO_TK = f"tests/gui skipped: this Python has no tkinter ({exc})"
+    collect_ignore_glob = ["test_*.py"]
+else:
+    NO_TK = ""
+
+SCREENSHOT_DIR = ROOT / "docs" / "img"
+
+
+def pytest_report_header() -> str | None:
+    return NO_TK or None
+
+
+@pytest.fixture(scope="session")
+def xvfb() -> Iterator[str]:
+    binary = shutil.which("Xvfb")
+    if binary is None:
+        if os.environ.get("DISPLAY"):
+            yield os.environ["DISPLAY"]
+            return
+        pytest.skip("Xvfb is not installed and there is no DISPLAY (.ci/run installs xvfb)")
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [binary, "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    try:
+        number = _read_display_number(read_fd, proc, timeout=15)
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+    finally:
+        os.close(read_fd)
+    display = f":{number}"
+    saved = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = display
+    try:
+        yield display
+    finally:
+        if saved is None:
+            os.environ.pop("DISPLAY", None)
+        else:
+            os.environ["DISPLAY"] = saved
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _read_display_number(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Xvfb writes the display number and a newline to ``-displayfd`` once it accepts clients."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"Xvfb did not start within {timeout}s")
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 64)
+            if not chunk:
+                raise RuntimeError(f"Xvfb exited during start-up (status {proc.poll()})")
+            data += chunk
+    return int(data.strip())
+
+
+@pytest.fixture
+def tk_root(xvfb: str) -> Iterator[tk.Tk]:
+    """A hidden Tk root; each program window is a Toplevel of it, destroyed at the end."""
+    root = tk.Tk()
+    root.withdraw()
+    yield root
+    try:
+        root.update()
+        root.destroy()
+    except tk.TclError:
+        pass
+    # Widgets in reference cycles (button commands, callbacks) keep this interpreter alive.  Collect
+    # them here, in the main thread: a Tk interpreter freed by a garbage collection that happens to
+    # run in a network thread of a later test aborts the process (Tcl_AsyncDelete, wrong thread).
+    del root
+    gc.collect()
+
+
+def pump_until(root: tk.Misc, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Run the Tk event loop until ``predicate()`` is truthy, failing after ``timeout`` seconds.
+
+    This is how the tests wait: the programs' after() pollers run inside
+    ``update()``, so network results reach the widgets while we wait.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        root.update()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)  # yield the CPU between event-loop passes (not synchronisation)
+
+
+def screenshot(window: tk.Misc, name: str, tmp_dir: Path) -> Path:
+    """Capture a real window with ImageMagick ``import``; copied to docs/img when CHINWAG_SCREENSHOTS=1."""
+    window.update()
+    target = tmp_dir / name
+    frame = window.winfo_toplevel().wm_frame()
+    subprocess.run(["import", "-window", frame, str(target)], check=True, timeout=20,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if os.environ.get("CHINWAG_SCREENSHOTS") == "1":
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, SCREENSHOT_DIR / name)
+    return target
+
+
+def can_screenshot() -> bool:
+    return shutil.which("import") is not None
+
+
+HAVE_XDOTOOL = shutil.which("xdotool") is not None
+
+
+def x_windows(name_regex: str) -> list[str]:
+    """Ids of the visible X windows whose title matches (xdotool: the real display, not Tk's view)."""
+    result = subprocess.run(["xdotool", "search", "--onlyvisible", "--name", name_regex],
+                            capture_output=True, text=True, timeout=10)
+    return result.stdout.split()
+
+
+class DialogWatcher:
+    """Answers the real ``tk_messageBox`` of one window while it is up, recording what it showed.
+
+    A modal message box runs its own Tk event loop, so the timer this class
+    schedules keeps firing inside it: each tick looks for the dialog widget
+    (``<window>.__tk__messagebox``), and once it is on screen — confirmed by
+    ``xdotool search --name <title>``, i.e. a real mapped X window with that
+    title — records title and text and presses its OK button.  After
+    ``timeout`` it presses OK regardless, so a test can never hang on a dialog.
+    """
+
+    def __init__(self, window: tk.Misc, timeout: float = 15.0, interval_ms: int = 50) -> None:
+        self.window = window
+        parent = str(window)
+        self.path = ".__tk__messagebox" if parent == "." else f"{parent}.__tk__messagebox"
+        self.seen: list[tuple[str, str, list[str]]] = []  # (title, text, X window ids found by xdotool)
+        self.deadline = time.monotonic() + timeout
+        self.interval_ms = interval_ms
+        self._after: str | None = window.after(interval_ms, self._tick)
+
+    def _tick(self) -> None:
+        self._after = None
+        tcl = self.window.tk
+        try:
+            if tcl.getboolean(tcl.call("winfo", "exists", self.path)) and tcl.getboolean(
+                tcl.call("winfo", "viewable", self.path)
+            ):
+                title = str(tcl.call("wm", "title", self.path))
+                text = str(tcl.call(f"{self.path}.msg", "cget", "-text"))
+                found = x_windows(f"^{title}$") if HAVE_XDOTOOL else []
+                if found or not HAVE_XDOTOOL or time.monotonic() > self.deadline:
+                    self.seen.append((title, text, found))
+                    tcl.call(f"{self.path}.ok", "invoke")
+        except Exception as exc:  # never leave a modal dialog up: it would block the test for good
+            self.seen.append(("<error>", repr(exc), []))
+            if tcl.getboolean(tcl.call("winfo", "exists", self.path)):
+                tcl.call(f"{self.path}.ok", "invoke")
+        self._after = self.window.after(self.interval_ms, self._tick)
+
+    def stop(self) -> None:
+        if self._after is not None:
+            try:
+                self.window.after_cancel(self._after)
+            except tk.TclError:
+                pass
+            self._after = None
+
+
+class Windows:
+    """Opens chat windows on one Tk root and closes them all (cleanly) at teardown."""
+
+    def __init__(self, root: tk.Tk) -> None:
+        self.root = root
+        self.opened: list[ChatWindow] = []
+
+    def open(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
+        top = tk.Toplevel(self.root)
+        top.geometry(f"+{at[0]}+{at[1]}")
+        window = ChatWindow(top, server=url.removeprefix("ws://"), user=user, password=password)
+        self.opened.append(window)
+        return window
+
+    def login(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
+        window = self.open(url, user, password, at)
+        window.connect_button.invoke()
+        pump_until(self.root, lambda: window.state == "connected", 15, f"{user} to connect")
+        return window
+
+    def close(self, window: ChatWindow) -> None:
+        window.close()
+        pump_until(self.root, lambda: window.closed, 10, "the window to close")
+        assert window.bridge.join(5), "network thread still running"
+
+    def close_all(self) -> None:
+        for window in self.opened:
+            if not window.closed:
+                window.close()
+        pump_until(self.root, lambda: all(w.closed for w in self.opened), 10, "every window to close")
+        for window in self.opened:
+            assert window.bridge.join(5), "network thread still running"
+
+
+@pytest.fixture
+def windows(tk_root: tk.Tk) -> Iterator[Windows]:
+    registry = Windows(tk_root)
+    yield registry
+    registry.close_all()

@@ -1,0 +1,185 @@
+"""chinwag-admin driven for real on Xvfb: it runs the embedded node, and it watches a cluster.
+
+The admin window runs the real server (gateway + reaper + embedded Redis) on
+its own loop thread; real chinwag-tk windows connect to it; the test presses
+Run Server / Stop Server and waits (pumping Tk against a deadline) until the
+log pane and the gateway table show what happened.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tkinter as tk
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chinwag.admin import AdminWindow
+from chinwag.config import Settings
+from tests.gui.conftest import DialogWatcher, Windows, can_screenshot, pump_until, screenshot
+from tests.helpers import Processes, RedisServer, free_port
+
+
+class Admins:
+    """Opens admin windows and closes them (stopping their servers) at teardown."""
+
+    def __init__(self, root: tk.Tk) -> None:
+        self.root = root
+        self.opened: list[AdminWindow] = []
+
+    def open(self, **kwargs: object) -> AdminWindow:
+        top = tk.Toplevel(self.root)
+        top.geometry("+0+0")
+        admin = AdminWindow(top, **kwargs)  # type: ignore[arg-type]
+        self.opened.append(admin)
+        return admin
+
+    def close_all(self) -> None:
+        for admin in self.opened:
+            admin.close()
+        pump_until(self.root, lambda: all(a.closed for a in self.opened), 20, "admin windows to close")
+        for admin in self.opened:
+            assert admin.bridge.join(10), "admin loop thread still running"
+
+
+@pytest.fixture
+def admins(tk_root: tk.Tk) -> Iterator[Admins]:
+    registry = Admins(tk_root)
+    yield registry
+    registry.close_all()
+
+
+def node_settings(tmp_path: Path) -> Settings:
+    settings = Settings(
+        host="127.0.0.1", port=9000, data_dir=str(tmp_path / "data"), argon2_time_cost=1, argon2_memory_kib=1024,
+        shutdown_timeout=5.0,
+    )
+    if hasattr(settings, "http_port"):  # no metrics port: port + 100 may be anyone's on a test machine
+        settings = settings.with_(http_port=0)
+    return settings
+
+
+def logged(admin: AdminWindow, user: str, verb: str) -> int:
+    """Line number (1-based) of ``HH:MM:SS  <user> <verb>`` in the log pane, 0 if absent."""
+    for number, text in enumerate(admin.log_contents().splitlines(), 1):
+        if re.match(rf"^\d\d:\d\d:\d\d  {re.escape(user)} {verb}\b", text):
+            return number
+    return 0
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_admin_runs_the_server_and_logs_clients(
+    tk_root: tk.Tk, admins: Admins, windows: Windows, tmp_path: Path
+) -> None:
+    admin = admins.open(settings=node_settings(tmp_path))
+    assert admin.host_var.get() == "127.0.0.1" and admin.port_var.get() == "9000"  # the seed's defaults
+    assert str(admin.stop_button.cget("state")) == "disabled"
+    port = free_port()
+    admin.port_var.set(str(port))
+    admin.run_button.invoke()
+    assert admin.server_state == "starting"  # Run Server returned at once
+    pump_until(tk_root, lambda: admin.server_state == "running", 30, "the server to run")
+    assert admin.status_text().startswith(f"Server running on ws://127.0.0.1:{port}")
+    assert port_open(port)
+    assert str(admin.run_button.cget("state")) == "disabled"
+    pump_until(tk_root, lambda: len(admin.gateway_rows()) == 1, 10, "the gateway row")
+    assert admin.gateway_rows()[0][0].endswith("(this server)")
+
+    url = f"ws://127.0.0.1:{port}"
+    alice = windows.login(url, "alice", at=(300, 120))
+    bob = windows.login(url, "bob", at=(360, 160))
+    carol = windows.login(url, "carol", at=(420, 200))
+    pump_until(tk_root, lambda: logged(admin, "alice", "connected") and logged(admin, "bob", "connected")
+               and logged(admin, "carol", "connected"), 10, "the connect lines")
+    pump_until(tk_root, lambda: admin.gateway_rows()[0][1] == "3", 10, "3 users on the gateway")
+    assert "3 online" in admin.online_var.get()
+
+    windows.close(alice)  # a clean logout
+    pump_until(tk_root, lambda: logged(admin, "alice", "disconnected"), 10, "alice's disconnect line")
+    assert logged(admin, "alice", "connected") < logged(admin, "alice", "disconnected")
+    pump_until(tk_root, lambda: admin.gateway_rows()[0][1] == "2", 10, "2 users on the gateway")
+    if can_screenshot():
+        admin.top.lift()
+        assert screenshot(admin.top, "chinwag-admin.png", tmp_path).stat().st_size > 10_000
+
+    admin.stop_button.invoke()
+    pump_until(tk_root, lambda: admin.server_state == "stopped", 30, "the server to stop")
+    assert admin.status_text() == "Server stopped. Press Run Server to start it again."
+    assert not port_open(port)
+    # The clients still connected were logged out by the stop, and the log says so.
+    assert logged(admin, "bob", "disconnected") and logged(admin, "carol", "disconnected")
+    assert admin.log_contents().rstrip().endswith("Server stopped")
+    assert admin.gateway_rows() == []
+    pump_until(tk_root, lambda: bob.state != "connected", 10, "bob to notice")
+
+    # And it runs again from the same window (same data directory: accounts kept).
+    admin.run_button.invoke()
+    pump_until(tk_root, lambda: admin.server_state == "running", 30, "the server to run again")
+    pump_until(tk_root, lambda: carol.state == "connected", 20, "carol to reconnect by herself")
+    pump_until(tk_root, lambda: admin.log_contents().count("carol connected") == 2, 10, "carol's second connect")
+
+
+def test_admin_reports_a_port_in_use(tk_root: tk.Tk, admins: Admins, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        admin = admins.open(settings=node_settings(tmp_path).with_(port=port))
+        watcher = DialogWatcher(admin.top)
+        admin.run_button.invoke()
+        pump_until(tk_root, lambda: watcher.seen, 30, "the error dialog")
+        watcher.stop()
+    assert watcher.seen[0][0] == "Server Error"
+    assert admin.server_state == "stopped"
+    assert admin.status_text().startswith("Server not running:")
+    assert str(admin.run_button.cget("state")) == "normal"
+
+
+def test_admin_attaches_to_a_cluster(
+    tk_root: tk.Tk, redis_server: RedisServer, processes: Processes, admins: Admins, windows: Windows,
+    tmp_path: Path,
+) -> None:
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    alice = windows.login(gw1.url, "alice", at=(300, 120))
+    bob = windows.login(gw2.url, "bob", at=(360, 160))
+    carol = windows.login(gw2.url, "carol", at=(420, 200))
+    assert alice.client is not None and bob.client is not None
+    node1, node2 = alice.client.node, bob.client.node
+    assert node1 and node2 and node1 != node2
+
+    admin = admins.open(redis_url=redis_server.url, settings=node_settings(tmp_path))
+    assert admin.top.title() == "Chinwag Cluster"
+
+    def counts() -> dict[str, str]:
+        return {node: users for node, users, _who, _lease in admin.gateway_rows()}
+
+    pump_until(tk_root, lambda: counts() == {node1: "1", node2: "2"}, 10, "both gateways with their users")
+    assert "3 online (alice, bob, carol)" in admin.log_contents()
+    assert {row[0]: row[2] for row in admin.gateway_rows()} == {node1: "alice", node2: "bob, carol"}
+    assert "3 online \u00b7 2 gateways" == admin.online_var.get()
+
+    dave = windows.login(gw1.url, "dave", at=(480, 240))
+    pump_until(tk_root, lambda: logged(admin, "dave", "connected"), 10, "dave's connect line")
+    assert f"dave connected  (gateway {node1})" in admin.log_contents()
+    windows.close(carol)
+    pump_until(tk_root, lambda: logged(admin, "carol", "disconnected"), 10, "carol's disconnect line")
+    assert f"carol disconnected  (gateway {node2})" in admin.log_contents()
+    pump_until(tk_root, lambda: counts() == {node1: "2", node2: "1"}, 10, "the counts to follow")
+    if can_screenshot():
+        admin.top.lift()
+        screenshot(admin.top, "chinwag-admin-cluster.png", tmp_path)
+
+    gw2.terminate()  # a gateway leaving the cluster disappears from the table, its users with it
+    pump_until(tk_root, lambda: counts() == {node1: "2"}, 15, "gw2 to leave the table")
+    pump_until(tk_root, lambda: logged(admin, "bob", "disconnected"), 10, "bob's disconnect line")
+    assert dave.state == "connected"

@@ -1,0 +1,273 @@
+"""Test helpers: real redis-server and Chinwag processes, deadline-polling waits.
+
+Nothing here touches a Redis it did not start: every server gets a free
+loopback port and its own directory.  Waiting is always on a condition with a
+deadline, never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from chinwag.http import http_status
+from client import ChatClient
+from client.chat import Event
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Cheap password hashing keeps tests fast; production defaults are tested in unit tests.
+FAST_ENV = {
+    "CHINWAG_ARGON2_MEMORY_KIB": "1024",
+    "CHINWAG_ARGON2_TIME_COST": "1",
+    "CHINWAG_LOG_LEVEL": "INFO",
+    "CHINWAG_RATE_MESSAGES": "0",  # tests that are about rate limits set their own
+    "CHINWAG_IP_CONNECTIONS": "0",  # every test client comes from 127.0.0.1
+    "CHINWAG_IP_LOGINS": "0",
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until truthy or the deadline passes (then fail the test)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+async def async_wait_until(
+    predicate: Callable[[], Awaitable[Any]], timeout: float, what: str = "condition", interval: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def wait_for_event(client: ChatClient, predicate: Callable[[Event], bool], timeout: float = 5.0) -> Event:
+    """Next event matching ``predicate`` (others are skipped), like redis-py's wait_for_message."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no matching event within {timeout}s")
+        event = await client.next_event(timeout=remaining)
+        if predicate(event):
+            return event
+
+
+class RedisServer:
+    """A redis-server process of our own on a free loopback port."""
+
+    def __init__(self, directory: Path, appendonly: bool = True) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (.ci/run installs it)"
+        args = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_until(self.ping, 10, "redis-server to answer PING")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
+
+class Proc:
+    """A Chinwag program run as a real child process, with its log kept for failures."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path, port: int | None,
+                 http_port: int | None = None) -> None:
+        self.name = name
+        self.http_port = http_port  # /healthz, /readyz, /metrics on a port of their own
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, wait_ready: bool = True) -> Proc:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        if wait_ready and self.port is not None:
+            wait_until(lambda: self.exited() or self.ready_status() == 200, 20, f"{self.name} ready")
+            assert not self.exited(), f"{self.name} exited early:\n{self.log()}"
+        return self
+
+    def http_status(self, path: str) -> int:
+        return http_status(f"http://127.0.0.1:{self.port}{path}")
+
+    def ready_status(self) -> int:
+        """/readyz on the plain-HTTP port (the WebSocket port may speak TLS)."""
+        port = self.http_port or self.port
+        return http_status(f"http://127.0.0.1:{port}/readyz")
+
+    def http_get(self, path: str) -> str:
+        """Body of a GET on the process's own HTTP port (metrics and health)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as resp:
+            return str(resp.read().decode())
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class Processes:
+    """Factory for gateway, presence and embedded-server processes; all stopped at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[Proc] = []
+        self.count = 0
+
+    def _env(self, extra: dict[str, str] | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHINWAG_") and k != "REDIS_URL"}
+        env.update(FAST_ENV)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(extra or {})
+        return env
+
+    def _make(self, name: str, module: str, args: list[str], env: dict[str, str] | None, port: int | None) -> Proc:
+        self.count += 1
+        log_path = self.tmp_path / f"{name}-{self.count}.log"
+        http_port = free_port()
+        argv = [sys.executable, "-m", module, *args, "--http-port", str(http_port)]
+        proc = Proc(name, argv, self._env(env), log_path, port, http_port)
+        self.procs.append(proc)
+        return proc
+
+    def gateway(self, redis_url: str, *, env: dict[str, str] | None = None, start: bool = True,
+                args: list[str] | None = None, port: int | None = None) -> Proc:
+        port = port or free_port()
+        proc = self._make("gateway", "gateway", ["--host", "127.0.0.1", "--port", str(port), "--redis-url",
+                                                 redis_url, *(args or [])], env, port)
+        return proc.start() if start else proc
+
+    def presence(self, redis_url: str, *, env: dict[str, str] | None = None, args: list[str] | None = None) -> Proc:
+        proc = self._make("presence", "presence", ["--redis-url", redis_url, *(args or [])], env, None)
+        return proc.start(wait_ready=False)
+
+    def server(self, *, env: dict[str, str] | None = None, args: list[str] | None = None) -> Proc:
+        port = free_port()
+        proc = self._make("server", "chinwag.server", ["--port", str(port), *(args or [])], env, port)
+        return proc.start()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {p.name} ({p.log_path.name})\n{p.log()[-4000:]}" for p in self.procs)
+
+
+class Clients:
+    """Opens ChatClients and closes them all at teardown."""
+
+    def __init__(self) -> None:
+        self.clients: list[ChatClient] = []
+
+    async def login(self, url: str | list[str], user: str, password: str = "pw", **kwargs: Any) -> ChatClient:
+        """A logged-in client; it does not reconnect unless ``reconnect=True`` is passed."""
+        kwargs.setdefault("reconnect", False)
+        client = await ChatClient.open(url, user, password, **kwargs)
+        self.clients.append(client)
+        return client
+
+    async def raw(self, url: str) -> ChatClient:
+        client = ChatClient(url, reconnect=False)
+        await client.connect()
+        self.clients.append(client)
+        return client
+
+    async def close_all(self) -> None:
+        for client in self.clients:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), 5)

@@ -1,0 +1,44 @@
+"""chinwag-loadtest smoke runs: correctness of what it reports, never speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import ROOT
+
+
+def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHINWAG_") and k != "REDIS_URL"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chinwag.loadtest", *args, "--timeout", "60", "--no-progress", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_dm_smoke_delivers_everything_once(tmp_path: Path) -> None:
+    result = _run(tmp_path, "dm", "--start-cluster", "2", "--clients", "10", "--rate", "200", "--duration", "3")
+    assert result["sent"] > 0
+    assert result["send_errors"] == 0
+    assert result["delivered"] == result["sent"]
+    assert result["lost"] == 0
+    assert result["duplicated"] == 0
+    assert result["connections_held"] == 10
+    assert result["p99_ms"] is not None
+    assert "gateway_cpu_s" in result
+
+
+def test_login_storm_smoke(tmp_path: Path) -> None:
+    result = _run(tmp_path, "login-storm", "--start-cluster", "2", "--clients", "50")
+    assert result["logins"] == 50
+    assert result["login_errors"] == 0
+    assert result["total_s"] > 0

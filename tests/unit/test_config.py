@@ -1,0 +1,53 @@
+"""Settings: flags beat env vars beat defaults; --help lists the env vars."""
+
+from __future__ import annotations
+
+import pytest
+
+from chinwag.config import OPTIONS, Settings, build_parser
+
+
+def test_defaults_match_the_seed() -> None:
+    s = Settings.from_args("server", [], env={})
+    assert (s.host, s.port, s.redis_url) == ("127.0.0.1", 9000, None)
+
+
+def test_env_then_flag_precedence() -> None:
+    env = {"CHINWAG_PORT": "9100", "CHINWAG_HOST": "::1", "REDIS_URL": "redis://127.0.0.1:7000/0"}
+    s = Settings.from_args("gateway", [], env=env)
+    assert (s.host, s.port, s.redis_url) == ("::1", 9100, "redis://127.0.0.1:7000/0")
+    s = Settings.from_args("gateway", ["--port", "9200"], env=env)
+    assert s.port == 9200 and s.host == "::1"
+
+
+def test_booleans_from_env_and_flags() -> None:
+    assert Settings.from_args("gateway", [], env={"CHINWAG_COMPRESSION": "yes"}).compression is True
+    assert Settings.from_args("gateway", ["--no-compression"], env={"CHINWAG_COMPRESSION": "1"}).compression is False
+    with pytest.raises(SystemExit):
+        Settings.from_args("gateway", [], env={"CHINWAG_COMPRESSION": "perhaps"})
+
+
+def test_bad_number_in_env_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        Settings.from_args("gateway", [], env={"CHINWAG_PORT": "nine thousand"})
+    assert "CHINWAG_PORT" in capsys.readouterr().err
+
+
+def test_chinwag_redis_url_is_an_alias() -> None:
+    assert Settings.from_args("presence", [], env={"CHINWAG_REDIS_URL": "redis://x:1/0"}).redis_url == "redis://x:1/0"
+
+
+@pytest.mark.parametrize("role", ["gateway", "presence", "server"])
+def test_help_lists_every_env_var_of_the_role(role: str) -> None:
+    text = build_parser(role).format_help()
+    for opt in OPTIONS:
+        if role in opt.roles:
+            assert opt.env in text
+
+
+def test_settings_are_frozen_and_node_ids_differ() -> None:
+    a, b = Settings(), Settings()
+    assert a.node_id != b.node_id
+    with pytest.raises(AttributeError):
+        a.port = 1  # type: ignore[misc]
+    assert a.hard_frame_bytes >= 4 * a.max_frame_bytes

@@ -1,0 +1,353 @@
+"""Message store Lua scripts (gateway/store.py) on fakeredis with real Lua (lupa, Lua 5.1).
+
+The scripts use TIME, string.match/format and XADD with explicit ids; fakeredis runs them
+unchanged, so no redis-server is needed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import fakeredis
+import msgspec
+import pytest
+
+from chinwag import keys
+from gateway.store import Store, Stored
+from protocol import frames as f
+from protocol.names import id_tuple, is_message_id
+
+
+@pytest.fixture
+async def store(redis: fakeredis.FakeAsyncRedis) -> Store:
+    for key, name in (("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")):
+        await redis.hset(keys.account(key), mapping={"name": name, "pw": "hash"})
+    return Store(redis, maxlen=1000)
+
+
+class Listener:
+    def __init__(self, server: fakeredis.FakeServer, *channels: str) -> None:
+        self.client = fakeredis.FakeAsyncRedis(server=server)
+        self.pubsub = self.client.pubsub()
+        self.channels = channels
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(*self.channels)
+        for _ in self.channels:
+            await self.pubsub.get_message(timeout=1)
+
+    async def messages(self) -> list[tuple[str, bytes]]:
+        out = []
+        while (msg := await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
+            out.append((msg["channel"].decode(), msg["data"]))
+        return out
+
+    async def close(self) -> None:
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+
+@pytest.fixture
+async def listener(server: fakeredis.FakeServer) -> AsyncIterator[Listener]:
+    lst = Listener(server, keys.user_channel("bob"), keys.user_channel("alice"), keys.BROADCAST_CHANNEL)
+    await lst.start()
+    yield lst
+    await lst.close()
+
+
+def _name(name: str) -> bytes:
+    return msgspec.json.encode(name)
+
+
+async def _dm(store: Store, sender: str, to_key: str, body: str) -> Stored | None:
+    return await store.send_dm(_name(sender), sender.casefold(), to_key, body)
+
+
+async def _online(redis: fakeredis.FakeAsyncRedis, key: str) -> None:
+    await redis.hset(keys.session(key), mapping={"gw": "gw1", "token": "t", "name": key})
+
+
+async def _stream(redis: fakeredis.FakeAsyncRedis, name: str) -> list[tuple[str, bytes]]:
+    return [(rid.decode(), fields[b"f"]) for rid, fields in await redis.xrange(name)]
+
+
+# -- send_dm -----------------------------------------------------------------------------
+
+
+async def test_dm_to_unknown_user_stores_nothing(store: Store, redis: fakeredis.FakeAsyncRedis,
+                                                 listener: Listener) -> None:
+    assert await _dm(store, "Alice", "nobody", "hi") is None
+    assert await redis.keys(f"{keys.PREFIX}s:*") == []
+    assert await redis.get(keys.LAST_ID) is None  # no id consumed
+    assert await listener.messages() == []
+
+
+async def test_dm_is_stored_in_conversation_and_inbox_as_one_frame(store: Store,
+                                                                   redis: fakeredis.FakeAsyncRedis) -> None:
+    before = int(time.time() * 1000)
+    stored = await _dm(store, "Alice", "bob", "hi bob")
+    after = int(time.time() * 1000)
+    assert stored is not None and is_message_id(stored.id)
+    assert id_tuple(stored.id)[0] == stored.ts
+    assert before - 1000 <= stored.ts <= after + 1000  # the Redis clock, in ms
+    conv = await _stream(redis, keys.dm_stream("alice", "bob"))
+    inbox = await _stream(redis, keys.inbox_stream("bob"))
+    assert conv == inbox and [rid for rid, _ in conv] == [stored.id]
+    frame = f.parse_server_frame(conv[0][1])
+    assert frame == f.Message(id=stored.id, from_="Alice", to="@Bob", body="hi bob", ts=stored.ts)
+    assert await redis.get(keys.LAST_ID) == stored.id.encode()
+    assert await redis.exists(keys.inbox_stream("alice")) == 0  # the sender's inbox is untouched
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['quote " backslash \\ slash /', "line\nbreak\ttab\r", "\u00e9\u00e8 \u540d\u524d \U0001f600", "\x00\x01\x1f",
+     "</script>", "'single'", "%d %s %%", "]]]}}}", "x" * 8000],
+)
+async def test_any_body_round_trips_as_json(store: Store, redis: fakeredis.FakeAsyncRedis, body: str) -> None:
+    stored = await _dm(store, "Alice", "bob", body)
+    assert stored is not None
+    raw = (await _stream(redis, keys.dm_stream("alice", "bob")))[0][1]
+    assert json.loads(raw)["body"] == body
+    frame = f.parse_server_frame(raw)
+    assert isinstance(frame, f.Message) and frame.body == body
+
+
+async def test_sender_name_is_json_encoded(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    stored = await store.send_dm(_name('we"ird\\'), "weird", "bob", "x")  # never a valid name; still valid JSON
+    assert stored is not None
+    raw = (await _stream(redis, keys.inbox_stream("bob")))[0][1]
+    assert json.loads(raw)["from"] == 'we"ird\\'
+
+
+async def test_dm_to_online_user_is_published_and_advances_delivered(
+    store: Store, redis: fakeredis.FakeAsyncRedis, listener: Listener
+) -> None:
+    await _online(redis, "bob")
+    stored = await _dm(store, "Alice", "bob", "live")
+    assert stored is not None
+    inbox = await _stream(redis, keys.inbox_stream("bob"))
+    assert await listener.messages() == [(keys.user_channel("bob"), inbox[0][1])]  # the stored bytes, as is
+    assert await redis.hget(keys.account("bob"), "delivered") == stored.id.encode()
+
+
+async def test_dm_to_offline_user_is_stored_not_published(
+    store: Store, redis: fakeredis.FakeAsyncRedis, listener: Listener
+) -> None:
+    stored = await _dm(store, "Alice", "bob", "later")
+    assert stored is not None
+    assert await listener.messages() == []
+    assert await redis.hget(keys.account("bob"), "delivered") is None
+    inbox = await _stream(redis, keys.inbox_stream("bob"))
+    assert await store.inbox_after("bob", "0-0") == [(stored.id, inbox[0][1])]
+
+
+async def test_both_directions_share_one_conversation(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    a = await _dm(store, "Alice", "bob", "1")
+    b = await _dm(store, "Bob", "alice", "2")
+    assert a is not None and b is not None
+    assert keys.dm_stream("alice", "bob") == keys.dm_stream("bob", "alice")
+    conv = await _stream(redis, keys.dm_stream("bob", "alice"))
+    assert [rid for rid, _ in conv] == [a.id, b.id]
+    assert [json.loads(raw)["to"] for _, raw in conv] == ["@Bob", "@Alice"]
+
+
+async def test_dm_to_self_is_stored(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    stored = await _dm(store, "Alice", "alice", "note to self")
+    assert stored is not None
+    assert len(await _stream(redis, keys.dm_stream("alice", "alice"))) == 1
+
+
+# -- ids ---------------------------------------------------------------------------------
+
+
+async def test_ids_are_unique_and_increasing_across_all_conversations(store: Store) -> None:
+    results: list[Stored] = []
+    for i in range(30):
+        if i % 3 == 0:
+            results.append(await store.send_broadcast(_name("Carol"), "carol", f"b{i}"))
+        else:
+            stored = await _dm(store, "Alice" if i % 2 else "Bob", "carol", f"d{i}")
+            assert stored is not None
+            results.append(stored)
+    tuples = [id_tuple(s.id) for s in results]
+    assert tuples == sorted(tuples) and len(set(tuples)) == len(tuples)
+    assert all(id_tuple(s.id)[0] == s.ts for s in results)
+
+
+async def test_concurrent_sends_get_distinct_ids(store: Store) -> None:
+    results = await asyncio.gather(*(store.send_broadcast(_name("Carol"), "carol", str(i)) for i in range(50)))
+    assert len({s.id for s in results}) == 50
+
+
+async def test_ids_stay_monotonic_when_the_clock_is_behind_the_last_id(store: Store,
+                                                                       redis: fakeredis.FakeAsyncRedis) -> None:
+    future = int(time.time() * 1000) + 3_600_000  # e.g. written by a Redis whose clock ran ahead
+    await redis.set(keys.LAST_ID, f"{future}-7")
+    first = await store.send_broadcast(_name("Carol"), "carol", "a")
+    second = await _dm(store, "Alice", "bob", "b")
+    assert first.id == f"{future}-8" and first.ts == future
+    assert second is not None and second.id == f"{future}-9"
+
+
+async def test_ids_reset_sequence_on_a_new_millisecond(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    await redis.set(keys.LAST_ID, "1000-41")  # long ago
+    stored = await store.send_broadcast(_name("Carol"), "carol", "a")
+    ms, seq = id_tuple(stored.id)
+    assert ms > 1000 and seq == 0
+
+
+# -- broadcast ---------------------------------------------------------------------------
+
+
+async def test_broadcast_is_stored_and_published(store: Store, redis: fakeredis.FakeAsyncRedis,
+                                                 listener: Listener) -> None:
+    stored = await store.send_broadcast(_name("Carol"), "carol", "hello all")
+    rows = await _stream(redis, keys.BROADCAST_STREAM)
+    assert [rid for rid, _ in rows] == [stored.id]
+    assert f.parse_server_frame(rows[0][1]) == f.Message(id=stored.id, from_="Carol", to="*", body="hello all",
+                                                         ts=stored.ts)
+    assert await listener.messages() == [(keys.BROADCAST_CHANNEL, rows[0][1])]
+
+
+# -- history -----------------------------------------------------------------------------
+
+
+async def _conversation(store: Store, n: int) -> list[str]:
+    ids = []
+    for i in range(n):
+        stored = await _dm(store, "Alice" if i % 2 == 0 else "Bob", "bob" if i % 2 == 0 else "alice", f"m{i}")
+        assert stored is not None
+        ids.append(stored.id)
+    return ids
+
+
+def _ids(page: list[msgspec.Raw]) -> list[str]:
+    return [json.loads(bytes(raw))["id"] for raw in page]
+
+
+async def test_history_is_newest_page_oldest_first(store: Store) -> None:
+    ids = await _conversation(store, 12)
+    stream = keys.dm_stream("alice", "bob")
+    assert _ids(await store.history(stream, None, 5)) == ids[-5:]
+    assert _ids(await store.history(stream, None, 100)) == ids
+
+
+async def test_history_before_is_exclusive_and_pages_cover_everything(store: Store) -> None:
+    ids = await _conversation(store, 12)
+    stream = keys.dm_stream("alice", "bob")
+    assert _ids(await store.history(stream, ids[5], 3)) == ids[2:5]
+    pages: list[str] = []
+    before = None
+    while page := _ids(await store.history(stream, before, 5)):
+        pages = page + pages
+        before = page[0]
+    assert pages == ids
+    assert await store.history(stream, ids[0], 10) == []
+
+
+async def test_history_frames_are_the_stored_bytes(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    await _conversation(store, 3)
+    stream = keys.dm_stream("alice", "bob")
+    page = await store.history(stream, None, 10)
+    assert [bytes(r) for r in page] == [raw for _, raw in await _stream(redis, stream)]
+
+
+async def test_history_of_empty_or_missing_stream_is_empty(store: Store) -> None:
+    assert await store.history(keys.dm_stream("alice", "carol"), None, 50) == []
+    assert await store.history(keys.BROADCAST_STREAM, "1-0", 50) == []
+
+
+async def test_history_before_an_id_from_the_future_returns_the_newest(store: Store) -> None:
+    ids = await _conversation(store, 4)
+    assert _ids(await store.history(keys.dm_stream("alice", "bob"), "18446744073709551615-0", 2)) == ids[-2:]
+
+
+# -- inbox and delivered cursor ----------------------------------------------------------
+
+
+async def test_inbox_after_is_exclusive_and_ordered(store: Store) -> None:
+    ids = [s.id for s in [await _dm(store, "Alice", "carol", str(i)) for i in range(5)] if s is not None]
+    got = await store.inbox_after("carol", "0-0")
+    assert [rid for rid, _ in got] == ids
+    assert [rid for rid, _ in await store.inbox_after("carol", ids[1])] == ids[2:]
+    assert await store.inbox_after("carol", ids[-1]) == []
+    assert [rid for rid, _ in await store.inbox_after("carol", "0-0", limit=2)] == ids[:2]
+    assert await store.inbox_after("nobody", "0-0") == []
+
+
+async def test_advance_delivered_only_moves_forward(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    async def delivered() -> bytes | None:
+        return await redis.hget(keys.account("bob"), "delivered")  # type: ignore[no-any-return]
+
+    await store.advance_delivered("bob", "5-3")
+    assert await delivered() == b"5-3"
+    for older in ("5-3", "5-2", "4-9", "0-0"):
+        await store.advance_delivered("bob", older)
+        assert await delivered() == b"5-3"
+    await store.advance_delivered("bob", "5-10")  # numeric, not string, comparison
+    assert await delivered() == b"5-10"
+    await store.advance_delivered("bob", "10-0")
+    assert await delivered() == b"10-0"
+    assert await redis.hget(keys.account("bob"), "name") == b"Bob"  # the rest of the account is untouched
+
+
+# -- idempotent sends and replay ------------------------------------------------------------
+
+
+async def test_a_retried_dm_is_stored_and_published_once(
+    store: Store, redis: fakeredis.FakeAsyncRedis, listener: Listener
+) -> None:
+    await redis.hset(keys.account("bob"), mapping={"name": "Bob", "pw": "x"})
+    await _online(redis, "bob")
+    first = await store.send_dm(_name("alice"), "alice", "bob", "once", ref="c1")
+    again = await store.send_dm(_name("alice"), "alice", "bob", "once", ref="c1")
+    assert first is not None and again is not None
+    assert (again.id, again.ts, again.duplicate, first.duplicate) == (first.id, first.ts, True, False)
+    assert len(await _stream(redis, keys.inbox_stream("bob"))) == 1
+    assert len(await listener.messages()) == 1
+    # Another sender's identical ref is a different message; no ref means no dedupe.
+    other = await store.send_dm(_name("carol"), "carol", "bob", "once", ref="c1")
+    assert other is not None and other.id != first.id and not other.duplicate
+    a = await store.send_dm(_name("alice"), "alice", "bob", "x")
+    b = await store.send_dm(_name("alice"), "alice", "bob", "x")
+    assert a is not None and b is not None and a.id != b.id
+    assert 0 < await redis.ttl(keys.dedupe("alice", "c1")) <= store.dedupe_ttl
+
+
+async def test_a_retried_broadcast_is_stored_once(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+    first = await store.send_broadcast(_name("Carol"), "carol", "hi", ref="b1")
+    again = await store.send_broadcast(_name("Carol"), "carol", "hi", ref="b1")
+    assert again.id == first.id and again.duplicate
+    assert len(await _stream(redis, keys.BROADCAST_STREAM)) == 1
+
+
+async def test_replay_after_a_position_and_the_recovered_flag(redis: fakeredis.FakeAsyncRedis) -> None:
+    store = Store(redis, maxlen=5)
+    ids = [(await store.send_broadcast(_name("c"), "c", f"m{i}")).id for i in range(3)]
+    replay = await store.replay(keys.BROADCAST_STREAM, ids[0])
+    assert [i for i, _ in replay.frames] == ids[1:] and replay.recovered  # short stream: never trimmed
+    ids += [(await store.send_broadcast(_name("c"), "c", f"m{i}")).id for i in range(3, 400)]
+    first_kept = (await redis.xrange(keys.BROADCAST_STREAM, count=1))[0][0].decode()
+    assert first_kept != ids[0]  # MAXLEN ~ trimmed the stream
+    lost = await store.replay(keys.BROADCAST_STREAM, ids[0])
+    assert not lost.recovered  # messages after the resume point may be gone: say so
+    assert lost.frames and lost.frames[-1][0] == ids[-1]
+    fine = await store.replay(keys.BROADCAST_STREAM, ids[-3])
+    assert fine.recovered and [i for i, _ in fine.frames] == ids[-2:]
+
+
+async def test_a_ref_reused_for_a_different_message_is_a_new_send(
+    store: Store, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    await redis.hset(keys.account("bob"), mapping={"name": "Bob", "pw": "x"})
+    first = await store.send_dm(_name("alice"), "alice", "bob", "first", ref="1")
+    second = await store.send_dm(_name("alice"), "alice", "bob", "second", ref="1")  # e.g. refs restarted
+    assert first is not None and second is not None
+    assert second.id != first.id and not second.duplicate
+    retry = await store.send_dm(_name("alice"), "alice", "bob", "second", ref="1")
+    assert retry is not None and retry.duplicate and retry.id == second.id
+    assert len(await _stream(redis, keys.inbox_stream("bob"))) == 2
