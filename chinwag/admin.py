@@ -51,7 +51,7 @@ from chinwag.logs import setup_logging
 from chinwag.redis import connect_redis
 from chinwag.server import serve
 from client.bridge import Bridge
-from client.gui import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame
+from client.gui import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
 from presence.registry import Registry
 from protocol.names import name_key
 
@@ -692,9 +692,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run:
         root.after_idle(app.run_server)
     try:
-        root.mainloop()
-    except KeyboardInterrupt:
-        pass
+        run_mainloop(root)
     finally:
         app.shutdown(settings.shutdown_timeout + 10)
 

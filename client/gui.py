@@ -35,6 +35,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import sys
 import tkinter as tk
 import urllib.parse
@@ -1134,11 +1135,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.connect:
         root.after_idle(app.connect)
     try:
-        root.mainloop()
-    except KeyboardInterrupt:
-        pass
+        run_mainloop(root)
     finally:
         app.shutdown(CLOSE_GRACE_MS / 1000)
+
+
+SIGNAL_CHECK_MS = 200  # Tk blocks in C between events: wake at least this often so signals are seen
+
+
+def run_mainloop(root: tk.Tk) -> None:
+    """``root.mainloop()`` that Ctrl-C and SIGTERM end cleanly, whatever Tk is doing.
+
+    The default SIGINT handler raises KeyboardInterrupt wherever Python happens
+    to be; inside a Tk callback (the bridge's 25 ms poll, say) tkinter catches
+    it and merely reports it, and the window lives on.  So the handlers only
+    ask Tk to quit, and a timer makes sure Python runs often enough to notice.
+    """
+
+    def on_signal(signum: int, frame: object) -> None:
+        root.quit()
+
+    def tick() -> None:
+        root.after(SIGNAL_CHECK_MS, tick)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    root.after(SIGNAL_CHECK_MS, tick)
+    try:
+        root.mainloop()
+    except KeyboardInterrupt:
+        pass  # a signal that landed before the handlers were in place
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _report_callback_exception(exc: type[BaseException], value: BaseException, tb: Any) -> None:
