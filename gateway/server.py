@@ -70,6 +70,7 @@ from .accounts import Accounts
 from .files import FileService
 from .groups import Groups
 from .limits import IpLimiter
+from .pipeline import AutoPipeline
 from .router import Router
 from .session import Session
 from .store import Replay, Store, frame_id
@@ -96,7 +97,11 @@ class Gateway:
         self.redis = redis or connect_redis(settings.redis_url)
         self.router = Router(settings.redis_url)
         self.registry = Registry(self.redis, settings.lease_ttl)
-        self.store = Store(self.redis, settings.stream_maxlen, rate=settings.rate_messages, burst=settings.rate_burst)
+        self.pipeline = AutoPipeline(settings.redis_url)  # the send path: auto-pipelined, see pipeline.py
+        self.store = Store(
+            self.redis, settings.stream_maxlen, rate=settings.rate_messages, burst=settings.rate_burst,
+            pipeline=self.pipeline,
+        )
         self.accounts = Accounts(
             self.redis,
             time_cost=settings.argon2_time_cost,
@@ -141,6 +146,10 @@ class Gateway:
             "chinwag_redis_reconnects_total", "Reconnects of the pub/sub connection", lambda: self.router.reconnects,
             kind="counter",
         )
+        m.gauge("chinwag_redis_pipelined_commands_total", "Send-path commands written to Redis",
+                lambda: self.pipeline.commands, kind="counter")
+        m.gauge("chinwag_redis_pipelined_writes_total", "Writes that carried them (commands / writes = batching)",
+                lambda: self.pipeline.batches, kind="counter")
         m.gauge("chinwag_pubsub_channels", "Redis channels subscribed", lambda: self.router.channels)
         m.gauge("chinwag_ready", "1 when Redis is reachable and subscriptions are live", lambda: float(self.ready))
         self.files = FileService(settings, self.redis, metrics=m, errors=self.m_errors)  # blobs in settings.blob_path
@@ -162,6 +171,7 @@ class Gateway:
         if self.http is not None:
             self.http.close()
         self.accounts.close()
+        await self.pipeline.aclose()
         await self.redis.aclose()
 
     async def _start(self) -> None:
@@ -250,6 +260,7 @@ class Gateway:
                 log.warning("drain timed out after %.1fs", self.settings.shutdown_timeout)
         await cancel_and_wait(self._tasks)
         self.accounts.close()
+        await self.pipeline.aclose()
         await self.redis.aclose()
         log.info("gateway %s stopped", self.node_id)
 

@@ -34,6 +34,8 @@ from chinwag import keys
 from protocol.errors import NotFound, NotMember, RateLimited
 from protocol.names import id_tuple
 
+from .pipeline import AutoPipeline, LuaScript
+
 # Returns the earlier result of a retried send.  KEYS[1] is its dedupe key; ARGV[1] is a digest
 # of what is sent ('' when the send has no ref): a ref reused for a *different* message is a new send.
 _DEDUPE = """
@@ -206,9 +208,11 @@ class Store:
     """Appends, reads and replays messages; one Redis round trip per operation."""
 
     def __init__(
-        self, redis: Redis, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0, burst: int = 1
+        self, redis: Redis, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0, burst: int = 1,
+        pipeline: AutoPipeline | None = None,
     ) -> None:
         self.redis = redis
+        self.pipeline = pipeline  # sends go through it when given (the gateway), else through ``redis``
         self.maxlen = maxlen
         self.dedupe_ttl = dedupe_ttl
         self.rate = rate  # sends per second per user (0: unlimited)
@@ -217,14 +221,25 @@ class Store:
         self._send_broadcast = redis.register_script(_SEND_BROADCAST)
         self._send_group = redis.register_script(_SEND_GROUP)
         self._advance = redis.register_script(_ADVANCE)
+        self._lua = {
+            script: LuaScript(body, script.sha)
+            for script, body in ((self._send_dm, _SEND_DM), (self._send_broadcast, _SEND_BROADCAST),
+                                 (self._send_group, _SEND_GROUP))
+        }
+
+    async def _run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+        if self.pipeline is not None:
+            return await self.pipeline.evalsha(self._lua[script], keys, args)
+        return await script(keys=keys, args=args)
 
     async def send_dm(
         self, sender_json: bytes, sender_key: str, to_key: str, body: str, ref: str | None = None,
         file_json: bytes = b"",
     ) -> Stored | None:
         """Store and deliver a DM once per (sender, ref); None if the recipient has no account."""
-        result = await self._send_dm(
-            keys=[
+        result = await self._run(
+            self._send_dm,
+            [
                 keys.dedupe(sender_key, ref or ""),
                 keys.LAST_ID,
                 keys.dm_stream(sender_key, to_key),
@@ -233,7 +248,7 @@ class Store:
                 keys.session(to_key),
                 keys.rate(sender_key),
             ],
-            args=[
+            [
                 _digest(ref, to_key, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
                 keys.user_channel(to_key), _file_fragment(file_json), self.rate, self.burst,
             ],
@@ -246,9 +261,10 @@ class Store:
         self, sender_json: bytes, sender_key: str, body: str, ref: str | None = None, file_json: bytes = b""
     ) -> Stored:
         """Store and publish a broadcast once per (sender, ref)."""
-        result = await self._send_broadcast(
-            keys=[keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.rate(sender_key)],
-            args=[_digest(ref, "*", body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
+        result = await self._run(
+            self._send_broadcast,
+            [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.rate(sender_key)],
+            [_digest(ref, "*", body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
                   keys.BROADCAST_CHANNEL, _file_fragment(file_json), self.rate, self.burst],
         )
         return _stored(result)
@@ -258,10 +274,11 @@ class Store:
         file_json: bytes = b"",
     ) -> Stored:
         """Store and publish to a group's members once per (sender, ref); NotFound / NotMember otherwise."""
-        result = await self._send_group(
-            keys=[keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.group_stream(gkey), keys.group(gkey),
-                  keys.group_members(gkey), keys.rate(sender_key)],
-            args=[_digest(ref, "#" + gkey, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body),
+        result = await self._run(
+            self._send_group,
+            [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.group_stream(gkey), keys.group(gkey),
+             keys.group_members(gkey), keys.rate(sender_key)],
+            [_digest(ref, "#" + gkey, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body),
                   self.maxlen, keys.group_channel(gkey), sender_key, _file_fragment(file_json), self.rate,
                   self.burst],
         )

@@ -1,0 +1,253 @@
+"""Auto-pipelined Redis commands for the send path: one socket, one write per loop turn.
+
+Every chat message is one Lua call.  Through redis-py's pool each call costs a
+pool checkout, a ``write`` syscall, a ``read`` syscall and a page of Python;
+at thousands of messages a second that overhead outweighs the script itself.
+So, like rueidis (Centrifugo's Redis client) and ioredis's auto-pipelining,
+the sends of all connections share one connection: a call appends its encoded
+command to a buffer and returns a future; the buffer goes out in a single
+write at the end of the event-loop turn; replies, parsed by hiredis in
+``data_received``, resolve the futures in order.  Redis runs pipelined
+commands in order and each script atomically, so nothing changes but cost.
+
+Failures look like redis-py's, so callers handle one kind of error:
+
+* no connection (refused, lost, not answering within ``timeout``):
+  ``redis.exceptions.ConnectionError`` / ``TimeoutError`` for every call in
+  flight -- a send whose reply was lost may have run, which is what the
+  senders' refs and the scripts' dedupe are for;
+* an error reply: ``redis.exceptions.ResponseError`` for that call only.
+  ``NOSCRIPT`` (Redis restarted or flushed its script cache) is retried once
+  with ``EVAL``, which also reloads the script.
+
+There is no background reconnect loop: the next call after a failure
+connects again (one attempt at a time, bounded by ``connect_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+from redis.asyncio.connection import parse_url
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("chinwag.pipeline")
+
+Arg = bytes | str | int | float
+
+
+def _encode(arg: Arg) -> bytes:
+    if isinstance(arg, bytes):
+        return arg
+    if isinstance(arg, str):
+        return arg.encode()
+    return repr(arg).encode()
+
+
+def pack(args: Sequence[Arg]) -> bytes:
+    """One RESP command."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = _encode(arg)
+        out.append(b"$%d\r\n" % len(data))
+        out.append(data)
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+class LuaScript:
+    """A script called by SHA, with its body for the ``NOSCRIPT`` fallback."""
+
+    __slots__ = ("body", "sha")
+
+    def __init__(self, body: str, sha: str) -> None:
+        self.body = body.encode()
+        self.sha = sha.encode()
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, owner: AutoPipeline) -> None:
+        self.owner = owner
+        self.reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        waiting = self.owner._waiting
+        while True:
+            try:
+                reply = self.reader.gets()
+            except hiredis.ProtocolError:
+                log.error("unparseable data from Redis; reconnecting")
+                self.owner._drop(self, RedisConnectionError("unparseable reply from Redis"))
+                return
+            if reply is False:
+                return
+            if not waiting:
+                log.error("a Redis reply nobody asked for; reconnecting")
+                self.owner._drop(self, RedisConnectionError("unexpected reply from Redis"))
+                return
+            fut, _sent_at = waiting.popleft()
+            if not fut.done():
+                if isinstance(reply, hiredis.ReplyError):
+                    fut.set_exception(ResponseError(str(reply)))
+                else:
+                    fut.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._drop(self, RedisConnectionError("Redis closed the connection"))
+
+
+class AutoPipeline:
+    """Commands from many coroutines, written together and answered in order."""
+
+    def __init__(self, redis_url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0) -> None:
+        self._params: dict[str, Any] = dict(parse_url(redis_url))
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._buffer: list[bytes] = []
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._flush_scheduled = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._closed = False
+        self.batches = 0  # writes made, for the metrics: commands / batches is the batching factor
+        self.commands = 0
+
+    async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+        """Run a script; retried once with EVAL if Redis no longer has it."""
+        head: list[Arg] = [b"EVALSHA", script.sha, len(keys), *keys, *args]
+        try:
+            return await self.call(head)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        head[:2] = [b"EVAL", script.body]
+        return await self.call(head)
+
+    async def call(self, args: Sequence[Arg]) -> Any:
+        """Queue one command; its reply (or its error) comes back here."""
+        proto = self._proto
+        if proto is None:
+            proto = await self._connect()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._waiting.append((fut, loop.time()))
+        self._buffer.append(pack(args))
+        self.commands += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._proto is not None:
+            self._drop(self._proto, RedisConnectionError("the gateway is closing"))
+
+    # -- internals ----------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        proto = self._proto
+        if proto is None or proto.transport is None or proto.transport.is_closing():
+            self._fail_all(RedisConnectionError("the Redis connection was lost"))
+            return
+        self.batches += 1
+        proto.transport.write(data)
+
+    async def _connect(self) -> _Protocol:
+        if self._closed:
+            raise RedisConnectionError("the gateway is closing")
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        connecting = self._connecting
+        try:
+            return await asyncio.shield(connecting)
+        finally:
+            if connecting.done() and self._connecting is connecting:
+                self._connecting = None
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        factory = lambda: _Protocol(self)  # noqa: E731
+        try:
+            if "path" in self._params:
+                _, proto = await asyncio.wait_for(
+                    loop.create_unix_connection(factory, self._params["path"]), self.connect_timeout
+                )
+            else:
+                host, port = self._params.get("host", "localhost"), int(self._params.get("port", 6379))
+                _, proto = await asyncio.wait_for(loop.create_connection(factory, host, port), self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from None
+        self._proto = proto
+        self._arm_watchdog()
+        handshake: list[list[Arg]] = []
+        password = self._params.get("password")
+        if password:
+            username = self._params.get("username")
+            handshake.append([b"AUTH", username, password] if username else [b"AUTH", password])
+        if int(self._params.get("db", 0) or 0):
+            handshake.append([b"SELECT", int(self._params["db"])])
+        for command in handshake:
+            fut: asyncio.Future[Any] = loop.create_future()
+            self._waiting.append((fut, loop.time()))
+            assert proto.transport is not None
+            proto.transport.write(pack(command))
+            try:
+                await fut
+            except ResponseError:
+                self._drop(proto, RedisConnectionError("Redis refused the handshake"))
+                raise RedisConnectionError("Redis refused the handshake") from None
+        return proto
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is None:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_later(self.timeout / 4, self._check_stalled)
+
+    def _check_stalled(self) -> None:
+        """A connection that leaves the oldest command unanswered for ``timeout`` is dead."""
+        self._watchdog = None
+        proto = self._proto
+        if proto is None:
+            return
+        if self._waiting and asyncio.get_running_loop().time() - self._waiting[0][1] > self.timeout:
+            log.warning("Redis did not answer within %.1fs; reconnecting", self.timeout)
+            self._drop(proto, RedisTimeoutError("Redis did not answer in time"))
+            return
+        self._arm_watchdog()
+
+    def _drop(self, proto: _Protocol, exc: Exception) -> None:
+        if self._proto is not proto:
+            return
+        self._proto = None
+        if proto.transport is not None:
+            proto.transport.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._buffer.clear()
+        self._fail_all(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for fut, _ in waiting:
+            if not fut.done():
+                fut.set_exception(exc)

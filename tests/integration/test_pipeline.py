@@ -1,0 +1,131 @@
+"""gateway/pipeline.py against a real redis-server: batching, order, errors, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.pipeline import AutoPipeline, LuaScript, pack
+from tests.helpers import RedisServer, async_wait_until
+
+
+def script(body: str) -> LuaScript:
+    return LuaScript(body, hashlib.sha1(body.encode()).hexdigest())
+
+
+@pytest.fixture
+async def pipeline(redis_server: RedisServer) -> AsyncIterator[AutoPipeline]:
+    pipe = AutoPipeline(redis_server.url, timeout=2.0)
+    yield pipe
+    await pipe.aclose()
+
+
+def test_pack_is_resp() -> None:
+    assert pack([b"SET", "k", 5, 0.5]) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n$3\r\n0.5\r\n"
+
+
+async def test_concurrent_calls_share_writes_and_keep_their_order(pipeline: AutoPipeline) -> None:
+    incr = script("return redis.call('INCR', KEYS[1])")
+    results = await asyncio.gather(*(pipeline.evalsha(incr, ["n"], []) for _ in range(500)))
+    # Each call got its own reply, in the order the calls were made ...
+    assert results == list(range(1, 501))
+    # ... and 500 commands (plus the one EVAL after NOSCRIPT) went out in a handful of writes.
+    assert pipeline.commands >= 500
+    assert pipeline.batches <= 5, (pipeline.commands, pipeline.batches)
+
+
+async def test_an_error_reply_fails_only_its_own_call(pipeline: AutoPipeline) -> None:
+    results = await asyncio.gather(
+        pipeline.call([b"SET", b"a", b"1"]),
+        pipeline.call([b"INCR", b"a", b"extra"]),  # wrong number of arguments
+        pipeline.call([b"GET", b"a"]),
+        return_exceptions=True,
+    )
+    assert results[0] == b"OK"
+    assert isinstance(results[1], ResponseError)
+    assert results[2] == b"1"
+
+
+async def test_a_flushed_script_cache_is_reloaded(pipeline: AutoPipeline, redis_server: RedisServer) -> None:
+    echo = script("return ARGV[1]")
+    assert await pipeline.evalsha(echo, [], ["one"]) == b"one"
+    await pipeline.call([b"SCRIPT", b"FLUSH"])
+    assert await pipeline.evalsha(echo, [], ["two"]) == b"two"
+    # A script error is not a missing script: it is raised, not retried.
+    with pytest.raises(ResponseError):
+        await pipeline.evalsha(script("return redis.call('NOSUCHCOMMAND')"), [], [])
+
+
+async def test_a_lost_connection_fails_calls_in_flight_and_the_next_call_reconnects(
+    pipeline: AutoPipeline, redis_server: RedisServer
+) -> None:
+    assert await pipeline.call([b"PING"]) == b"PONG"
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        blocked = asyncio.ensure_future(pipeline.call([b"BLPOP", b"never", b"0"]))  # parks on the server
+        await async_wait_until(lambda: _blocked(admin), 5, "BLPOP to block on the server")
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(blocked, 5)
+    finally:
+        await admin.aclose()
+    assert await pipeline.call([b"PING"]) == b"PONG"
+
+
+async def test_redis_away_is_a_connection_error(redis_server: RedisServer) -> None:
+    redis_server.stop()
+    pipe = AutoPipeline(redis_server.url, connect_timeout=1.0)
+    with pytest.raises(RedisConnectionError):
+        await pipe.call([b"PING"])
+    redis_server.start()
+    assert await pipe.call([b"PING"]) == b"PONG"
+    await pipe.aclose()
+
+
+async def test_a_server_that_never_answers_times_out() -> None:
+    """A peer that accepts and reads but never replies (a hung Redis) must not hang the sends."""
+    received = bytearray()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(1024):
+                received.extend(data)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = AutoPipeline(f"redis://127.0.0.1:{port}/0", timeout=0.4)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(pipe.call([b"PING"]), 5)
+        assert received.startswith(b"*1\r\n$4\r\nPING\r\n")
+    finally:
+        await pipe.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_database_number_and_closing(redis_server: RedisServer) -> None:
+    pipe = AutoPipeline(redis_server.url.removesuffix("/0") + "/3")
+    await pipe.call([b"SET", b"where", b"db3"])
+    admin = aioredis.Redis.from_url(redis_server.url.removesuffix("/0") + "/3")
+    try:
+        assert await admin.get("where") == b"db3"
+    finally:
+        await admin.aclose()
+    await pipe.aclose()
+    with pytest.raises(RedisConnectionError):
+        await pipe.call([b"PING"])
+
+
+async def _blocked(admin: aioredis.Redis) -> bool:
+    info = await admin.info("clients")
+    return int(info.get("blocked_clients", 0)) >= 1
