@@ -80,6 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
            "refused with HTTP 503", _GW, int),
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
+    Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
+           "presence_batch frame, for clients that log in with presence \"batched\"", _GW, float),
     Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
     Option("argon2_memory_kib", "CHINWAG_ARGON2_MEMORY_KIB", "argon2id memory in KiB", _GW, int),
     Option("argon2_parallelism", "CHINWAG_ARGON2_PARALLELISM", "argon2id lanes", _GW, int),
@@ -121,6 +123,7 @@ class Settings:
     login_failures: int = 5
     lockout_seconds: int = 300
     ping_interval: float = 20.0
+    presence_batch: float = 0.25
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
     argon2_parallelism: int = 1

@@ -76,7 +76,10 @@ class StateChanged:
     recovered: dict[str, bool] | None = None
 
 
-Event = f.Message | f.Presence | f.Online | f.GroupEvent | f.Error | Closed | StateChanged | dict[str, Any]
+Event = (
+    f.Message | f.Presence | f.PresenceBatch | f.Online | f.GroupEvent | f.Error | Closed | StateChanged
+    | dict[str, Any]
+)
 
 
 @dataclass(slots=True)
@@ -95,7 +98,11 @@ class ChatClient:
         request_timeout: float = 10.0,
         backoff_cap: float = 5.0,
         ca_file: str | None = None,
+        presence: str = f.PRESENCE_BATCHED,
     ) -> None:
+        if presence not in f.PRESENCE_MODES:
+            raise ValueError(f"presence must be one of {', '.join(f.PRESENCE_MODES)}")
+        self.presence = presence  # login.presence: batched changes by default (cheap on big servers)
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("at least one server URL is needed")
@@ -310,7 +317,8 @@ class ChatClient:
         assert self._ws is not None
         self._login = asyncio.get_running_loop().create_future()
         resume = dict(self.positions) if self.positions else None
-        login = f.Login(v=f.PROTOCOL_VERSION, user=user, password=password, session=self.session, resume=resume)
+        login = f.Login(v=f.PROTOCOL_VERSION, user=user, password=password, session=self.session, resume=resume,
+                        presence=self.presence)
         try:
             await self._ws.send(f.encode(login), text=True)
         except ConnectionClosed as exc:
@@ -473,9 +481,12 @@ class ChatClient:
                 self.online.add(frame.user)
             else:
                 self.online.discard(frame.user)
+        elif isinstance(frame, f.PresenceBatch):
+            self.online.update(frame.online)
+            self.online.difference_update(frame.offline)
         elif isinstance(frame, f.Online):  # unsolicited snapshot after the server resynchronised
             self.online = set(frame.users)
-        if isinstance(frame, f.Message | f.Presence | f.Online | f.GroupEvent | dict):
+        if isinstance(frame, f.Message | f.Presence | f.PresenceBatch | f.Online | f.GroupEvent | dict):
             self._events.put_nowait(frame)
 
     def _first_time(self, message: f.Message) -> bool:

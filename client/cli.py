@@ -518,6 +518,11 @@ def format_event(event: Event, me: str, tz: dt.tzinfo | None = None) -> str | No
         return format_message(event, me, tz)
     if isinstance(event, f.Presence):
         return None if _same_user(f"@{event.user}", me) else format_presence(event)
+    if isinstance(event, f.PresenceBatch):
+        lines = [format_presence(f.Presence(user=user, status=status))
+                 for users, status in ((event.online, "online"), (event.offline, "offline"))
+                 for user in users if not _same_user(f"@{user}", me)]
+        return "\n".join(lines) or None
     if isinstance(event, f.Online):  # an unsolicited snapshot (the server resynchronised presence)
         return format_who(event.users)
     if isinstance(event, f.GroupEvent):

@@ -598,6 +598,11 @@ class ChatWindow:
             self._on_message(event)
         elif isinstance(event, f.Presence):
             self._on_presence(event)
+        elif isinstance(event, f.PresenceBatch):
+            for user in event.offline:
+                self._on_presence(f.Presence(user=user, status="offline"))
+            for user in event.online:
+                self._on_presence(f.Presence(user=user, status="online"))
         elif isinstance(event, f.Online):
             self._online_snapshot(event.users)
         elif isinstance(event, StateChanged):

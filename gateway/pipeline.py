@@ -16,7 +16,8 @@ Failures look like redis-py's, so callers handle one kind of error:
   ``redis.exceptions.ConnectionError`` / ``TimeoutError`` for every call in
   flight -- a send whose reply was lost may have run, which is what the
   senders' refs and the scripts' dedupe are for;
-* an error reply: ``redis.exceptions.ResponseError`` for that call only.
+* an error reply: the exception redis-py would raise for it (``ResponseError``,
+  ``BusyLoadingError`` while Redis loads its data...) for that call only.
   ``NOSCRIPT`` (Redis restarted or flushed its script cache) is retried once
   with ``EVAL``, which also reloads the script.
 
@@ -33,9 +34,10 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("chinwag.pipeline")
@@ -99,8 +101,8 @@ class _Protocol(asyncio.Protocol):
                 return
             fut, _sent_at = waiting.popleft()
             if not fut.done():
-                if isinstance(reply, hiredis.ReplyError):
-                    fut.set_exception(ResponseError(str(reply)))
+                if isinstance(reply, hiredis.ReplyError):  # as redis-py maps it: LOADING is BusyLoadingError...
+                    fut.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
                 else:
                     fut.set_result(reply)
 
@@ -130,9 +132,8 @@ class AutoPipeline:
         head: list[Arg] = [b"EVALSHA", script.sha, len(keys), *keys, *args]
         try:
             return await self.call(head)
-        except ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
+        except NoScriptError:
+            pass
         head[:2] = [b"EVAL", script.body]
         return await self.call(head)
 
@@ -212,7 +213,7 @@ class AutoPipeline:
             proto.transport.write(pack(command))
             try:
                 await fut
-            except ResponseError:
+            except RedisError:  # AUTH refused (AuthenticationError), SELECT out of range...
                 self._drop(proto, RedisConnectionError("Redis refused the handshake"))
                 raise RedisConnectionError("Redis refused the handshake") from None
         return proto

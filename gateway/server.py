@@ -79,6 +79,7 @@ log = logging.getLogger("chinwag.gateway")
 
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _control = msgspec.json.Decoder(dict[str, object])
+_presence_decoder = msgspec.json.Decoder(f.Presence)
 _MESSAGE_PREFIX = b'{"type":"message"'
 
 
@@ -119,7 +120,11 @@ class Gateway:
         self.groups = Groups(self.redis)
         self.local_groups: dict[str, set[Session]] = {}  # group key -> local member sessions
         self._group_subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
-        self.live: set[ServerConnection] = set()
+        self.live: set[ServerConnection] = set()  # logged in and past replay: broadcasts go here
+        self.presence_each: set[ServerConnection] = set()  # live, login.presence "each"
+        self.presence_batched: set[ServerConnection] = set()  # live, login.presence "batched"
+        self._presence_pending: dict[str, str] = {}  # user -> latest status, for the next presence_batch
+        self._presence_timer: asyncio.TimerHandle | None = None
         self.server: Server | None = None
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -259,6 +264,8 @@ class Gateway:
             except TimeoutError:
                 log.warning("drain timed out after %.1fs", self.settings.shutdown_timeout)
         await cancel_and_wait(self._tasks)
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
         self.accounts.close()
         await self.pipeline.aclose()
         await self.redis.aclose()
@@ -430,7 +437,8 @@ class Gateway:
             name = await self.accounts.authenticate(key, display, frame.password)
             token = secrets.token_urlsafe(24)
             session = Session(
-                ws, key, name, token, token_hash(token), self.settings.max_write_buffer, self._on_slow, self.m_out
+                ws, key, name, token, token_hash(token), self.settings.max_write_buffer, self._on_slow, self.m_out,
+                presence=frame.presence,
             )
             session.last_broadcast = self.last_broadcast  # later fan-outs are held for this session
             self.joining.add(session)
@@ -491,7 +499,7 @@ class Gateway:
             raise
         self.joining.discard(session)
         session.go_live()
-        self.live.add(ws)
+        self._add_live(session)
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
         if dms.frames:
@@ -543,7 +551,7 @@ class Gateway:
         session = self._by_token.get(str(msg.get("token", "")))
         if session is not None and session.key == msg.get("kick"):
             log.info("session of %s taken over by a new connection; closing the old one", session.name)
-            self.live.discard(session.ws)
+            self._drop_live(session.ws)
             self._close_later(session.ws, CloseCode.TAKEN_OVER, "session taken over")
 
     async def _serve(self, session: Session) -> None:
@@ -731,7 +739,7 @@ class Gateway:
         return deliver
 
     async def _logout(self, session: Session) -> None:
-        self.live.discard(session.ws)
+        self._drop_live(session.ws)
         self.joining.discard(session)
         owned = self.sessions.get(session.key) is session
         cursors = {g: _id_str(mid) for g, mid in session.last_group.items() if g in session.groups}
@@ -760,12 +768,50 @@ class Gateway:
 
     # -- fan-out ------------------------------------------------------------
 
+    def _add_live(self, session: Session) -> None:
+        self.live.add(session.ws)
+        if session.presence == f.PRESENCE_EACH:
+            self.presence_each.add(session.ws)
+        elif session.presence == f.PRESENCE_BATCHED:
+            self.presence_batched.add(session.ws)
+
+    def _drop_live(self, ws: ServerConnection) -> None:
+        self.live.discard(ws)
+        self.presence_each.discard(ws)
+        self.presence_batched.discard(ws)
+
     def _fan_out(self, frame: bytes) -> None:
-        """Presence frames: serialised once, written to every socket."""
-        broadcast(self.live, frame, text=True)
-        self.m_out.inc("presence", amount=len(self.live))
+        """Presence events: serialised once, written to every socket that wants each one; coalesced
+        for ``batched`` logins, which get one ``presence_batch`` per window however busy logins are."""
+        if self.presence_each:
+            broadcast(self.presence_each, frame, text=True)
+            self.m_out.inc("presence", amount=len(self.presence_each))
+        if self.presence_batched:
+            try:
+                event = _presence_decoder.decode(frame)
+            except msgspec.DecodeError:
+                log.error("unreadable presence event %r", frame[:200])
+            else:
+                self._presence_pending.pop(event.user, None)  # re-insert: the latest status wins
+                self._presence_pending[event.user] = event.status
+                if self._presence_timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._presence_timer = loop.call_later(self.settings.presence_batch, self._flush_presence)
         for session in self.joining:
-            session.hold(frame)
+            if session.presence != f.PRESENCE_OFF:
+                session.hold(frame)
+
+    def _flush_presence(self) -> None:
+        self._presence_timer = None
+        pending, self._presence_pending = self._presence_pending, {}
+        if not pending or not self.presence_batched:
+            return
+        batch = f.PresenceBatch(
+            online=[user for user, status in pending.items() if status == "online"],
+            offline=[user for user, status in pending.items() if status != "online"],
+        )
+        broadcast(self.presence_batched, f.encode(batch), text=True)
+        self.m_out.inc("presence_batch", amount=len(self.presence_batched))
 
     def _on_broadcast(self, frame: bytes) -> None:
         if self._broadcast_held is not None:
@@ -877,7 +923,7 @@ class Gateway:
 
     def _on_slow(self, session: Session) -> None:
         if session.ws in self.live:
-            self.live.discard(session.ws)
+            self._drop_live(session.ws)
             log.warning("%s is not reading; closing as slow consumer", session.name)
             self.m_slow.inc()
             self._spawn(_cut_off(session.ws), "cut-off")

@@ -46,6 +46,7 @@ class Session:
         "name_json",
         "on_slow",
         "out",
+        "presence",
         "token",
         "token_hash",
         "ws",
@@ -61,6 +62,7 @@ class Session:
         max_buffer: int,
         on_slow: Callable[[Session], None],
         out: Counter | None = None,
+        presence: str = "each",
     ) -> None:
         self.ws = ws
         self.key = key
@@ -71,6 +73,7 @@ class Session:
         self.max_buffer = max_buffer
         self.on_slow = on_slow
         self.out = out or Counter("chinwag_messages_out_total", "", ("kind",))
+        self.presence = presence  # login.presence: "each", "batched" or "off"
         self.holding = True
         self.limited = 0  # rate_limited answers in a row
         self.early: list[tuple[int, bytes, str]] = []  # (kind, frame, group key) held back

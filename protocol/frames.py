@@ -31,6 +31,11 @@ MAX_HISTORY_LIMIT = 100
 
 Ref = Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)]
 
+# login.presence: a `presence` frame per change (v1's behaviour), changes coalesced into
+# `presence_batch` frames, or none at all (`who` still answers).
+PRESENCE_EACH, PRESENCE_BATCHED, PRESENCE_OFF = "each", "batched", "off"
+PRESENCE_MODES = (PRESENCE_EACH, PRESENCE_BATCHED, PRESENCE_OFF)
+
 
 class _ClientFrame(
     msgspec.Struct, tag_field="type", forbid_unknown_fields=True, omit_defaults=True, kw_only=True
@@ -62,6 +67,7 @@ class Login(_ClientFrame, tag="login"):
     password: Annotated[str, msgspec.Meta(max_length=MAX_PASSWORD_CHARS)]
     session: Annotated[str, msgspec.Meta(max_length=128)] | None = None
     resume: dict[str, str] | None = None
+    presence: str = PRESENCE_EACH  # how to hear of others coming and going: one of PRESENCE_MODES
 
 
 class Send(_ClientFrame, tag="send"):
@@ -151,6 +157,16 @@ class Message(_ServerFrame, tag="message"):
 class Presence(_ServerFrame, tag="presence"):
     user: str
     status: str  # "online" | "offline"
+
+
+class PresenceBatch(_ServerFrame, tag="presence_batch"):
+    """Presence changes of the last batch window, for logins with ``presence: "batched"``.
+
+    A user is in one list only, with their status at the end of the window.
+    """
+
+    online: list[str]
+    offline: list[str]
 
 
 class Online(_ServerFrame, tag="online"):
@@ -246,8 +262,8 @@ class Uploaded(_ServerFrame, tag="uploaded"):
 
 
 ServerFrame = (
-    Welcome | Ack | Message | Presence | Online | History | Pong | Error | GroupInfo | GroupList | GroupEvent
-    | UploadReady | ChunkAck | Uploaded
+    Welcome | Ack | Message | Presence | PresenceBatch | Online | History | Pong | Error | GroupInfo | GroupList
+    | GroupEvent | UploadReady | ChunkAck | Uploaded
 )
 
 _client_decoder = msgspec.json.Decoder(ClientFrame)
@@ -310,6 +326,8 @@ class FrameParser:
                 raise UnsupportedVersion()
             if not frame.password:
                 raise InvalidFrame("password must be a non-empty string")
+            if frame.presence not in PRESENCE_MODES:
+                raise InvalidFrame(f"presence must be one of {', '.join(PRESENCE_MODES)}")
             normalize_name(frame.user)
             for stream, position in (frame.resume or {}).items():
                 if not is_resumable(stream):

@@ -25,6 +25,7 @@ from typing import Any
 from chinwag.http import http_status
 from client import ChatClient
 from client.chat import Event
+from protocol import frames as f
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,26 @@ async def async_wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def presence_changes(event: Event, user: str | None = None, status: str | None = None) -> list[tuple[str, str]]:
+    """The (user, status) changes an event announces (one per ``presence``, any number per
+    ``presence_batch``), keeping those that match ``user`` and ``status`` when given."""
+    if isinstance(event, f.Presence):
+        changes = [(event.user, event.status)]
+    elif isinstance(event, f.PresenceBatch):
+        changes = [(u, "online") for u in event.online] + [(u, "offline") for u in event.offline]
+    else:
+        return []
+    return [(u, s) for u, s in changes if (user is None or u == user) and (status is None or s == status)]
+
+
+async def wait_for_presence(
+    client: ChatClient, user: str | None = None, status: str | None = None, timeout: float = 5.0
+) -> list[tuple[str, str]]:
+    """Wait for a presence event (single or batched) that matches; its matching changes."""
+    event = await wait_for_event(client, lambda e: bool(presence_changes(e, user, status)), timeout)
+    return presence_changes(event, user, status)
 
 
 async def wait_for_event(client: ChatClient, predicate: Callable[[Event], bool], timeout: float = 5.0) -> Event:

@@ -256,6 +256,7 @@ async def test_frames_before_login_get_not_logged_in_and_socket_stays_open(
         (_j({"type": "shout"}), "unknown_type"),
         (_j({"type": "login", "v": 1, "user": "x"}), "invalid_frame"),  # no password: not a login refusal
         (_j({"type": "login", "v": 1, "user": "x", "password": ""}), "invalid_frame"),
+        (_j({"type": "login", "v": 1, "user": "x", "password": "pw", "presence": "loud"}), "invalid_frame"),
     ]
     for frame, code in before_login:
         await raw.send_raw(frame)

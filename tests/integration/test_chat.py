@@ -6,7 +6,7 @@ import pytest
 
 from protocol import frames as f
 from protocol.errors import UnknownUser
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event
+from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_for_presence
 
 
 @pytest.fixture
@@ -49,17 +49,18 @@ async def test_broadcast_reaches_three_users_on_two_gateways(two_gateways: tuple
         assert isinstance(got, f.Message) and got.to == "*" and got.from_ == "carol" and got.id == ack.id
 
 
-async def test_presence_crosses_gateways(two_gateways: tuple[str, str], clients: Clients) -> None:
+@pytest.mark.parametrize("mode", ["each", "batched"])
+async def test_presence_crosses_gateways(two_gateways: tuple[str, str], clients: Clients, mode: str) -> None:
     url1, url2 = two_gateways
-    alice = await clients.login(url1, "alice")
+    alice = await clients.login(url1, "alice", presence=mode)
     bob = await clients.login(url2, "bob")
-    assert (await wait_for_event(alice, lambda e: isinstance(e, f.Presence) and e.user == "bob")).status == "online"
+    assert await wait_for_presence(alice, "bob") == [("bob", "online")]
     assert set(await alice.who()) == {"alice", "bob"}
-    assert "alice" in bob.online and "bob" in bob.online
+    assert "alice" in bob.online and "bob" in bob.online and alice.online == {"alice", "bob"}
     await bob.close()
-    offline = await wait_for_event(alice, lambda e: isinstance(e, f.Presence) and e.user == "bob")
-    assert isinstance(offline, f.Presence) and offline.status == "offline"
+    assert await wait_for_presence(alice, "bob") == [("bob", "offline")]
     assert await alice.who() == ["alice"]
+    assert alice.online == {"alice"}
 
 
 async def test_dm_to_unknown_user_is_refused(two_gateways: tuple[str, str], clients: Clients) -> None:

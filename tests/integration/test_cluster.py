@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 from protocol import frames as f
-from tests.helpers import FAST_ENV, ROOT, Clients, RedisServer, async_wait_until, free_port, wait_for_event, wait_until
+from tests.helpers import (
+    FAST_ENV,
+    ROOT,
+    Clients,
+    RedisServer,
+    async_wait_until,
+    free_port,
+    wait_for_event,
+    wait_for_presence,
+    wait_until,
+)
 
 SHARED_REDIS_PORT = 6300 + 79  # the machine's own Redis, which no test may touch
 
@@ -115,8 +125,7 @@ async def test_three_gateway_cluster_chats_reports_metrics_and_readiness(
     for who in (bob, carol):
         await wait_for_event(who, lambda e: isinstance(e, f.Message) and e.to == "*")
     await bob.close()
-    off = await wait_for_event(carol, lambda e: isinstance(e, f.Presence) and e.status == "offline")
-    assert off.user == "bob"  # type: ignore[union-attr]
+    assert await wait_for_presence(carol, status="offline") == [("bob", "offline")]
 
     status, text = _get(m3)
     assert status == 200 and "# TYPE chinwag_messages_in_total counter" in text

@@ -11,7 +11,7 @@ from client import ChatClient
 from client.chat import Closed
 from protocol import frames as f
 from protocol.errors import ChatError, Unavailable, UsernameTaken
-from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event
+from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event, wait_for_presence
 
 
 async def test_kill_9_frees_names_within_15s(redis_server: RedisServer, processes: Processes, clients: Clients) -> None:
@@ -28,8 +28,7 @@ async def test_kill_9_frees_names_within_15s(redis_server: RedisServer, processe
     killed_at = time.monotonic()
     gone: set[str] = set()
     while gone != {"alice", "bob"}:
-        ev = await wait_for_event(watcher, lambda e: isinstance(e, f.Presence) and e.status == "offline", 16)
-        gone.add(ev.user)  # type: ignore[union-attr]
+        gone.update(user for user, _ in await wait_for_presence(watcher, status="offline", timeout=16))
     elapsed = time.monotonic() - killed_at
     assert elapsed < 15, f"names freed after {elapsed:.1f}s"
     again = await clients.login(survivor.url, "alice")
@@ -47,8 +46,7 @@ async def test_sigterm_closes_1001_and_releases_names_at_once(
     assert stopping.terminate() == 0
     closed = await wait_for_event(alice, lambda e: isinstance(e, Closed))
     assert isinstance(closed, Closed) and closed.code == 1001
-    off = await wait_for_event(watcher, lambda e: isinstance(e, f.Presence) and e.status == "offline", 2)
-    assert off.user == "alice"  # type: ignore[union-attr]
+    assert await wait_for_presence(watcher, status="offline", timeout=2) == [("alice", "offline")]
     # No presence service runs here: the name came free from the shutdown itself.
     assert (await clients.login(other.url, "alice")).user == "alice"
     assert "stopped" in stopping.log()

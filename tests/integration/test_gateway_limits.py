@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from client.chat import Closed
 from protocol import frames as f
 from protocol.errors import Unavailable
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event
+from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_for_presence
 
 
 async def test_no_login_in_time_closes_4002(redis_server: RedisServer, processes: Processes) -> None:
@@ -42,10 +42,7 @@ async def test_slow_consumer_is_cut_off_and_others_carry_on(
             break
         if "slow consumer" in gw.log():
             break
-    off = await wait_for_event(
-        watcher, lambda e: isinstance(e, f.Presence) and e.user == "sleepy" and e.status == "offline", 15
-    )
-    assert isinstance(off, f.Presence)
+    await wait_for_presence(watcher, "sleepy", "offline", 15)
     assert "closing as slow consumer" in gw.log()
     grown = psutil.Process(gw.proc.pid).memory_info().rss - rss_before
     print(f"\nslow consumer: gateway RSS grew {grown / 2**20:.1f} MiB until the non-reader was cut off")

@@ -7,9 +7,8 @@ import asyncio
 import pytest
 
 from client import ChatClient
-from protocol import frames as f
 from protocol.errors import BadPassword, ChatError, UsernameTaken
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event
+from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_for_presence
 
 
 @pytest.fixture
@@ -77,5 +76,4 @@ async def test_welcome_lists_everyone_online(two_gateways: tuple[str, str], clie
     await clients.login(url2, "bob")
     carol = await clients.login(url1, "carol")
     assert carol.online == {"alice", "bob", "carol"}
-    ev = await wait_for_event(carol, lambda e: isinstance(e, f.Presence))
-    assert isinstance(ev, f.Presence)
+    assert await wait_for_presence(carol)

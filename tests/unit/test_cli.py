@@ -238,6 +238,8 @@ def test_clock_uses_local_time_by_default() -> None:
         (f.Presence(user="bob", status="online"), "* bob is online"),
         (f.Presence(user="bob", status="offline"), "* bob is offline"),
         (f.Presence(user="Alice", status="online"), None),  # my own presence is not shown
+        (f.PresenceBatch(online=["bob", "Alice"], offline=["carol"]), "* bob is online\n* carol is offline"),
+        (f.PresenceBatch(online=["alice"], offline=[]), None),
         (message("bob", "*", "yo"), "[12:01:02] <bob→*> yo"),
         (f.Online(users=["bob", "alice"]), "* online: alice, bob"),
         (f.Error(code="rate_limited", message="too many requests; slow down"),
