@@ -213,7 +213,8 @@ class LoadTest:
                 for attempt in range(self.args.login_attempts):
                     try:
                         slots[i] = await ChatClient.open([url], self.user(i), PASSWORD, reconnect=False,
-                                                         open_timeout=30, request_timeout=60)
+                                                         open_timeout=30, request_timeout=60,
+                                                         presence=self.args.presence)
                         return
                     except Exception as exc:
                         kind = f"{type(exc).__name__}: {exc}"[:120]
@@ -509,7 +510,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await test.close()
         result = {"scenario": args.scenario, "urls": urls, "clients": args.clients,
-                  "rate": args.rate, "duration": args.duration,
+                  "rate": args.rate, "duration": args.duration, "presence": args.presence,
                   "cluster_started": bool(cluster), "server_env": LOAD_ENV if cluster else None, **result}
         if args.plot and args.scenario in ("dm", "broadcast"):
             test.plot(Path(args.plot))
@@ -538,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=20_000, help="unacked sends before offers are skipped")
     parser.add_argument("--drain", type=float, default=10, help="seconds to wait for the last deliveries (default 10)")
     parser.add_argument("--settle", type=float, default=3, help="seconds between logins and sending (default 3)")
+    parser.add_argument("--presence", choices=("each", "batched", "off"), default="batched",
+                        help="what the clients ask to hear of others logging in and out (default batched, "
+                             "as chinwag's own clients do)")
     parser.add_argument("--ramp", action="store_true", help="dm: raise the rate step by step until it fails")
     parser.add_argument("--ramp-factor", type=float, default=1.5)
     parser.add_argument("--ramp-steps", type=int, default=12)

@@ -26,7 +26,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -36,6 +36,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.typing import Origin
 
 from chinwag import keys
@@ -80,6 +81,7 @@ log = logging.getLogger("chinwag.gateway")
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _control = msgspec.json.Decoder(dict[str, object])
 _presence_decoder = msgspec.json.Decoder(f.Presence)
+_WS_LOG = logging.getLogger("websockets.server")
 _MESSAGE_PREFIX = b'{"type":"message"'
 
 
@@ -191,6 +193,8 @@ class Gateway:
             log.warning("Redis unreachable at start; serving anyway and retrying in the background")
         self._spawn(self.router.run(), "router")
         self._spawn(self._sweep_buffers(), "buffer-sweep")
+        if self.settings.ping_interval > 0:
+            self._spawn(self._keepalive(), "keepalive")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self._on_broadcast)
         self.router.set_handler(keys.PRESENCE_CHANNEL, self._fan_out)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
@@ -206,8 +210,7 @@ class Gateway:
             process_request=self._http,
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
-            ping_interval=self.settings.ping_interval,
-            ping_timeout=self.settings.ping_interval,
+            ping_interval=None,  # one _keepalive task pings every socket, not a task per socket
             open_timeout=10,
             close_timeout=5,
         )
@@ -312,7 +315,9 @@ class Gateway:
 
     async def _reclaim_all(self) -> None:
         for session in list(self.sessions.values()):
-            claim = await self.registry.claim(session.key, session.name, self.node_id, session.token)
+            claim = await self.registry.claim(
+                session.key, session.name, self.node_id, session.token, with_online=False
+            )
             if claim is None:
                 log.warning("lost the name %s while the lease was gone; closing", session.name)
                 self._close_later(session.ws, CloseCode.SESSION_LOST, "session lost")
@@ -364,6 +369,14 @@ class Gateway:
 
     async def _handle(self, ws: ServerConnection) -> None:
         self.m_accepted.inc()
+        # The handshake's headers (some 3 KiB) are never read again, but websockets'
+        # frame parser keeps the request alive: at 10,000 idle connections they would be
+        # a fifth of the memory.  Emptied, they are a few bytes.
+        for message in (ws.request, ws.response):
+            if message is not None:
+                message.headers.clear()
+        # Likewise the per-connection LoggerAdapter websockets wraps its logger in.
+        ws.logger = ws.protocol.logger = _WS_LOG
         session: Session | None = None
         try:
             if self.stopping:
@@ -516,7 +529,7 @@ class Gateway:
         return session
 
     async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
-        args = (session.key, session.name, self.node_id, session.token, takeover)
+        args = (session.key, session.name, self.node_id, session.token, takeover, session.presence != f.PRESENCE_OFF)
         try:
             return await self.registry.claim(*args)
         except NoLease:
@@ -556,7 +569,8 @@ class Gateway:
 
     async def _serve(self, session: Session) -> None:
         ws = session.ws
-        async for raw in ws:
+        while True:  # not ``async for``: its generator frame is memory every idle socket would hold
+            raw = await ws.recv()  # ConnectionClosed ends the loop (_handle)
             if is_chunk(raw):  # a binary upload chunk (protocol/files.py); answered, never raises
                 session.push(await self.files.on_chunk(session, raw))
                 continue
@@ -911,6 +925,39 @@ class Gateway:
         broadcast(self.live, online, text=True)
         return recovered
 
+    async def _keepalive(self) -> None:
+        """Ping every open socket each ``ping_interval``; close those whose last ping went unanswered.
+
+        websockets' own keepalive is a task per connection, a kilobyte or more each;
+        this is one task and one future per connection between sweeps."""
+        interval = self.settings.ping_interval
+        waiting: dict[ServerConnection, asyncio.Future[float]] = {}
+        backed_up: set[ServerConnection] = set()
+        while True:
+            await asyncio.sleep(interval)
+            for ws, pong in waiting.items():
+                if not pong.done() and ws.state is State.OPEN:
+                    log.info("no pong from %s within %.0fs; closing", _peer(ws), interval)
+                    self._spawn(_cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
+            waiting.clear()
+            if self.server is None:
+                continue
+            was_backed_up, backed_up = backed_up, set()
+            for ws in self.server.connections:
+                if ws.paused:  # its writes are backed up: a ping would wait behind them
+                    if ws in was_backed_up:
+                        log.info("%s has not read for %.0fs; closing", _peer(ws), interval)
+                        self._spawn(_cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
+                    else:
+                        backed_up.add(ws)
+                    continue
+                try:
+                    pong = cast("asyncio.Future[float]", await ws.ping())
+                except ConnectionClosed:
+                    continue
+                pong.add_done_callback(_retrieve)
+                waiting[ws] = pong
+
     async def _sweep_buffers(self) -> None:
         """Catch clients that only receive fan-out frames (never checked per write) and stopped reading."""
         while True:
@@ -932,15 +979,21 @@ class Gateway:
         self._spawn(ws.close(code, reason), "close")
 
 
-async def _cut_off(ws: ServerConnection) -> None:
-    """Close with 4008 if the peer still reads at all, else drop it: its backlog is not ours to keep."""
+async def _cut_off(ws: ServerConnection, code: int = CloseCode.SLOW_CONSUMER, reason: str = "slow consumer") -> None:
+    """Close with ``code`` if the peer still reads at all, else drop it: its backlog is not ours to keep."""
     try:
-        await asyncio.wait_for(ws.close(CloseCode.SLOW_CONSUMER, "slow consumer"), 2)
+        await asyncio.wait_for(ws.close(code, reason), 2)
     except TimeoutError:
         pass
     finally:
         if ws.transport is not None:
             ws.transport.abort()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """A pong that never came fails with ConnectionClosed when its socket goes: that is expected."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _redis_failure(exc: BaseException) -> ChatError:

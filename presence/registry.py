@@ -40,7 +40,8 @@ return 1
 """
 
 # KEYS: session, online, gateway users, gateways, account
-# ARGV: key, display name, node, token hash, presence channel, key prefix, takeover token hash ('' = none)
+# ARGV: key, display name, node, token hash, presence channel, key prefix, takeover token hash ('' = none),
+#       '1' to return the online names ('0': an empty list; with 10,000 users online it is most of the cost)
 # -> {1, delivered cursor, online names} | {2, ...} taken over | {0} taken | {-1} gateway has no lease
 # A takeover moves the session to this gateway without presence events and tells
 # the old gateway (on its control channel) to close the old socket.
@@ -61,12 +62,14 @@ end
 redis.call('HSET', KEYS[1], 'gw', ARGV[3], 'token', ARGV[4], 'name', ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[1])
 local cursor = redis.call('HGET', KEYS[5], 'delivered') or '0-0'
-if status == 2 then
-  return {2, cursor, redis.call('SMEMBERS', KEYS[2])}
+if status == 1 then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('PUBLISH', ARGV[5], '{"type":"presence","user":"' .. ARGV[2] .. '","status":"online"}')
 end
-redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('PUBLISH', ARGV[5], '{"type":"presence","user":"' .. ARGV[2] .. '","status":"online"}')
-return {1, cursor, redis.call('SMEMBERS', KEYS[2])}
+if ARGV[8] == '0' then
+  return {status, cursor, {}}
+end
+return {status, cursor, redis.call('SMEMBERS', KEYS[2])}
 """
 
 # KEYS: session, online, gateway users ; ARGV: key, node, token, presence channel -> 1 | 0
@@ -153,18 +156,20 @@ class Registry:
         return bool(await self._lease(keys=[keys.GATEWAYS], args=[node_id, self.lease_ttl_ms, "renew"]))
 
     async def claim(
-        self, key: str, name: str, node_id: str, token: str, takeover_token: str | None = None
+        self, key: str, name: str, node_id: str, token: str, takeover_token: str | None = None,
+        with_online: bool = True,
     ) -> Claim | None:
         """Take ``name`` for a session on ``node_id``; None if someone else holds it.
 
         With ``takeover_token`` (the holder's session token) the name is taken over
         instead of refused.  Only hashes of tokens are stored and compared.
+        ``with_online=False`` leaves ``Claim.online`` empty (for clients that do not follow presence).
         """
         result = await self._claim(
             keys=[keys.session(key), keys.ONLINE, keys.gateway_users(node_id), keys.GATEWAYS, keys.account(key)],
             args=[
                 key, name, node_id, token_hash(token), keys.PRESENCE_CHANNEL, keys.PREFIX,
-                token_hash(takeover_token) if takeover_token else "",
+                token_hash(takeover_token) if takeover_token else "", "1" if with_online else "0",
             ],
         )
         status = int(result[0])

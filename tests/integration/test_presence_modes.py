@@ -25,6 +25,7 @@ async def test_batched_logins_come_as_one_frame_each_mode_as_many_off_as_none(
     each = await clients.login(url1, "each", presence="each")
     batched = await clients.login(url1, "batched", presence="batched")
     off = await clients.login(url1, "off", presence="off")
+    assert off.welcome is not None and off.welcome.online == []  # not following presence: no list either
     # Let the watchers' own login events pass (the batched one may get them in a first batch).
     await wait_for_presence(each, "off")
     await wait_for_presence(batched, "off")

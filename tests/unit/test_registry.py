@@ -123,6 +123,10 @@ async def test_claim_returns_delivered_cursor_and_everyone_online_sorted(registr
     claim = await registry.claim("carol", "carol", "gw2", "t3")
     assert claim is not None
     assert claim.delivered == "1700000000000-4"
+    # Without the online list (a login with presence "off"): the same claim, the same event, no names.
+    quiet = await registry.claim("dave", "Dave", "gw1", "t4", with_online=False)
+    assert quiet == Claim(delivered="0-0", online=[])
+    assert "Dave" in await registry.online()
     assert claim.online == ["Zed", "bob", "carol"]  # sorted (code point order)
 
 
