@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+_RNG = random.Random()  # shared: seeding a Random per Backoff cost each client send an os.urandom call
+
 
 class Backoff:
     """Delays of ``base * 2**n`` capped at ``cap``, half fixed and half random (equal jitter).
@@ -16,7 +18,7 @@ class Backoff:
         self.base = base
         self.cap = cap
         self.failures = 0
-        self._rng = rng or random.Random()
+        self._rng = rng or _RNG
 
     def next_delay(self) -> float:
         delay = min(self.cap, self.base * (2**self.failures))

@@ -18,3 +18,9 @@ def test_backoff_grows_caps_and_resets() -> None:
 def test_jitter_spreads_retries() -> None:
     delays = {Backoff(base=1, cap=1, rng=random.Random(seed)).next_delay() for seed in range(20)}
     assert len(delays) == 20 and min(delays) >= 0.5 and max(delays) <= 1.0
+
+
+def test_backoffs_without_their_own_rng_still_spread() -> None:
+    """They share one generator (cheap to create), but do not share delays."""
+    delays = {Backoff(base=1, cap=1).next_delay() for _ in range(20)}
+    assert len(delays) == 20 and min(delays) >= 0.5 and max(delays) <= 1.0
