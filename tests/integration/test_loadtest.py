@@ -42,3 +42,19 @@ def test_login_storm_smoke(tmp_path: Path) -> None:
     assert result["logins"] == 50
     assert result["login_errors"] == 0
     assert result["total_s"] > 0
+
+
+def test_broadcast_smoke_reaches_everyone_once(tmp_path: Path) -> None:
+    result = _run(tmp_path, "broadcast", "--start-cluster", "2", "--clients", "8", "--rate", "10", "--duration", "2")
+    assert result["sent"] > 0
+    assert result["recipients_per_message"] == 7  # everyone but the sender
+    assert result["delivered"] == result["sent"] * 7
+    assert result["lost"] == 0 and result["duplicated"] == 0
+
+
+def test_idle_smoke_reports_memory_per_connection(tmp_path: Path) -> None:
+    result = _run(tmp_path, "idle", "--start-cluster", "1", "--clients", "30", "--duration", "1", "--presence", "off")
+    assert result["presence"] == "off"
+    assert result["connections_held"] == 30
+    assert result["gateways"]["gateway 1"]["connections"] == 30
+    assert result["rss_kib_per_connection"] is not None
