@@ -3,6 +3,7 @@
     chinwag-loadtest dm --start-cluster 2 --clients 100 --rate 1000 --duration 10
     chinwag-loadtest dm --urls ws://h:9001,ws://h:9002 --ramp --max-p99-ms 250
     chinwag-loadtest broadcast --start-cluster 2 --clients 300 --rate 20 --duration 10
+    chinwag-loadtest group --start-cluster 2 --clients 200 --group-size 10 --rate 500
     chinwag-loadtest login-storm --start-cluster 2 --clients 1000
     chinwag-loadtest idle --start-cluster 1 --clients 2000 --duration 5
 
@@ -333,6 +334,11 @@ class LoadTest:
             out["server_cpu_s"] = cpu
             gw = sum(v for k, v in cpu.items() if k.startswith("gateway"))
             out["gateway_cpu_s"] = round(gw, 3)
+            rss = self.probe.rss()
+            out["server_rss_mib"] = {name: round(v / 2**20, 1) for name, v in rss.items()}
+            if self.clients:  # the gateways' whole RSS (baseline included) per connection they hold
+                gw_rss = sum(v for k, v in rss.items() if k.startswith("gateway"))
+                out["gateway_rss_kib_per_connection"] = round(gw_rss / 1024 / len(self.clients), 1)
             if deliveries:
                 out["gateway_cpu_us_per_delivered"] = round(gw / deliveries * 1e6, 1)
                 out["server_cpu_us_per_delivered"] = round(sum(cpu.values()) / deliveries * 1e6, 1)
@@ -419,6 +425,30 @@ class LoadTest:
             await self.drain(lambda: self.rec.sent * recipients)
         result = self.summary(offered, self.rec.sent * recipients, before)
         result["recipients_per_message"] = recipients
+        return result
+
+    async def group(self) -> dict[str, Any]:
+        """Groups of ``--group-size`` consecutive clients (so every group spans the gateways); the
+        first member of each created it and sends to it, round-robin at ``--rate`` in all."""
+        await self.connect(self.args.clients)
+        size = max(2, self.args.group_size)
+        groups = [self.clients[i:i + size] for i in range(0, len(self.clients) - size + 1, size)]
+        if not groups:
+            raise RuntimeError(f"group needs at least --group-size ({size}) logged-in clients")
+        senders: list[tuple[ChatClient, str]] = []
+        for n, members in enumerate(groups):
+            name = f"lt{self.run}g{n}"
+            await members[0].group("create", name)
+            await asyncio.gather(*(member.group("join", name) for member in members[1:]))
+            senders.append((members[0], f"#{name}"))
+        recipients = size - 1  # every member but the sender (whose own copy the readers skip)
+        await asyncio.sleep(self.args.settle)
+        before = self.snapshot()
+        with Progress("group", self.progress_line, self.args.progress), measuring():
+            offered = await self.offer(self.args.rate, self.args.duration, senders)
+            await self.drain(lambda: self.rec.sent * recipients)
+        result = self.summary(offered, self.rec.sent * recipients, before)
+        result.update({"groups": len(groups), "recipients_per_message": recipients})
         return result
 
     async def login_storm(self) -> dict[str, Any]:
@@ -521,13 +551,14 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         test = LoadTest(args, urls, cluster)
         try:
             result: dict[str, Any] = await {"dm": test.dm, "broadcast": test.broadcast,
-                                            "login-storm": test.login_storm, "idle": test.idle}[args.scenario]()
+                                            "group": test.group, "login-storm": test.login_storm,
+                                            "idle": test.idle}[args.scenario]()
         finally:
             await test.close()
         result = {"scenario": args.scenario, "urls": urls, "clients": args.clients,
                   "rate": args.rate, "duration": args.duration, "presence": args.presence,
                   "cluster_started": bool(cluster), "server_env": LOAD_ENV if cluster else None, **result}
-        if args.plot and args.scenario in ("dm", "broadcast"):
+        if args.plot and args.scenario in ("dm", "broadcast", "group"):
             test.plot(Path(args.plot))
         return result
     finally:
@@ -539,7 +570,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chinwag-loadtest", description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=["dm", "broadcast", "login-storm", "idle"])
+    parser.add_argument("scenario", choices=["dm", "broadcast", "group", "login-storm", "idle"])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--urls", help="comma-separated gateway URLs to load")
     where.add_argument("--start-cluster", type=int, metavar="N", help="start Redis, presence and N gateways")
@@ -554,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=20_000, help="unacked sends before offers are skipped")
     parser.add_argument("--drain", type=float, default=10, help="seconds to wait for the last deliveries (default 10)")
     parser.add_argument("--settle", type=float, default=3, help="seconds between logins and sending (default 3)")
+    parser.add_argument("--group-size", type=int, default=10, help="group: members per group (default 10)")
     parser.add_argument("--presence", choices=("each", "batched", "off"), default="batched",
                         help="what the clients ask to hear of others logging in and out (default batched, "
                              "as chinwag's own clients do)")

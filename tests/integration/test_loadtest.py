@@ -58,3 +58,13 @@ def test_idle_smoke_reports_memory_per_connection(tmp_path: Path) -> None:
     assert result["connections_held"] == 30
     assert result["gateways"]["gateway 1"]["connections"] == 30
     assert result["rss_kib_per_connection"] is not None
+
+
+def test_group_smoke_reaches_every_member_once(tmp_path: Path) -> None:
+    result = _run(tmp_path, "group", "--start-cluster", "2", "--clients", "12", "--group-size", "4",
+                  "--rate", "60", "--duration", "2")
+    assert result["groups"] == 3 and result["recipients_per_message"] == 3
+    assert result["sent"] > 0 and result["send_errors"] == 0
+    assert result["delivered"] == result["sent"] * 3
+    assert result["lost"] == 0 and result["duplicated"] == 0
+    assert result["gateway_rss_kib_per_connection"] > 0
