@@ -173,18 +173,26 @@ def measuring() -> Iterator[None]:
 
 
 class Progress:
-    """A ``\\r`` status line on stderr, once a second."""
+    """A ``\\r`` status line on stderr, twice a second: a bar when the phase has a known length."""
 
-    def __init__(self, label: str, line: Callable[[], str], enabled: bool) -> None:
-        self.label, self.line, self.enabled = label, line, enabled
+    def __init__(self, label: str, line: Callable[[], str], enabled: bool, seconds: float | None = None) -> None:
+        self.label, self.line, self.enabled, self.seconds = label, line, enabled, seconds
         self.task: asyncio.Task[None] | None = None
 
     async def _run(self) -> None:
         start = time.monotonic()
         while True:
-            await asyncio.sleep(1)
-            sys.stderr.write(f"\r[{self.label} {time.monotonic() - start:5.0f}s] {self.line()}\x1b[K")
+            await asyncio.sleep(0.5)
+            sys.stderr.write(f"\r{self.render(time.monotonic() - start)} {self.line()}\x1b[K")
             sys.stderr.flush()
+
+    def render(self, elapsed: float, width: int = 20) -> str:
+        """``[dm ########------------  40% 4s/10s]``, or ``[login 12s]`` for open-ended phases."""
+        if not self.seconds:
+            return f"[{self.label} {elapsed:.0f}s]"
+        done = min(1.0, elapsed / self.seconds)
+        filled = int(done * width)
+        return f"[{self.label} {'#' * filled}{'-' * (width - filled)} {done:4.0%} {elapsed:.0f}s/{self.seconds:.0f}s]"
 
     def __enter__(self) -> Progress:
         if self.enabled:
@@ -375,7 +383,7 @@ class LoadTest:
         if self.args.ramp:
             return await self._ramp(pairs)
         before = self.snapshot()
-        with Progress("dm", self.progress_line, self.args.progress), measuring():
+        with Progress("dm", self.progress_line, self.args.progress, self.args.duration), measuring():
             offered = await self.offer(self.args.rate, self.args.duration, pairs)
             await self.drain(lambda: self.rec.sent)
         return self.summary(offered, self.rec.sent, before)
@@ -392,7 +400,8 @@ class LoadTest:
                 break
             sent0, recv0, lat0 = self.rec.sent, self.rec.received, len(self.rec.latencies)
             before = self.snapshot()
-            with Progress(f"ramp {rate:.0f}/s", self.progress_line, self.args.progress), measuring():
+            with Progress(f"ramp {rate:.0f}/s", self.progress_line, self.args.progress, self.args.step_seconds), \
+                    measuring():
                 offered = await self.offer(rate, self.args.step_seconds, pairs)
                 await self.drain(functools.partial(self._since, recv0, sent0))
             sent, received = self.rec.sent - sent0, self.rec.received - recv0
@@ -417,15 +426,7 @@ class LoadTest:
     async def broadcast(self) -> dict[str, Any]:
         await self.connect(self.args.clients)
         senders = [(c, "*") for c in self.clients[: max(1, self.args.senders)]]
-        recipients = len(self.clients) - 1  # everyone but the sender
-        await asyncio.sleep(self.args.settle)
-        before = self.snapshot()
-        with Progress("broadcast", self.progress_line, self.args.progress), measuring():
-            offered = await self.offer(self.args.rate, self.args.duration, senders)
-            await self.drain(lambda: self.rec.sent * recipients)
-        result = self.summary(offered, self.rec.sent * recipients, before)
-        result["recipients_per_message"] = recipients
-        return result
+        return await self._fan_out("broadcast", senders, len(self.clients) - 1)  # everyone but the sender
 
     async def group(self) -> dict[str, Any]:
         """Groups of ``--group-size`` consecutive clients (so every group spans the gateways); the
@@ -441,14 +442,18 @@ class LoadTest:
             await members[0].group("create", name)
             await asyncio.gather(*(member.group("join", name) for member in members[1:]))
             senders.append((members[0], f"#{name}"))
-        recipients = size - 1  # every member but the sender (whose own copy the readers skip)
+        # Every member but the sender, whose own copy the readers skip.
+        return {**await self._fan_out("group", senders, size - 1), "groups": len(groups)}
+
+    async def _fan_out(self, label: str, senders: list[tuple[ChatClient, str]], recipients: int) -> dict[str, Any]:
+        """Offer ``--rate`` messages/s over ``senders``; each should reach ``recipients`` readers."""
         await asyncio.sleep(self.args.settle)
         before = self.snapshot()
-        with Progress("group", self.progress_line, self.args.progress), measuring():
+        with Progress(label, self.progress_line, self.args.progress, self.args.duration), measuring():
             offered = await self.offer(self.args.rate, self.args.duration, senders)
             await self.drain(lambda: self.rec.sent * recipients)
         result = self.summary(offered, self.rec.sent * recipients, before)
-        result.update({"groups": len(groups), "recipients_per_message": recipients})
+        result["recipients_per_message"] = recipients
         return result
 
     async def login_storm(self) -> dict[str, Any]:
@@ -464,7 +469,8 @@ class LoadTest:
         rss0 = self.probe.rss()
         before = self.snapshot()
         elapsed = await self.connect(self.args.clients, read=False)
-        with Progress("idle", lambda: f"holding {len(self.clients)} connections", self.args.progress):
+        with Progress("idle", lambda: f"holding {len(self.clients)} connections", self.args.progress,
+                      self.args.duration):
             await asyncio.sleep(min(self.args.duration, max(0.0, self.deadline - time.monotonic())))
         rss1 = self.probe.rss()
         result: dict[str, Any] = {"connections_held": len(self.clients), "login_errors": self.login_errors,

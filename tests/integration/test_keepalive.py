@@ -14,7 +14,7 @@ from tests.helpers import Clients, Processes, RedisServer, async_wait_until
 async def test_a_peer_that_stops_answering_pings_is_closed_and_logged_out(
     redis_server: RedisServer, processes: Processes, clients: Clients
 ) -> None:
-    gateway = processes.gateway(redis_server.url, env={"CHINWAG_PING_INTERVAL": "0.5"})
+    gateway = processes.gateway(redis_server.url, env={"CHINWAG_PING_INTERVAL": "1.0"})
     healthy = await clients.login(gateway.url, "healthy")
     async with connect(gateway.url, ping_interval=None, close_timeout=1) as ws:
         await ws.send(json.dumps({"type": "login", "v": 1, "user": "frozen", "password": "pw", "presence": "off"}))
