@@ -31,7 +31,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -64,14 +64,12 @@ def pack(args: Sequence[Arg]) -> bytes:
     return b"".join(out)
 
 
-class LuaScript:
-    """A script called by SHA, with its body for the ``NOSCRIPT`` fallback."""
+class Script(Protocol):
+    """A script called by SHA, with its body for the ``NOSCRIPT`` fallback (redis-py's
+    ``register_script`` objects are such)."""
 
-    __slots__ = ("body", "sha")
-
-    def __init__(self, body: str, sha: str) -> None:
-        self.body = body.encode()
-        self.sha = sha.encode()
+    sha: str
+    script: str | bytes
 
 
 class _Protocol(asyncio.Protocol):
@@ -127,14 +125,14 @@ class AutoPipeline:
         self.batches = 0  # writes made, for the metrics: commands / batches is the batching factor
         self.commands = 0
 
-    async def evalsha(self, script: LuaScript, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
+    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         """Run a script; retried once with EVAL if Redis no longer has it."""
         head: list[Arg] = [b"EVALSHA", script.sha, len(keys), *keys, *args]
         try:
             return await self.call(head)
         except NoScriptError:
             pass
-        head[:2] = [b"EVAL", script.body]
+        head[:2] = [b"EVAL", script.script]
         return await self.call(head)
 
     async def call(self, args: Sequence[Arg]) -> Any:

@@ -806,8 +806,7 @@ class Gateway:
             except msgspec.DecodeError:
                 log.error("unreadable presence event %r", frame[:200])
             else:
-                self._presence_pending.pop(event.user, None)  # re-insert: the latest status wins
-                self._presence_pending[event.user] = event.status
+                self._presence_pending[event.user] = event.status  # the latest status wins
                 if self._presence_timer is None:
                     loop = asyncio.get_running_loop()
                     self._presence_timer = loop.call_later(self.settings.presence_batch, self._flush_presence)
@@ -933,12 +932,16 @@ class Gateway:
         interval = self.settings.ping_interval
         waiting: dict[ServerConnection, asyncio.Future[float]] = {}
         backed_up: set[ServerConnection] = set()
+
+        def drop(ws: ServerConnection, what: str) -> None:  # what: a format of (peer, interval)
+            log.info(what + "; closing", _peer(ws), interval)
+            self._spawn(_cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
+
         while True:
             await asyncio.sleep(interval)
             for ws, pong in waiting.items():
                 if not pong.done() and ws.state is State.OPEN:
-                    log.info("no pong from %s within %.0fs; closing", _peer(ws), interval)
-                    self._spawn(_cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
+                    drop(ws, "no pong from %s within %.0fs")
             waiting.clear()
             if self.server is None:
                 continue
@@ -946,8 +949,7 @@ class Gateway:
             for ws in self.server.connections:
                 if ws.paused:  # its writes are backed up: a ping would wait behind them
                     if ws in was_backed_up:
-                        log.info("%s has not read for %.0fs; closing", _peer(ws), interval)
-                        self._spawn(_cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
+                        drop(ws, "%s has not read for %.0fs")
                     else:
                         backed_up.add(ws)
                     continue

@@ -34,7 +34,7 @@ from chinwag import keys
 from protocol.errors import NotFound, NotMember, RateLimited
 from protocol.names import id_tuple
 
-from .pipeline import AutoPipeline, LuaScript
+from .pipeline import AutoPipeline
 
 # Returns the earlier result of a retried send.  KEYS[1] is its dedupe key; ARGV[1] is a digest
 # of what is sent ('' when the send has no ref): a ref reused for a *different* message is a new send.
@@ -221,15 +221,10 @@ class Store:
         self._send_broadcast = redis.register_script(_SEND_BROADCAST)
         self._send_group = redis.register_script(_SEND_GROUP)
         self._advance = redis.register_script(_ADVANCE)
-        self._lua = {
-            script: LuaScript(body, script.sha)
-            for script, body in ((self._send_dm, _SEND_DM), (self._send_broadcast, _SEND_BROADCAST),
-                                 (self._send_group, _SEND_GROUP))
-        }
 
     async def _run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         if self.pipeline is not None:
-            return await self.pipeline.evalsha(self._lua[script], keys, args)
+            return await self.pipeline.evalsha(script, keys, args)
         return await script(keys=keys, args=args)
 
     async def send_dm(

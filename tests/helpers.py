@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import signal
@@ -59,11 +60,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condit
 
 
 async def async_wait_until(
-    predicate: Callable[[], Awaitable[Any]], timeout: float, what: str = "condition", interval: float = 0.05
+    predicate: Callable[[], Awaitable[Any] | Any], timeout: float, what: str = "condition", interval: float = 0.05
 ) -> Any:
+    """Like wait_until, but the loop keeps running meanwhile; ``predicate`` may be async or plain."""
     deadline = time.monotonic() + timeout
     while True:
-        value = await predicate()
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:

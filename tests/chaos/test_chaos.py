@@ -22,7 +22,7 @@ import pytest
 from client import ChatClient
 from protocol import frames as f
 from protocol.names import id_tuple
-from tests.helpers import Proc, Processes, RedisServer, free_port
+from tests.helpers import Proc, Processes, RedisServer, async_wait_until, free_port
 
 CLIENTS = 20
 DMS = 10_000
@@ -136,10 +136,7 @@ def _verdict(tally: Tally, clients: list[ChatClient]) -> None:
 
 
 async def _wait_acked(tally: Tally, n: int) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while tally.acked < n:
-        assert time.monotonic() < deadline, f"only {tally.acked} acked"
-        await asyncio.sleep(0.05)
+    await async_wait_until(lambda: tally.acked >= n, DEADLINE, f"{n} acks")
 
 
 @pytest.mark.timeout(240)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 
 from websockets.asyncio.client import connect
 
@@ -21,7 +20,7 @@ async def test_a_peer_that_stops_answering_pings_is_closed_and_logged_out(
         assert json.loads(await ws.recv())["type"] == "welcome"
         assert ws.transport is not None
         ws.transport.pause_reading()  # alive at the TCP level, but it reads (and so answers) nothing
-        await async_wait_until(_async(lambda: "logout frozen" in gateway.log()), 10, "the silent peer to be dropped")
+        await async_wait_until(lambda: "logout frozen" in gateway.log(), 10, "the silent peer to be dropped")
     assert "no pong from" in gateway.log() or "has not read" in gateway.log()
     # Pings went to the healthy client all along, and it answered them: it is still there.
     assert "logout healthy" not in gateway.log()
@@ -30,12 +29,3 @@ async def test_a_peer_that_stops_answering_pings_is_closed_and_logged_out(
 
 async def _who(client: ChatClient) -> bool:
     return await client.who() == ["healthy"]
-
-
-def _async(predicate: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-    """A plain check for async_wait_until, which keeps the loop (and the clients' pongs) running."""
-
-    async def check() -> bool:
-        return predicate()
-
-    return check

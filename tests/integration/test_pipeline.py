@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
@@ -12,12 +13,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.pipeline import AutoPipeline, LuaScript, pack
+from gateway.pipeline import AutoPipeline, pack
 from tests.helpers import RedisServer, async_wait_until
 
 
-def script(body: str) -> LuaScript:
-    return LuaScript(body, hashlib.sha1(body.encode()).hexdigest())
+@dataclass(frozen=True)
+class Lua:
+    script: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.script.encode()).hexdigest()
+
+
+def script(body: str) -> Lua:
+    return Lua(body)
 
 
 @pytest.fixture
