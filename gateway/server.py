@@ -67,6 +67,7 @@ from protocol.errors import (
 from protocol.files import is_chunk
 from protocol.names import group_name, id_tuple, normalize_name, parse_address
 
+from . import lease
 from .accounts import Accounts
 from .files import FileService
 from .groups import Groups
@@ -137,6 +138,7 @@ class Gateway:
         self._broadcast_held: list[bytes] | None = None  # broadcasts arriving during recovery
         self._lease_task: asyncio.Task[Any] | None = None
         self._recovery: asyncio.Task[Any] | None = None
+        self._reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
         self.http: asyncio.Server | None = None
         self.metrics = Metrics()
         m = self.metrics
@@ -295,10 +297,10 @@ class Gateway:
                 if not registered:
                     await self.registry.register_gateway(self.node_id)
                     registered = True
-                elif not await self.registry.renew_lease(self.node_id):
-                    log.warning("lease of %s was lost; registering again and re-claiming names", self.node_id)
-                    await self.registry.register_gateway(self.node_id)
-                    await self._reclaim_all()
+                elif not self._reclaim_pending and not await self.registry.renew_lease(self.node_id):
+                    self._lease_lost()
+                if self._reclaim_pending and (self._recovery is None or self._recovery.done()):
+                    self._start_recovery()  # an earlier recovery gave up before it could re-claim
                 await self._retry_releases()
                 if not self.redis_ok:
                     log.info("Redis is reachable again")
@@ -313,14 +315,20 @@ class Gateway:
                 self.redis_ok = False
                 await asyncio.sleep(backoff.next_delay())
 
-    async def _reclaim_all(self) -> None:
-        for session in list(self.sessions.values()):
-            claim = await self.registry.claim(
-                session.key, session.name, self.node_id, session.token, with_online=False
-            )
-            if claim is None:
-                log.warning("lost the name %s while the lease was gone; closing", session.name)
-                self._close_later(session.ws, CloseCode.SESSION_LOST, "session lost")
+    def _lease_lost(self) -> None:
+        """The lease was reaped: hold every session's live frames now, then re-claim and catch up
+        in the recovery task (gateway/lease.py explains why in this order)."""
+        if self._reclaim_pending:
+            return
+        log.warning("lease of %s was lost; holding live frames, re-claiming names and catching up", self.node_id)
+        self._hold_everything()
+        self._reclaim_pending = True
+        self._start_recovery()
+
+    def close_session(self, session: Session, code: int, reason: str) -> None:
+        """Stop fanning out to a session and close its socket (its handler then logs it out)."""
+        self._drop_live(session.ws)
+        self._close_later(session.ws, code, reason)
 
     async def _retry_releases(self) -> None:
         for key, token in list(self._to_release):
@@ -515,11 +523,10 @@ class Gateway:
         self._add_live(session)
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
-        if dms.frames:
-            try:
-                await self.store.advance_delivered(key, dms.frames[-1][0])
-            except _REDIS_ERRORS:
-                log.warning("could not record delivery for %s; replay may repeat", name)
+        try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on
+            await self.store.settle(key, session.token_hash, session.last_dm_id)
+        except _REDIS_ERRORS:
+            log.warning("could not record delivery for %s; replay may repeat", name)
         log.info(
             "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, _peer(ws),
             " taking over its session" if claim.took_over else "", len(dms.frames),
@@ -533,6 +540,7 @@ class Gateway:
         try:
             return await self.registry.claim(*args)
         except NoLease:
+            self._lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
             await self.registry.register_gateway(self.node_id)
             return await self.registry.claim(*args)
 
@@ -869,6 +877,10 @@ class Gateway:
         try:
             while True:
                 try:
+                    if self._reclaim_pending:
+                        lost = await lease.reclaim(self)
+                        self._reclaim_pending = False
+                        sessions = [s for s in sessions if s not in lost]
                     recovered = await self._catch_up(sessions)
                 except _REDIS_ERRORS as exc:
                     if loop.time() > deadline:
@@ -887,6 +899,10 @@ class Gateway:
             self._release_held(sessions)
             raise
         self._release_held(sessions)
+        try:
+            await lease.settle(self, sessions)
+        except _REDIS_ERRORS as exc:
+            log.warning("could not record delivery after catching up (%s); replay may repeat", type(exc).__name__)
 
     def _release_held(self, sessions: list[Session]) -> None:
         held, self._broadcast_held = self._broadcast_held or [], None
