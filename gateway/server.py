@@ -675,7 +675,9 @@ class Gateway:
                 pos = id_tuple(state.position)
                 session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), pos)
         elif op == "leave":
+            upto: Any = await self.redis.get(keys.LAST_ID)  # everything up to here was stored while a member
             await self.groups.leave(gkey, session.key, session.name)
+            await lease.deliver_before_leaving(self, session, gkey, upto.decode() if upto else None)
             await self._leave_group_local(session, gkey)
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
@@ -732,6 +734,7 @@ class Gateway:
 
     async def _leave_group_local(self, session: Session, gkey: str) -> None:
         session.groups.pop(gkey, None)
+        session.last_group.pop(gkey, None)  # a later join starts from its own position
         members = self.local_groups.get(gkey)
         if members is None:
             return
@@ -914,6 +917,7 @@ class Gateway:
     async def _catch_up(self, sessions: list[Session]) -> int:
         """Replay broadcasts and each session's DMs after what was last written (id-checked, so re-runnable)."""
         recovered = 0
+        await lease.drop_lost_memberships(self, sessions)  # a removal's "part" may have been lost meanwhile
         for _, frame in (await self.store.replay(keys.BROADCAST_STREAM, _id_str(self.last_broadcast))).frames:
             self._emit_broadcast(frame)
             recovered += 1
@@ -925,12 +929,16 @@ class Gateway:
             except ConnectionClosed:
                 continue  # that client left; its handler logs it out
             recovered += len(missed)
+        caught_up = set(sessions)
         for gkey, members in list(self.local_groups.items()):
-            since = min((s.last_group.get(gkey, (0, 0)) for s in members), default=(0, 0))
-            if since == (0, 0):
-                continue  # nobody here has read it yet: nothing to be behind on
+            # Only sessions that have a position in the group: one still joining it (or still
+            # logging in) has none yet, and must not be sent what was stored before it joined.
+            readers = [s for s in members if s in caught_up and gkey in s.last_group]
+            if not readers:
+                continue
+            since = min(s.last_group[gkey] for s in readers)  # (0, 0) is a position too: from the start
             for _, frame in (await self.store.replay(keys.group_stream(gkey), _id_str(since))).frames:
-                for session in list(members):
+                for session in readers:
                     try:
                         await session.replay_group(gkey, frame)
                     except ConnectionClosed:

@@ -145,8 +145,11 @@ class Session:
             self.push(frame)
 
     async def replay_group(self, gkey: str, frame: bytes) -> None:
+        """A group message from a stream replay: only for a session that has a position in the group
+        (one whose join has not answered yet has none, and nothing stored before it joined is its own)."""
         mid = frame_id(frame)
-        if gkey in self.groups and mid > self.last_group.get(gkey, (0, 0)):
+        last = self.last_group.get(gkey)
+        if gkey in self.groups and last is not None and mid > last:
             self.last_group[gkey] = mid
             self.out.inc("group")
             await self._send_paced(frame)

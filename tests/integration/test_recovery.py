@@ -1,0 +1,42 @@
+"""Catching up after the gateway lost its pub/sub link: groups (regressions found by the nemesis test)."""
+
+from __future__ import annotations
+
+import signal
+
+import redis as redis_sync
+
+from protocol import frames as f
+from tests.helpers import Clients, Processes, RedisServer, wait_for_event
+
+
+async def test_group_created_on_a_fresh_cluster_is_caught_up_after_a_pubsub_loss(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """tests/chaos/test_nemesis.py seed 4: a group created before any message existed starts at
+    position "0-0", which the catch-up took for "nobody here has read it": everything the group
+    stored while the gateway's subscriptions were down was skipped, for every local member."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    owner = await clients.login(gw1.url, "owner")
+    member = await clients.login(gw1.url, "member")
+    sender = await clients.login(gw2.url, "sender")
+    info = await owner.group("create", "devs")
+    assert info.position == "0-0"  # nothing stored anywhere yet
+    assert (await member.group("join", "devs")).position == "0-0"
+    await sender.group("join", "devs")
+    assert gw1.proc is not None
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        gw1.proc.send_signal(signal.SIGSTOP)  # it cannot resubscribe until we let it
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        acks = [await sender.send("#devs", f"while gw1 was cut off {i}") for i in range(3)]
+    finally:
+        gw1.proc.send_signal(signal.SIGCONT)
+        admin.close()
+    for client in (owner, member):
+        got = [await wait_for_event(client, lambda e: isinstance(e, f.Message), 10) for _ in range(3)]
+        assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
+    nxt = await sender.send("#devs", "live again")
+    got_next = await wait_for_event(owner, lambda e: isinstance(e, f.Message), 10)
+    assert got_next.id == nxt.id  # type: ignore[union-attr]
