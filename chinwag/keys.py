@@ -122,3 +122,13 @@ def rate(ukey: str) -> str:
 def password_failures(ukey: str) -> str:
     """Failed logins for an account in the current lockout window."""
     return f"{PREFIX}pwf:{ukey}"
+
+
+def ip_connections(ip: str) -> str:
+    """Connection-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
+    return f"{PREFIX}ipc:{ip}"
+
+
+def ip_logins(ip: str) -> str:
+    """Login-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
+    return f"{PREFIX}ipl:{ip}"
