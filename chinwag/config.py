@@ -77,10 +77,10 @@ OPTIONS: tuple[Option, ...] = (
            int),
     Option("lockout_seconds", "CHINWAG_LOCKOUT_SECONDS", "how long those failures count, and the lock lasts", _GW,
            int),
-    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address, "
-           "bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
-    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address, bursts of 5x that "
-           "(0: unlimited); over it: rate_limited", _GW, float),
+    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address "
+           "(IPv6: /64), shared by every gateway, bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
+    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address (IPv6: /64), shared "
+           "by every gateway, bursts of 5x that (0: unlimited); over it: rate_limited", _GW, float),
     Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
            "refused with HTTP 503", _GW, int),
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),

@@ -20,7 +20,6 @@ without limit; Redis's buckets expire once refilled.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ipaddress
 import logging
 import time
@@ -28,9 +27,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .pipeline import AutoPipeline, Script
+from .pipeline import AutoPipeline
 
 log = logging.getLogger("chinwag.limits")
 
@@ -96,24 +96,20 @@ class IpLimiter:
         return len(self._buckets)
 
 
-class _Script:
-    """The bucket script, called by SHA through the auto-pipeline (EVAL when Redis lacks it)."""
-
-    def __init__(self, body: str) -> None:
-        self.script: str | bytes = body
-        self.sha = hashlib.sha1(body.encode()).hexdigest()
-
-
 class SharedIpLimiter:
     """A per-address token bucket in Redis shared by every gateway, with a local fallback.
 
-    ``key`` names an address's bucket (chinwag/keys.py); ``healthy`` says
-    whether Redis is worth asking (else the local bucket answers at once);
-    ``timeout`` bounds the wait for Redis on the connection path.
+    The script runs through ``pipeline`` (the gateway's auto-pipelined
+    connection: a reconnect storm costs a few writes, not a pool checkout
+    each); ``redis`` only registers it.  ``key`` names an address's bucket
+    (chinwag/keys.py); ``healthy`` says whether Redis is worth asking (else the
+    local bucket answers at once); ``timeout`` bounds the wait for Redis on the
+    connection path.
     """
 
     def __init__(
         self,
+        redis: Redis,
         pipeline: AutoPipeline,
         key: Callable[[str], str],
         rate: float,
@@ -130,7 +126,7 @@ class SharedIpLimiter:
         self.timeout = timeout
         self.local = local or IpLimiter(rate, burst)
         self.fallbacks = 0  # answers the local bucket gave because Redis could not
-        self._script: Script = _Script(_TAKE)
+        self._script: Any = redis.register_script(_TAKE)  # called through the pipeline by SHA
         self._failing = False
 
     async def take(self, ip: str) -> float:

@@ -118,11 +118,12 @@ class Gateway:
         )
         # Per-IP limits in Redis, shared by the cluster; this gateway's own buckets while Redis is away.
         self.ip_connections = SharedIpLimiter(
-            self.pipeline, keys.ip_connections, settings.ip_connections, int(5 * settings.ip_connections),
+            self.redis, self.pipeline, keys.ip_connections, settings.ip_connections, int(5 * settings.ip_connections),
             healthy=lambda: self.ready,
         )
         self.ip_logins = SharedIpLimiter(
-            self.pipeline, keys.ip_logins, settings.ip_logins, int(5 * settings.ip_logins), healthy=lambda: self.ready
+            self.redis, self.pipeline, keys.ip_logins, settings.ip_logins, int(5 * settings.ip_logins),
+            healthy=lambda: self.ready,
         )
         self.parser = f.FrameParser(f.Limits(settings.max_frame_bytes, settings.max_body_chars))
         self.sessions: dict[str, Session] = {}  # name key -> logged-in session

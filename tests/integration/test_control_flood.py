@@ -170,4 +170,7 @@ async def test_ping_flood_without_reading_is_cut_off_and_honest_logins_stay_fast
     assert all(d is not None for d in dropped), "the gateway kept serving a socket that never reads"
     per_socket = 4 if not logged_in else 4 + 4  # MiB: slack, plus the 4 MiB bound after login
     assert grown < ATTACKERS * per_socket, f"RSS grew {grown:.1f} MiB"
-    assert login_seconds < 3, f"an honest login took {login_seconds:.1f}s during the flood ({failure!r})"
+    # The budget stops attackers within a few thousand frames; the write bound alone lets each
+    # parse a few MiB first (what the kernel's socket buffers absorb), which the honest login shares.
+    slowest = 3 if guard == "control-budget" else 6
+    assert login_seconds < slowest, f"an honest login took {login_seconds:.1f}s during the flood ({failure!r})"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from redis.asyncio import Redis
+
 from chinwag import keys
 from gateway.limits import IpLimiter, SharedIpLimiter, ip_bucket
 from gateway.pipeline import AutoPipeline
@@ -45,14 +47,16 @@ def test_ipv6_is_limited_by_its_64_and_mapped_ipv4_as_ipv4() -> None:
 
 async def test_without_redis_the_shared_limiter_fails_open_to_this_gateways_bucket() -> None:
     """Redis unreachable: answers come at once from the local bucket (same rate and burst), not refusals."""
-    pipeline = AutoPipeline(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)  # nothing listens there
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    pipeline, redis = AutoPipeline(url, connect_timeout=0.5), Redis.from_url(url)
     try:
-        limiter = SharedIpLimiter(pipeline, keys.ip_connections, rate=1, burst=3)
+        limiter = SharedIpLimiter(redis, pipeline, keys.ip_connections, rate=1, burst=3)
         assert [await limiter.take("192.0.2.1") for _ in range(3)] == [0, 0, 0]
         assert await limiter.take("192.0.2.1") > 0  # the local bucket still limits
         assert limiter.fallbacks == 4
-        unhealthy = SharedIpLimiter(pipeline, keys.ip_connections, rate=1, burst=1, healthy=lambda: False)
+        unhealthy = SharedIpLimiter(redis, pipeline, keys.ip_connections, rate=1, burst=1, healthy=lambda: False)
         assert await unhealthy.take("192.0.2.1") == 0  # not even tried: Redis is known to be away
         assert unhealthy.fallbacks == 1
     finally:
         await pipeline.aclose()
+        await redis.aclose()
