@@ -35,7 +35,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
-Overflow = Callable[[ServerConnection, str], None]
+# Told (connection, reason, detail) when a connection is aborted; reason is "write_bound" or "control_frames".
+Overflow = Callable[[ServerConnection, str, str], None]
 
 SLICE = 16 * 1024  # bytes of incoming data processed between two checks
 _CONTROL = (Opcode.PING, Opcode.PONG)
@@ -49,9 +50,9 @@ class BoundedConnection(ServerConnection):
     # Per connection, set on first use (class defaults keep idle connections small):
     control_tokens = -1.0  # < 0: the bucket has not been used yet, so it is full
     control_stamp = 0.0
-    dropped = ""  # why the connection was aborted, once it was
+    dropped = ""  # why the connection was aborted, once it was: "write_bound" or "control_frames"
 
-    def on_drop(self, why: str) -> None:
+    def on_drop(self, reason: str, detail: str) -> None:
         """Told once when the connection is aborted (metrics, logs); the gateway's subclass overrides it."""
 
     def data_received(self, data: bytes) -> None:
@@ -60,15 +61,17 @@ class BoundedConnection(ServerConnection):
                 return  # aborted: the rest is not worth parsing
             super().data_received(data[start : start + SLICE] if len(data) > SLICE else data)
             if self.dropped:
-                self.transport.abort()
-                self.on_drop(self.dropped)
+                self._drop(f"sent control frames faster than {self.control_rate:g}/s")
                 return
             unsent = self.transport.get_write_buffer_size()
             if unsent > self.write_bound:
-                self.dropped = f"sends but does not read ({unsent} bytes unsent)"
-                self.transport.abort()
-                self.on_drop(self.dropped)
+                self.dropped = "write_bound"
+                self._drop(f"sends but does not read ({unsent} bytes unsent, bound {self.write_bound})")
                 return
+
+    def _drop(self, detail: str) -> None:
+        self.transport.abort()
+        self.on_drop(self.dropped, detail)
 
     def process_event(self, event: Event) -> None:
         super().process_event(event)
@@ -79,7 +82,7 @@ class BoundedConnection(ServerConnection):
             tokens = min(burst, tokens + (now - self.control_stamp) * self.control_rate) - 1
             self.control_tokens, self.control_stamp = max(tokens, 0.0), now
             if tokens < 0 and not self.dropped:
-                self.dropped = f"sent control frames faster than {self.control_rate:g}/s"
+                self.dropped = "control_frames"
 
     def send_data(self) -> None:
         writes = self.protocol.writes
@@ -94,8 +97,8 @@ def bounded_connection(login_bound: int, control_rate: float, on_drop: Overflow)
     class GatewayConnection(BoundedConnection):
         write_bound = login_bound
 
-        def on_drop(self, why: str) -> None:
-            on_drop(self, why)
+        def on_drop(self, reason: str, detail: str) -> None:
+            on_drop(self, reason, detail)
 
     GatewayConnection.control_rate = control_rate
     return GatewayConnection

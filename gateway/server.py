@@ -990,10 +990,13 @@ class Gateway:
             self.m_slow.inc()
             self._spawn(_cut_off(session.ws), "cut-off")
 
-    def _on_dropped(self, ws: ServerConnection, why: str) -> None:
+    def _on_dropped(self, ws: ServerConnection, reason: str, detail: str) -> None:
         """A socket was aborted for sending without reading or for a ping flood (gateway/connection.py)."""
-        log.warning("%s %s; dropped", _peer(ws), why)
-        self.m_slow.inc()
+        log.warning("%s %s; dropped", _peer(ws), detail)
+        if reason == "write_bound":
+            self.m_slow.inc()
+        else:
+            self.m_errors.inc(reason)
 
     def _close_later(self, ws: ServerConnection, code: int, reason: str) -> None:
         self._spawn(ws.close(code, reason), "close")
