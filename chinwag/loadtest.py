@@ -558,16 +558,19 @@ def report(args: argparse.Namespace, result: dict[str, Any], plot: Callable[[Pat
     """Print the results and write the JSON first, then plot: a failing plot loses no measurement."""
     _print_report(args.scenario, result)
     status = 0
-    steps: list[tuple[str, Callable[[], object]]] = []
     if args.json:
-        steps.append(("--json", lambda: Path(args.json).write_text(json.dumps(result, indent=2) + "\n")))
-    if plot is not None:
-        steps.append(("--plot", lambda: plot(Path(args.plot))))
-    for flag, step in steps:
         try:
-            step()
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            print(f"chinwag-loadtest: cannot write --json {args.json}: {exc}; the results are printed above",
+                  file=sys.stderr)
+            status = 1
+    if plot is not None:
+        try:
+            plot(Path(args.plot))
         except Exception as exc:  # whatever matplotlib or the file system raises: the results are kept
-            print(f"chinwag-loadtest: {flag} failed ({type(exc).__name__}: {exc}); the results are printed above",
+            kept = f"printed above and in {args.json}" if args.json and status == 0 else "printed above"
+            print(f"chinwag-loadtest: --plot failed ({type(exc).__name__}: {exc}); the results are {kept}",
                   file=sys.stderr)
             status = 1
     return status

@@ -63,3 +63,10 @@ def test_report_without_plot_succeeds(tmp_path: Path, capsys: pytest.CaptureFixt
     assert report(args, {"scenario": "dm", "delivered": 3}, None) == 0
     assert json.loads((tmp_path / "dm.json").read_text())["delivered"] == 3
     assert "delivered" in capsys.readouterr().out
+
+
+def test_an_unwritable_json_keeps_the_printed_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(scenario="dm", json=str(tmp_path / "no-such-dir" / "dm.json"), plot=None)
+    assert report(args, {"scenario": "dm", "delivered": 42}, None) == 1
+    out, err = capsys.readouterr()
+    assert "42" in out and "cannot write --json" in err
