@@ -35,6 +35,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
+from .handshake import GetOnlyConnection
+
 # Told (connection, reason, detail) when a connection is aborted; reason is "write_bound" or "control_frames".
 Overflow = Callable[[ServerConnection, str, str], None]
 
@@ -92,9 +94,13 @@ class BoundedConnection(ServerConnection):
 
 
 def bounded_connection(login_bound: int, control_rate: float, on_drop: Overflow) -> type[BoundedConnection]:
-    """The connection class for ``serve(create_connection=...)``: ``login_bound`` until login."""
+    """The gateway's class for ``serve(create_connection=...)``: ``login_bound`` until login.
 
-    class GatewayConnection(BoundedConnection):
+    Also a :class:`~gateway.handshake.GetOnlyConnection` (405 for methods other
+    than GET); the bounds come first in the MRO, so they see every byte.
+    """
+
+    class GatewayConnection(BoundedConnection, GetOnlyConnection):
         write_bound = login_bound
 
         def on_drop(self, reason: str, detail: str) -> None:

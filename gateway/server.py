@@ -220,6 +220,7 @@ class Gateway:
             ssl=self._tls_context(),
             origins=self._origins(),
             process_request=self._http,
+            # Bounded writes and control frames (connection.py); a POST gets 405, not a silent close (handshake.py).
             create_connection=bounded_connection(
                 self.settings.login_write_buffer, self.settings.control_frames, self._on_dropped
             ),
