@@ -9,7 +9,10 @@ def account(key: str) -> str:
     return f"{PREFIX}acct:{key}"
 
 
-ONLINE = f"{PREFIX}online"  # set of display names of everyone online
+# Sorted set of the display names of everyone online, all with score 0: ZRANGEBYLEX pages through it
+# in code-point order (UTF-8 byte order), stable under logins and logouts.  (Until v1.x it was a
+# plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
+ONLINE = f"{PREFIX}online:z"
 GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
 LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
 # Hash stream key -> id of the first entry ever added to it (HSETNX, never overwritten): a stream
