@@ -10,7 +10,7 @@ def account(key: str) -> str:
 
 
 # Sorted set of the display names of everyone online, all with score 0: ZRANGEBYLEX pages through it
-# in code-point order (UTF-8 byte order), stable under logins and logouts.  (Until v1.x it was a
+# in code-point order (UTF-8 byte order), stable under logins and logouts.  (It used to be a
 # plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
 ONLINE = f"{PREFIX}online:z"
 GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
