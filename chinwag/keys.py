@@ -15,7 +15,7 @@ def account(key: str) -> str:
 ONLINE = f"{PREFIX}online:z"
 GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
 LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
-# Hash stream key -> id of the first entry ever added to it (HSETNX, never overwritten): a stream
+# Hash stream key -> id of the first entry of the stream (set when an XADD creates it): a stream
 # whose oldest entry is still that one was never trimmed (gateway/store.py Store.replay).
 STREAM_ORIGINS = f"{PREFIX}sorigin"
 

@@ -94,12 +94,16 @@ redis.call('SET', KEYS[2], id)
 
 
 def _xadd(stream: str, origins: str) -> str:
-    """Lua appending ``frame`` as ``id`` to ``stream`` (trimmed with ``MAXLEN ~``), recording the id
-    of the first entry ever added to it in ``origins`` (``Store.replay`` reads it)."""
+    """Lua appending ``frame`` as ``id`` to ``stream`` (trimmed with ``MAXLEN ~``), recording in
+    ``origins`` the id of the first entry of a new stream (``Store.replay`` reads it).
+
+    Trimming to a maxlen of 2 or more never leaves a single entry, so one entry after the XADD
+    means the stream was empty: new, or deleted and created again (a group of the same name).
+    """
     return f"""
 redis.call('XADD', {stream}, 'MAXLEN', '~', ARGV[5], id, 'f', frame)
-if redis.call('XLEN', {stream}) == 1 then
-  redis.call('HSETNX', {origins}, {stream}, id)
+if redis.call('XLEN', {stream}) == 1 and tonumber(ARGV[5]) > 1 then
+  redis.call('HSET', {origins}, {stream}, id)
 end
 """
 
@@ -214,7 +218,7 @@ def _file_fragment(file_json: bytes) -> bytes:
 
 def _recovered(first: list[Any] | None, origin: bytes | None, after: str) -> bool:
     """No entry after ``after`` was trimmed: the stream is empty, its oldest entry is not newer than
-    ``after``, or its oldest entry is the first ever added (never trimmed).  A stream with no recorded
+    ``after``, or its oldest entry is its recorded first one (never trimmed).  A stream with no recorded
     origin (stored before origins were recorded) counts as possibly trimmed."""
     if not first:
         return True
@@ -332,9 +336,9 @@ class Store:
         Trimming (``MAXLEN ~``, by whichever gateway adds to the stream, each
         with its own ``--stream-maxlen``) only ever removes the oldest entries.
         So nothing after ``after`` is missing if the oldest surviving entry is
-        not newer than ``after``, or if it is still the first entry ever added
-        (recorded in ``cw:sorigin`` by the send scripts: the stream was never
-        trimmed).  Otherwise we cannot prove it and say False.  Neither test
+        not newer than ``after``, or if it is still the stream's first entry
+        (recorded in ``cw:sorigin`` by the send scripts when they create the
+        stream: it was never trimmed).  Otherwise we cannot prove it and say False.  Neither test
         depends on any gateway's maxlen.  (Redis 7's ``XINFO STREAM``
         ``max-deleted-entry-id`` would be exact, but Redis 7.0 moves it only on
         ``XDEL``, not when ``MAXLEN`` trims, and the embedded Redis is 6.2.)

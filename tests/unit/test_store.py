@@ -363,7 +363,7 @@ async def test_recovered_is_false_when_a_gateway_with_a_smaller_maxlen_trimmed_t
 async def test_recovered_from_before_the_first_message_of_an_untrimmed_stream(
     redis: fakeredis.FakeAsyncRedis,
 ) -> None:
-    """The oldest entry newer than the resume point is fine when it is the first one ever added."""
+    """The oldest entry newer than the resume point is fine when it is the stream's recorded first one."""
     store = Store(redis, maxlen=5)
     ids = [(await store.send_broadcast(_name("c"), "c", f"m{i}")).id for i in range(4)]
     everything = await store.replay(keys.BROADCAST_STREAM, "0-0")
@@ -373,6 +373,11 @@ async def test_recovered_from_before_the_first_message_of_an_untrimmed_stream(
     await redis.hdel(keys.STREAM_ORIGINS, keys.BROADCAST_STREAM)
     assert not (await store.replay(keys.BROADCAST_STREAM, "0-0")).recovered
     assert (await store.replay(keys.BROADCAST_STREAM, ids[0])).recovered  # its oldest entry is not newer
+    # A stream deleted and created again (a group of the same name) starts a new origin.
+    await redis.delete(keys.BROADCAST_STREAM)
+    again = (await store.send_broadcast(_name("c"), "c", "anew")).id
+    replay = await store.replay(keys.BROADCAST_STREAM, "0-0")
+    assert replay.recovered and [i for i, _ in replay.frames] == [again]
 
 
 async def test_a_ref_reused_for_a_different_message_is_a_new_send(
