@@ -40,6 +40,11 @@ class Option:
     help: str
     roles: frozenset[str]  # which programs take it: gateway, presence, server
     parse: Callable[[str], Any] = str
+    # Help for particular roles, when ``help`` would name an option or a default the program does not have.
+    role_help: Mapping[str, str] = field(default_factory=dict)
+
+    def help_for(self, role: str) -> str:
+        return self.role_help.get(role, self.help)
 
 
 _G, _P, _S = "gateway", "presence", "server"
@@ -49,10 +54,12 @@ _GW = frozenset((_G, _S))
 OPTIONS: tuple[Option, ...] = (
     Option("host", "CHINWAG_HOST", "address to listen on", _ALL),
     Option("port", "CHINWAG_PORT", "WebSocket port", _GW, int),
-    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://); chinwag-server without it "
-           "starts an embedded Redis", _ALL),
+    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://)", _ALL,
+           role_help={_S: "Redis URL (redis://, unix://); without it an embedded Redis is started, its data "
+                          "in --data-dir"}),
     Option("http_port", "CHINWAG_HTTP_PORT", "port for /healthz, /readyz and /metrics (default: the WebSocket "
-           "port + 100; chinwag-presence: 9190; 0 turns it off)", _ALL, int),
+           "port + 100; 0 turns it off)", _ALL, int,
+           role_help={_P: "port for /healthz, /readyz and /metrics (default: 9190; 0 turns it off)"}),
     Option("node_id", "CHINWAG_NODE_ID", "this gateway's id in the cluster (default: random)", _GW),
     Option("data_dir", "CHINWAG_DATA_DIR", "where the embedded Redis keeps its data", frozenset((_S,))),
     Option("lease_ttl", "CHINWAG_LEASE_TTL", "seconds a gateway's lease lives without renewal", _ALL,
@@ -99,7 +106,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("argon2_parallelism", "CHINWAG_ARGON2_PARALLELISM", "argon2id lanes", _GW, int),
     Option("shutdown_timeout", "CHINWAG_SHUTDOWN_TIMEOUT", "seconds to drain on SIGTERM", _ALL, float),
     Option("blob_dir", "CHINWAG_BLOB_DIR", "directory of uploaded files, shared by every gateway of a cluster "
-           "(default: blobs in the data directory, ~/.local/share/chinwag/blobs)", _GW),
+           "(default: blobs in --data-dir)", _GW,
+           role_help={_G: "directory of uploaded files, shared by every gateway of a cluster "
+                          "(default: ~/.local/share/chinwag/blobs)"}),
     Option("max_file_bytes", "CHINWAG_MAX_FILE_BYTES", "largest file a user can upload", _GW, int),
     Option("user_quota_bytes", "CHINWAG_USER_QUOTA_BYTES", "bytes of files each user can store", _GW, int),
     Option("log_level", "CHINWAG_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", _ALL),
@@ -210,7 +219,8 @@ def build_parser(role: str, prog: str | None = None, description: str | None = N
         flag = "--" + opt.name.replace("_", "-")
         default = defaults.get(opt.name)
         shown = "" if default is None or opt.name == "node_id" else f" (default: {default})"
-        kwargs: dict[str, Any] = {"dest": opt.name, "default": None, "help": f"{opt.help}{shown} [env: {opt.env}]"}
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": None,
+                                  "help": f"{opt.help_for(role)}{shown} [env: {opt.env}]"}
         if opt.parse is _bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

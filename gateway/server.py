@@ -70,6 +70,7 @@ from protocol.names import group_name, id_tuple, login_name, normalize_name, par
 from .accounts import Accounts
 from .files import FileService
 from .groups import Groups
+from .handshake import GetOnlyConnection
 from .limits import IpLimiter
 from .pipeline import AutoPipeline
 from .router import Router
@@ -210,6 +211,7 @@ class Gateway:
             ssl=self._tls_context(),
             origins=self._origins(),
             process_request=self._http,
+            create_connection=GetOnlyConnection,  # a POST gets 405, not a silent close
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
             ping_interval=None,  # one _keepalive task pings every socket, not a task per socket
