@@ -26,6 +26,13 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str  # Settings field
@@ -98,6 +105,8 @@ OPTIONS: tuple[Option, ...] = (
            "silent before it is PINGed; a PING unanswered this long makes /readyz 503", _GW, float),
     Option("redis_ping_timeout", "CHINWAG_REDIS_PING_TIMEOUT", "seconds a PING to Redis may go unanswered before "
            "the pub/sub connection is dropped and made again", _GW, float),
+    Option("online_page", "CHINWAG_ONLINE_PAGE", "most names in welcome.online and in one answer to who "
+           "(clients page through the rest)", _GW, _positive),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
            "presence_batch frame, for clients that log in with presence \"batched\"", _GW, float),
     Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
@@ -149,6 +158,7 @@ class Settings:
     redis_ping_interval: float = 1.0
     redis_ping_timeout: float = 3.0
     presence_batch: float = 0.25
+    online_page: int = 1000
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
     argon2_parallelism: int = 1

@@ -332,7 +332,7 @@ class Gateway:
     async def _reclaim_all(self) -> None:
         for session in list(self.sessions.values()):
             claim = await self.registry.claim(
-                session.key, session.name, self.node_id, session.token, with_online=False
+                session.key, session.name, self.node_id, session.token, online_limit=0
             )
             if claim is None:
                 log.warning("lost the name %s while the lease was gone; closing", session.name)
@@ -507,8 +507,9 @@ class Gateway:
             if resumed:
                 recovered[stream] = replay.recovered
         welcome = f.Welcome(
-            user=name, online=claim.online, v=f.PROTOCOL_VERSION, session=token, positions=positions,
-            node=self.node_id, recovered=recovered or None, ref=frame.ref,
+            user=name, online=claim.online.names, v=f.PROTOCOL_VERSION, session=token, positions=positions,
+            node=self.node_id, recovered=recovered or None, online_total=claim.online.total,
+            online_next=claim.online.next, ref=frame.ref,
         )
         session.push(f.encode(welcome))
         session.last_dm = id_tuple(dm_from)
@@ -549,7 +550,8 @@ class Gateway:
         return session
 
     async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
-        args = (session.key, session.name, self.node_id, session.token, takeover, session.presence != f.PRESENCE_OFF)
+        page = 0 if session.presence == f.PRESENCE_OFF else self.settings.online_page
+        args = (session.key, session.name, self.node_id, session.token, takeover, page)
         try:
             return await self.registry.claim(*args)
         except NoLease:
@@ -642,7 +644,9 @@ class Gateway:
             self.m_publish.observe(time.perf_counter() - started)
             return f.encode(f.Ack(id=stored.id, ts=stored.ts, ref=frame.ref, duplicate=stored.duplicate))
         if isinstance(frame, f.Who):
-            return f.encode(f.Online(users=await self.registry.online(), ref=frame.ref))
+            cap = self.settings.online_page
+            page = await self.registry.online_page(frame.cursor, min(frame.limit or cap, cap))
+            return f.encode(f.Online(users=page.names, total=page.total, next=page.next, ref=frame.ref))
         if isinstance(frame, f.HistoryRequest):
             address = parse_address(frame.conv)
             if address.kind == "group":
@@ -940,7 +944,8 @@ class Gateway:
                     except ConnectionClosed:
                         continue
                 recovered += 1
-        online = f.encode(f.Online(users=await self.registry.online()))
+        page = await self.registry.online_page(None, self.settings.online_page)  # clients page on with `who`
+        online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
         broadcast(self.live, online, text=True)
         return recovered
 
