@@ -73,6 +73,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("login_timeout", "CHINWAG_LOGIN_TIMEOUT", "seconds a new socket has to log in", _GW, float),
     Option("max_write_buffer", "CHINWAG_MAX_WRITE_BUFFER", "bytes queued to one client before it "
            "is cut off as a slow consumer", _GW, int),
+    Option("login_write_buffer", "CHINWAG_LOGIN_WRITE_BUFFER", "bytes queued to a socket that has not logged "
+           "in yet (pongs and error frames) before it is dropped", _GW, int),
+    Option("control_frames", "CHINWAG_CONTROL_FRAMES", "pings and pongs per second one connection may send, "
+           "bursts of 10x that (0: unlimited); more and it is dropped", _GW, float),
     Option("compression", "CHINWAG_COMPRESSION", "enable permessage-deflate", _GW, _bool),
     Option("tls_cert", "CHINWAG_TLS_CERT", "PEM certificate (chain) to serve wss:// with", _GW),
     Option("tls_key", "CHINWAG_TLS_KEY", "PEM private key of --tls-cert", _GW),
@@ -90,13 +94,17 @@ OPTIONS: tuple[Option, ...] = (
            int),
     Option("login_token_days", "CHINWAG_LOGIN_TOKEN_DAYS", "how long a session token still proves its owner at "
            "login (the owner's own guess budget, docs/security.md)", _GW, float),
-    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address, "
-           "bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
-    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address, bursts of 5x that "
-           "(0: unlimited); over it: rate_limited", _GW, float),
+    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address "
+           "(IPv6: /64), shared by every gateway, bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
+    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address (IPv6: /64), shared "
+           "by every gateway, bursts of 5x that (0: unlimited); over it: rate_limited", _GW, float),
     Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
            "refused with HTTP 503", _GW, int),
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
+    Option("redis_ping_interval", "CHINWAG_REDIS_PING_INTERVAL", "seconds the pub/sub connection to Redis may be "
+           "silent before it is PINGed; a PING unanswered this long makes /readyz 503", _GW, float),
+    Option("redis_ping_timeout", "CHINWAG_REDIS_PING_TIMEOUT", "seconds a PING to Redis may go unanswered before "
+           "the pub/sub connection is dropped and made again", _GW, float),
     Option("online_page", "CHINWAG_ONLINE_PAGE", "most names in welcome.online and in one answer to who "
            "(clients page through the rest)", _GW, _positive),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
@@ -131,6 +139,8 @@ class Settings:
     stream_maxlen: int = 10_000
     login_timeout: float = 10.0
     max_write_buffer: int = 4 * 1024 * 1024
+    login_write_buffer: int = 64 * 1024
+    control_frames: float = 10.0
     compression: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -145,6 +155,8 @@ class Settings:
     lockout_seconds: int = 300
     login_token_days: float = 30.0
     ping_interval: float = 20.0
+    redis_ping_interval: float = 1.0
+    redis_ping_timeout: float = 3.0
     presence_batch: float = 0.25
     online_page: int = 1000
     argon2_time_cost: int = 2

@@ -143,3 +143,13 @@ def name_skeleton(side: str, skeleton: str) -> str:
 
 
 SKELETONS_BACKFILLED = f"{PREFIX}skel:backfilled"  # set once every account stored before has its skeletons
+
+
+def ip_connections(ip: str) -> str:
+    """Connection-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
+    return f"{PREFIX}ipc:{ip}"
+
+
+def ip_logins(ip: str) -> str:
+    """Login-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
+    return f"{PREFIX}ipl:{ip}"

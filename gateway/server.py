@@ -68,10 +68,10 @@ from protocol.files import is_chunk
 from protocol.names import group_name, id_tuple, login_name, normalize_name, parse_address
 
 from .accounts import Accounts
+from .connection import bounded_connection
 from .files import FileService
 from .groups import Groups
-from .handshake import GetOnlyConnection
-from .limits import IpLimiter
+from .limits import SharedIpLimiter
 from .pipeline import AutoPipeline
 from .router import Router
 from .session import Session
@@ -99,7 +99,9 @@ class Gateway:
         self.settings = settings
         self.node_id = settings.node_id
         self.redis = redis or connect_redis(settings.redis_url)
-        self.router = Router(settings.redis_url)
+        self.router = Router(
+            settings.redis_url, keepalive=settings.redis_ping_interval, ping_timeout=settings.redis_ping_timeout
+        )
         self.registry = Registry(self.redis, settings.lease_ttl)
         self.pipeline = AutoPipeline(settings.redis_url)  # the send path: auto-pipelined, see pipeline.py
         self.store = Store(
@@ -115,8 +117,15 @@ class Gateway:
             lockout_seconds=settings.lockout_seconds,
             token_seconds=settings.login_token_days * 86_400,
         )
-        self.ip_connections = IpLimiter(settings.ip_connections, int(5 * settings.ip_connections))
-        self.ip_logins = IpLimiter(settings.ip_logins, int(5 * settings.ip_logins))
+        # Per-IP limits in Redis, shared by the cluster; this gateway's own buckets while Redis is away.
+        self.ip_connections = SharedIpLimiter(
+            self.redis, self.pipeline, keys.ip_connections, settings.ip_connections, int(5 * settings.ip_connections),
+            healthy=lambda: self.ready,
+        )
+        self.ip_logins = SharedIpLimiter(
+            self.redis, self.pipeline, keys.ip_logins, settings.ip_logins, int(5 * settings.ip_logins),
+            healthy=lambda: self.ready,
+        )
         self.parser = f.FrameParser(f.Limits(settings.max_frame_bytes, settings.max_body_chars))
         self.sessions: dict[str, Session] = {}  # name key -> logged-in session
         self.joining: set[Session] = set()  # claimed but welcome/replay not yet sent
@@ -211,7 +220,10 @@ class Gateway:
             ssl=self._tls_context(),
             origins=self._origins(),
             process_request=self._http,
-            create_connection=GetOnlyConnection,  # a POST gets 405, not a silent close
+            # Bounded writes and control frames (connection.py); a POST gets 405, not a silent close (handshake.py).
+            create_connection=bounded_connection(
+                self.settings.login_write_buffer, self.settings.control_frames, self._on_dropped
+            ),
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
             ping_interval=None,  # one _keepalive task pings every socket, not a task per socket
@@ -231,7 +243,7 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.router.live and self.redis_ok and not self.stopping
+        return self.router.healthy and self.redis_ok and not self.stopping
 
     def health_routes(self) -> dict[str, Route]:
         def readyz() -> tuple[int, str, bytes]:
@@ -349,7 +361,7 @@ class Gateway:
         return [None, *allowed]
 
     async def _http(self, conn: ServerConnection, request: Request) -> Response | None:
-        if wait := self.ip_connections.take(_ip(conn)):
+        if wait := await self.ip_connections.take(_ip(conn)):
             self.m_errors.inc("ip_connections")
             response = _text(http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address\n")
             response.headers["Retry-After"] = str(max(1, round(wait)))
@@ -413,7 +425,7 @@ class Gateway:
                 frame = self.parser.parse(raw)
                 if not isinstance(frame, f.Login):
                     raise NotLoggedIn()
-                if wait := self.ip_logins.take(_ip(ws)):
+                if wait := await self.ip_logins.take(_ip(ws)):
                     raise RateLimited("too many logins from your address", retry_after=round(wait, 3))
                 return await self._authenticate(ws, frame)
             except ChatError as exc:
@@ -989,6 +1001,14 @@ class Gateway:
             log.warning("%s is not reading; closing as slow consumer", session.name)
             self.m_slow.inc()
             self._spawn(_cut_off(session.ws), "cut-off")
+
+    def _on_dropped(self, ws: ServerConnection, reason: str, detail: str) -> None:
+        """A socket was aborted for sending without reading or for a ping flood (gateway/connection.py)."""
+        log.warning("%s %s; dropped", _peer(ws), detail)
+        if reason == "write_bound":
+            self.m_slow.inc()
+        else:
+            self.m_errors.inc(reason)
 
     def _close_later(self, ws: ServerConnection, code: int, reason: str) -> None:
         self._spawn(ws.close(code, reason), "close")

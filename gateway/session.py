@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from chinwag.metrics import Counter
 from protocol.names import id_tuple
 
+from .connection import set_write_bound
 from .store import frame_id
 
 log = logging.getLogger("chinwag.session")
@@ -71,6 +72,7 @@ class Session:
         self.token = token
         self.token_hash = token_hash
         self.max_buffer = max_buffer
+        set_write_bound(ws, max_buffer)  # from the small pre-login bound to a session's
         self.on_slow = on_slow
         self.out = out or Counter("chinwag_messages_out_total", "", ("kind",))
         self.presence = presence  # login.presence: "each", "batched" or "off"
