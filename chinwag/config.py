@@ -67,6 +67,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_messages", "CHINWAG_RATE_MESSAGES", "sends per second per user, shared by every gateway "
            "(0: unlimited)", _GW, float),
     Option("rate_burst", "CHINWAG_RATE_BURST", "sends a user may make at once before the rate applies", _GW, int),
+    Option("rate_requests", "CHINWAG_RATE_REQUESTS", "requests other than sends (history, who, group ops, "
+           "uploads...) per second per user, shared by every gateway; ping is free (0: unlimited)", _GW, float),
+    Option("rate_request_burst", "CHINWAG_RATE_REQUEST_BURST", "such requests a user may make at once before "
+           "the rate applies", _GW, int),
     Option("rate_abuse_limit", "CHINWAG_RATE_ABUSE_LIMIT", "rate_limited answers in a row before the socket is "
            "closed with 4029", _GW, int),
     Option("login_failures", "CHINWAG_LOGIN_FAILURES", "wrong passwords for one account before it is locked", _GW,
@@ -80,6 +84,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
            "refused with HTTP 503", _GW, int),
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
+    Option("group_cursor_interval", "CHINWAG_GROUP_CURSOR_INTERVAL", "seconds between saves of the group "
+           "positions that advanced (where a login without resume picks each group up)", _GW, float),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
            "presence_batch frame, for clients that log in with presence \"batched\"", _GW, float),
     Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
@@ -119,10 +125,13 @@ class Settings:
     ip_logins: float = 10.0
     rate_messages: float = 20.0
     rate_burst: int = 40
+    rate_requests: float = 10.0
+    rate_request_burst: int = 50
     rate_abuse_limit: int = 200
     login_failures: int = 5
     lockout_seconds: int = 300
     ping_interval: float = 20.0
+    group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
