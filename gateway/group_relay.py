@@ -338,10 +338,13 @@ class GroupRelay:
 
     # -- after the pub/sub connection was lost ------------------------------
 
-    async def verify(self) -> int:
+    async def verify(self) -> dict[Session, tuple[int, int]]:
         """Markers and ``part`` messages published while the subscriptions were down are gone: pending
         joins stop waiting for a marker (messages stay checked by id), and every local membership is
-        read again from Redis; sessions no longer members stop receiving.  Returns how many."""
+        read again from Redis.  Sessions no longer members stop receiving; a membership that began
+        again meanwhile (removed, then back) starts at its new position.  Returns, per session, the
+        newest id when its memberships were read: a catch-up replay must stop there (what is later
+        arrives live, behind any removal)."""
         for gkey, pending in list(self._pending.items()):
             for session, p in list(pending.items()):
                 if not p.marked:
@@ -352,15 +355,19 @@ class GroupRelay:
         for gkey, members in self.members.items():
             for session in members:
                 by_session.setdefault(session, []).append(gkey)
-        detached = 0
+        bounds: dict[Session, tuple[int, int]] = {}
         for session, gkeys in by_session.items():
-            _, since = await self.groups.membership(session.key, gkeys)
+            now, since = await self.groups.membership(session.key, gkeys)
+            bounds[session] = id_tuple(now)
             for gkey in gkeys:
-                if gkey not in since and gkey in session.groups:
+                if gkey not in session.groups:
+                    continue  # detached while we waited
+                if gkey not in since:
                     log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
                     self.detach(session, gkey)
-                    detached += 1
-        return detached
+                else:
+                    self._floor(session, gkey, id_tuple(since[gkey]))
+        return bounds
 
     # -- resume positions ---------------------------------------------------
 

@@ -714,10 +714,14 @@ class Gateway:
                 self.relay.abandon(session, g.key)
                 continue
             start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
-            if not self.relay.admit(session, g.key, g.name, start, now=True):
+            if not self.relay.admit(session, g.key, g.name, start):  # live frames from now on, held
                 continue
             replay = await self.store.replay(keys.group_stream(g.key), start)
-            out[f"#{g.name}"] = (g.key, start, replay, g.key in wanted)
+            # Up to ``now`` only: the membership held then; anything later came (or comes) live,
+            # where a removal in between is seen in order.
+            upto = id_tuple(now)
+            frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
+            out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
         return out
 
     async def _logout(self, session: Session) -> None:
@@ -877,13 +881,18 @@ class Gateway:
             except ConnectionClosed:
                 continue  # that client left; its handler logs it out
             recovered += len(missed)
-        await self.relay.verify()  # memberships that ended while the subscriptions were down
+        # Memberships that ended (or began again) while the subscriptions were down; each member's
+        # replay stops at the newest id when its membership was read: later ones arrive live.
+        bounds = await self.relay.verify()
         for gkey, members in list(self.relay.members.items()):
             since = min((s.last_group.get(gkey, (0, 0)) for s in members), default=(0, 0))
             if since == (0, 0):
                 continue  # nobody here has read it yet: nothing to be behind on
             for _, frame in (await self.store.replay(keys.group_stream(gkey), _id_str(since))).frames:
+                mid = frame_id(frame)
                 for session in list(members):
+                    if mid > bounds.get(session, (0, 0)):
+                        continue
                     try:
                         await session.replay_group(gkey, frame)
                     except ConnectionClosed:
