@@ -289,3 +289,36 @@ async def test_a_removed_member_gets_nothing_after_the_removal_even_mid_burst(
             assert not removed_seen, f"{event.body} arrived after the removal"
             got.append(event.id)
     assert removed_seen and got == ids[: len(got)]  # a prefix: in order, nothing after the removal
+
+
+async def test_a_removal_while_the_gateway_is_cut_off_from_pubsub_still_stops_delivery(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """The removed member's gateway misses the ``part`` (its subscriptions are down when it is
+    published); after resubscribing it reads the memberships again before delivering anything."""
+    gw1, gw2 = processes.gateway(redis_server.url), processes.gateway(redis_server.url)
+    alice = await clients.login(gw2.url, "alice")
+    bob = await clients.login(gw1.url, "bob")
+    carol = await clients.login(gw1.url, "carol")
+    await alice.group("create", "ops")
+    await bob.group("join", "ops")
+    await carol.group("join", "ops")
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await alice.group("remove", "ops", user="bob")  # published while nobody listens
+
+        async def resubscribed() -> bool:
+            clients_now = (await admin.execute_command("CLIENT", "LIST", "TYPE", "pubsub")).splitlines()
+            return len(clients_now) >= 2
+        await async_wait_until(resubscribed, 15, "both gateways to resubscribe")
+    finally:
+        await admin.aclose()
+    await alice.send("#ops", "after")
+    await wait_for_event(carol, to_group("after"), 15)  # the group flows again on that gateway
+    await alice.send("@bob", "marker")
+    while True:
+        event = await bob.next_event(15)
+        if isinstance(event, f.Message):
+            assert event.body == "marker", f"{event.body!r} reached bob after his removal"
+            break
