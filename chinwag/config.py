@@ -73,10 +73,13 @@ OPTIONS: tuple[Option, ...] = (
            "the rate applies", _GW, int),
     Option("rate_abuse_limit", "CHINWAG_RATE_ABUSE_LIMIT", "rate_limited answers in a row before the socket is "
            "closed with 4029", _GW, int),
-    Option("login_failures", "CHINWAG_LOGIN_FAILURES", "wrong passwords for one account before it is locked", _GW,
+    Option("login_failures", "CHINWAG_LOGIN_FAILURES", "password checks per account and kind of caller (stranger, "
+           "session token, last IP) in one lockout window", _GW,
            int),
     Option("lockout_seconds", "CHINWAG_LOCKOUT_SECONDS", "how long those failures count, and the lock lasts", _GW,
            int),
+    Option("login_token_days", "CHINWAG_LOGIN_TOKEN_DAYS", "how long a session token still proves its owner at "
+           "login (the owner's own guess budget, docs/security.md)", _GW, float),
     Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address, "
            "bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
     Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address, bursts of 5x that "
@@ -130,6 +133,7 @@ class Settings:
     rate_abuse_limit: int = 200
     login_failures: int = 5
     lockout_seconds: int = 300
+    login_token_days: float = 30.0
     ping_interval: float = 20.0
     group_cursor_interval: float = 2.0
     presence_batch: float = 0.25

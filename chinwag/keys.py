@@ -139,6 +139,21 @@ def request_rate(ukey: str) -> str:
     return f"{PREFIX}rq:{ukey}"
 
 
-def password_failures(ukey: str) -> str:
-    """Failed logins for an account in the current lockout window."""
-    return f"{PREFIX}pwf:{ukey}"
+# Login guard (gateway/accounts.py): password evaluations are budgeted per account and per
+# kind of caller, so a stranger's guesses cannot lock out the owner (docs/security.md).
+def login_budget(ukey: str, kind: str) -> str:
+    """Password evaluations taken in the current window by ``kind`` ("stranger", "token", "ip") callers."""
+    return f"{PREFIX}pwb:{kind}:{ukey}"
+
+
+def login_tokens(ukey: str) -> str:
+    """Zset: SHA-256 of session tokens issued to this account -> expiry (ms, Redis clock)."""
+    return f"{PREFIX}ltok:{ukey}"
+
+
+def name_skeleton(side: str, skeleton: str) -> str:
+    """The account key that holds a UTS #39 skeleton (``side`` "f" fold or "u" upper, protocol/confusables.py)."""
+    return f"{PREFIX}skel:{side}:{skeleton}"
+
+
+SKELETONS_BACKFILLED = f"{PREFIX}skel:backfilled"  # set once every account stored before has its skeletons

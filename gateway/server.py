@@ -65,7 +65,7 @@ from protocol.errors import (
     UsernameTaken,
 )
 from protocol.files import is_chunk
-from protocol.names import group_name, id_tuple, normalize_name, parse_address
+from protocol.names import group_name, id_tuple, login_name, normalize_name, parse_address
 
 from .accounts import Accounts
 from .files import FileService
@@ -113,6 +113,7 @@ class Gateway:
             parallelism=settings.argon2_parallelism,
             max_failures=settings.login_failures,
             lockout_seconds=settings.lockout_seconds,
+            token_seconds=settings.login_token_days * 86_400,
         )
         self.ip_connections = IpLimiter(settings.ip_connections, int(5 * settings.ip_connections))
         self.ip_logins = IpLimiter(settings.ip_logins, int(5 * settings.ip_logins))
@@ -193,6 +194,7 @@ class Gateway:
         except _REDIS_ERRORS:
             log.warning("Redis unreachable at start; serving anyway and retrying in the background")
         self._spawn(self.router.run(), "router")
+        self._spawn(self.accounts.backfill_skeletons(), "skeleton-backfill")
         self._spawn(self._sweep_buffers(), "buffer-sweep")
         if self.settings.ping_interval > 0:
             self._spawn(self._keepalive(), "keepalive")
@@ -428,7 +430,7 @@ class Gateway:
         login is answered and the client may still log in.
         """
         self._reply_error(ws, exc)
-        if isinstance(exc, LoginError | UnsupportedVersion | Unavailable):
+        if isinstance(exc, LoginError | UnsupportedVersion | Unavailable | RateLimited):
             self.m_logins.inc(exc.code.value)
         if isinstance(exc, LoginError | UnsupportedVersion):
             await ws.close(CloseCode.LOGIN_FAILED, exc.code.value)
@@ -446,11 +448,15 @@ class Gateway:
         points, writes the replay, and only then releases what it held,
         dropping anything the replay already carried.
         """
-        display, key = normalize_name(frame.user)
+        user = login_name(frame.user)
+        key = user.key
         resume = frame.resume or {}
         try:
-            name = await self.accounts.authenticate(key, display, frame.password)
             token = secrets.token_urlsafe(24)
+            name = await self.accounts.authenticate(
+                user, frame.password, issued=token_hash(token),
+                presented=token_hash(frame.session) if frame.session else None, ip=_ip(ws),
+            )
             session = Session(
                 ws, key, name, token, token_hash(token), self.settings.max_write_buffer, self._on_slow, self.m_out,
                 presence=frame.presence,
