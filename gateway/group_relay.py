@@ -127,17 +127,14 @@ class GroupRelay:
         nonce = secrets.token_hex(8)
         await self.open(session, gkey, nonce)
         try:
-            state, new = await decide(nonce)
+            state, _ = await decide(nonce)
         except BaseException:
             # A refusal, or no answer at all: then the script may have run, and a `join` again
             # (answered "already a member") starts delivery.
             self.abandon(session, gkey)
             raise
         assert state.position is not None
-        if new:
-            self.admit(session, gkey, state.name, state.position)
-        else:  # a member in Redis already (another session's join): no marker comes
-            self.admit(session, gkey, state.name, state.position, now=True)
+        self.admit(session, gkey, state.name, state.position)  # new, or a member in Redis already
         return state
 
     async def open(self, session: Session, gkey: str, nonce: str | None) -> None:

@@ -99,6 +99,7 @@ if not g[1] then
 end
 local position = redis.call('GET', KEYS[5]) or '0-0'
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  mark(ARGV[4], ARGV[5])
   return {2, position}
 end
 if g[2] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 0 then
@@ -304,7 +305,8 @@ class Groups:
         return GroupState(gkey, name, uname, invite_only, [uname], _s(result[1]))
 
     async def join(self, gkey: str, ukey: str, uname: str, nonce: str = "") -> tuple[GroupState, bool]:
-        """Join; the state and whether the membership is new (False: already a member, no marker)."""
+        """Join; the state and whether the membership is new (False: already a member).  The marker
+        (``nonce``) is published in both cases."""
         result = await self._join(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(ukey),
                   keys.LAST_ID, keys.group_order(gkey), keys.group_since(gkey), keys.invitations(ukey)],
