@@ -26,6 +26,13 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str  # Settings field
@@ -33,6 +40,11 @@ class Option:
     help: str
     roles: frozenset[str]  # which programs take it: gateway, presence, server
     parse: Callable[[str], Any] = str
+    # Help for particular roles, when ``help`` would name an option or a default the program does not have.
+    role_help: Mapping[str, str] = field(default_factory=dict)
+
+    def help_for(self, role: str) -> str:
+        return self.role_help.get(role, self.help)
 
 
 _G, _P, _S = "gateway", "presence", "server"
@@ -42,10 +54,12 @@ _GW = frozenset((_G, _S))
 OPTIONS: tuple[Option, ...] = (
     Option("host", "CHINWAG_HOST", "address to listen on", _ALL),
     Option("port", "CHINWAG_PORT", "WebSocket port", _GW, int),
-    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://); chinwag-server without it "
-           "starts an embedded Redis", _ALL),
+    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://)", _ALL,
+           role_help={_S: "Redis URL (redis://, unix://); without it an embedded Redis is started, its data "
+                          "in --data-dir"}),
     Option("http_port", "CHINWAG_HTTP_PORT", "port for /healthz, /readyz and /metrics (default: the WebSocket "
-           "port + 100; chinwag-presence: 9190; 0 turns it off)", _ALL, int),
+           "port + 100; 0 turns it off)", _ALL, int,
+           role_help={_P: "port for /healthz, /readyz and /metrics (default: 9190; 0 turns it off)"}),
     Option("node_id", "CHINWAG_NODE_ID", "this gateway's id in the cluster (default: random)", _GW),
     Option("data_dir", "CHINWAG_DATA_DIR", "where the embedded Redis keeps its data", frozenset((_S,))),
     Option("lease_ttl", "CHINWAG_LEASE_TTL", "seconds a gateway's lease lives without renewal", _ALL,
@@ -89,6 +103,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
     Option("group_cursor_interval", "CHINWAG_GROUP_CURSOR_INTERVAL", "seconds between saves of the group "
            "positions that advanced (where a login without resume picks each group up)", _GW, float),
+    Option("online_page", "CHINWAG_ONLINE_PAGE", "most names in welcome.online and in one answer to who "
+           "(clients page through the rest)", _GW, _positive),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
            "presence_batch frame, for clients that log in with presence \"batched\"", _GW, float),
     Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
@@ -96,7 +112,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("argon2_parallelism", "CHINWAG_ARGON2_PARALLELISM", "argon2id lanes", _GW, int),
     Option("shutdown_timeout", "CHINWAG_SHUTDOWN_TIMEOUT", "seconds to drain on SIGTERM", _ALL, float),
     Option("blob_dir", "CHINWAG_BLOB_DIR", "directory of uploaded files, shared by every gateway of a cluster "
-           "(default: blobs in the data directory, ~/.local/share/chinwag/blobs)", _GW),
+           "(default: blobs in --data-dir)", _GW,
+           role_help={_G: "directory of uploaded files, shared by every gateway of a cluster "
+                          "(default: ~/.local/share/chinwag/blobs)"}),
     Option("max_file_bytes", "CHINWAG_MAX_FILE_BYTES", "largest file a user can upload", _GW, int),
     Option("user_quota_bytes", "CHINWAG_USER_QUOTA_BYTES", "bytes of files each user can store", _GW, int),
     Option("log_level", "CHINWAG_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", _ALL),
@@ -137,6 +155,7 @@ class Settings:
     ping_interval: float = 20.0
     group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
+    online_page: int = 1000
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
     argon2_parallelism: int = 1
@@ -209,7 +228,8 @@ def build_parser(role: str, prog: str | None = None, description: str | None = N
         flag = "--" + opt.name.replace("_", "-")
         default = defaults.get(opt.name)
         shown = "" if default is None or opt.name == "node_id" else f" (default: {default})"
-        kwargs: dict[str, Any] = {"dest": opt.name, "default": None, "help": f"{opt.help}{shown} [env: {opt.env}]"}
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": None,
+                                  "help": f"{opt.help_for(role)}{shown} [env: {opt.env}]"}
         if opt.parse is _bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -9,9 +9,15 @@ def account(key: str) -> str:
     return f"{PREFIX}acct:{key}"
 
 
-ONLINE = f"{PREFIX}online"  # set of display names of everyone online
+# Sorted set of the display names of everyone online, all with score 0: ZRANGEBYLEX pages through it
+# in code-point order (UTF-8 byte order), stable under logins and logouts.  (It used to be a
+# plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
+ONLINE = f"{PREFIX}online:z"
 GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
 LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
+# Hash stream key -> id of the first entry of the stream (set when an XADD creates it): a stream
+# whose oldest entry is still that one was never trimmed (gateway/store.py Store.replay).
+STREAM_ORIGINS = f"{PREFIX}sorigin"
 
 
 def session(key: str) -> str:

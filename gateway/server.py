@@ -71,6 +71,7 @@ from .accounts import Accounts
 from .files import FileService
 from .group_relay import GroupRelay, cursors_of
 from .groups import Groups, GroupState
+from .handshake import GetOnlyConnection
 from .limits import IpLimiter
 from .pipeline import AutoPipeline
 from .request_rate import RequestLimiter
@@ -212,6 +213,7 @@ class Gateway:
             ssl=self._tls_context(),
             origins=self._origins(),
             process_request=self._http,
+            create_connection=GetOnlyConnection,  # a POST gets 405, not a silent close
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
             ping_interval=None,  # one _keepalive task pings every socket, not a task per socket
@@ -320,7 +322,7 @@ class Gateway:
     async def _reclaim_all(self) -> None:
         for session in list(self.sessions.values()):
             claim = await self.registry.claim(
-                session.key, session.name, self.node_id, session.token, with_online=False
+                session.key, session.name, self.node_id, session.token, online_limit=0
             )
             if claim is None:
                 log.warning("lost the name %s while the lease was gone; closing", session.name)
@@ -496,8 +498,9 @@ class Gateway:
             if resumed:
                 recovered[stream] = replay.recovered
         welcome = f.Welcome(
-            user=name, online=claim.online, v=f.PROTOCOL_VERSION, session=token, positions=positions,
-            node=self.node_id, recovered=recovered or None, ref=frame.ref,
+            user=name, online=claim.online.names, v=f.PROTOCOL_VERSION, session=token, positions=positions,
+            node=self.node_id, recovered=recovered or None, online_total=claim.online.total,
+            online_next=claim.online.next, ref=frame.ref,
         )
         session.push(f.encode(welcome))
         session.last_dm = id_tuple(dm_from)
@@ -540,7 +543,8 @@ class Gateway:
         return session
 
     async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
-        args = (session.key, session.name, self.node_id, session.token, takeover, session.presence != f.PRESENCE_OFF)
+        page = 0 if session.presence == f.PRESENCE_OFF else self.settings.online_page
+        args = (session.key, session.name, self.node_id, session.token, takeover, page)
         try:
             return await self.registry.claim(*args)
         except NoLease:
@@ -636,7 +640,9 @@ class Gateway:
             return f.encode(f.Pong(ref=frame.ref))
         await self.requests.take(session.key)  # every other request kind: the user's request budget
         if isinstance(frame, f.Who):
-            return f.encode(f.Online(users=await self.registry.online(), ref=frame.ref))
+            cap = self.settings.online_page
+            page = await self.registry.online_page(frame.cursor, min(frame.limit or cap, cap))
+            return f.encode(f.Online(users=page.names, total=page.total, next=page.next, ref=frame.ref))
         if isinstance(frame, f.HistoryRequest):
             address = parse_address(frame.conv)
             if address.kind == "group":
@@ -904,7 +910,8 @@ class Gateway:
                     except ConnectionClosed:
                         continue
                 recovered += 1
-        online = f.encode(f.Online(users=await self.registry.online()))
+        page = await self.registry.online_page(None, self.settings.online_page)  # clients page on with `who`
+        online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
         broadcast(self.live, online, text=True)
         return recovered
 

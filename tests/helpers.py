@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import inspect
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chinwag.http import http_status
+from chinwag.redis_binary import redis_server_binary
 from client import ChatClient
 from client.chat import Event
 from protocol import frames as f
@@ -123,10 +123,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()  # the newest here, not the venv's bundled 6.2 first on PATH
         assert binary, "redis-server is not installed (.ci/run installs it)"
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            binary.path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
         ]
