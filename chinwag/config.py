@@ -98,6 +98,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_messages", "CHINWAG_RATE_MESSAGES", "sends per second per user, shared by every gateway "
            "(0: unlimited)", _GW, float),
     Option("rate_burst", "CHINWAG_RATE_BURST", "sends a user may make at once before the rate applies", _GW, int),
+    Option("rate_requests", "CHINWAG_RATE_REQUESTS", "requests other than sends (history, who, group ops, "
+           "uploads...) per second per user, shared by every gateway; ping is free (0: unlimited)", _GW, float),
+    Option("rate_request_burst", "CHINWAG_RATE_REQUEST_BURST", "such requests a user may make at once before "
+           "the rate applies", _GW, int),
     Option("rate_abuse_limit", "CHINWAG_RATE_ABUSE_LIMIT", "rate_limited answers in a row before the socket is "
            "closed with 4029", _GW, int),
     Option("login_failures", "CHINWAG_LOGIN_FAILURES", "password checks per account and kind of caller (stranger, "
@@ -121,6 +125,8 @@ OPTIONS: tuple[Option, ...] = (
            "silent before it is PINGed; a PING unanswered this long makes /readyz 503", _GW, float),
     Option("redis_ping_timeout", "CHINWAG_REDIS_PING_TIMEOUT", "seconds a PING to Redis may go unanswered before "
            "the pub/sub connection is dropped and made again", _GW, float),
+    Option("group_cursor_interval", "CHINWAG_GROUP_CURSOR_INTERVAL", "seconds between saves of the group "
+           "positions that advanced (where a login without resume picks each group up)", _GW, float),
     Option("online_page", "CHINWAG_ONLINE_PAGE", "most names in welcome.online and in one answer to who "
            "(clients page through the rest)", _GW, _positive),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
@@ -167,6 +173,8 @@ class Settings:
     trusted_proxies: str = ""  # gateway/client_ip.py; "" trusts no peer's X-Forwarded-For
     rate_messages: float = 20.0
     rate_burst: int = 40
+    rate_requests: float = 10.0
+    rate_request_burst: int = 50
     rate_abuse_limit: int = 200
     login_failures: int = 5
     lockout_seconds: int = 300
@@ -174,6 +182,7 @@ class Settings:
     ping_interval: float = 20.0
     redis_ping_interval: float = 1.0
     redis_ping_timeout: float = 3.0
+    group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
     online_page: int = 1000
     argon2_time_cost: int = 2

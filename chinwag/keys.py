@@ -108,8 +108,23 @@ def user_groups(ukey: str) -> str:
 
 
 def group_cursors(ukey: str) -> str:
-    """Hash group key -> last group message id written to this user (kept at logout)."""
+    """Hash group key -> last group message id written to this user (saved as it advances, and at logout)."""
     return f"{PREFIX}gcur:{ukey}"
+
+
+def group_order(gkey: str) -> str:
+    """Zset member key -> join sequence: who has been in the group longest (the next owner)."""
+    return f"{PREFIX}g:{gkey}:o"
+
+
+def group_since(gkey: str) -> str:
+    """Hash member key -> the message id current when they joined: nothing at or before it reaches them."""
+    return f"{PREFIX}g:{gkey}:j"
+
+
+def invitations(ukey: str) -> str:
+    """Hash group key -> the ``invited`` group_event frame: invitations still pending, sent at login."""
+    return f"{PREFIX}inv:{ukey}"
 
 
 def group_stream(gkey: str) -> str:
@@ -123,6 +138,11 @@ def group_channel(gkey: str) -> str:
 def rate(ukey: str) -> str:
     """A user's send token bucket (shared by every gateway)."""
     return f"{PREFIX}rl:{ukey}"
+
+
+def request_rate(ukey: str) -> str:
+    """A user's token bucket for every request that is not a send (shared by every gateway)."""
+    return f"{PREFIX}rq:{ukey}"
 
 
 # Login guard (gateway/accounts.py): password evaluations are budgeted per account and per

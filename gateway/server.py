@@ -71,9 +71,11 @@ from .accounts import Accounts
 from .client_ip import ClientAddressConnection, TrustedProxies, client_ip
 from .connection import bounded_connection
 from .files import FileService
-from .groups import Groups
+from .group_relay import GroupRelay, cursors_of
+from .groups import Groups, GroupState
 from .limits import SharedIpLimiter
 from .pipeline import AutoPipeline
+from .request_rate import RequestLimiter
 from .router import Router
 from .session import Session
 from .store import Replay, Store, frame_id
@@ -84,7 +86,6 @@ _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _control = msgspec.json.Decoder(dict[str, object])
 _presence_decoder = msgspec.json.Decoder(f.Presence)
 _WS_LOG = logging.getLogger("websockets.server")
-_MESSAGE_PREFIX = b'{"type":"message"'
 
 
 def _id_str(mid: tuple[int, int]) -> str:
@@ -132,8 +133,8 @@ class Gateway:
         self.joining: set[Session] = set()  # claimed but welcome/replay not yet sent
         self._by_token: dict[str, Session] = {}  # token hash -> session, for takeover kicks
         self.groups = Groups(self.redis)
-        self.local_groups: dict[str, set[Session]] = {}  # group key -> local member sessions
-        self._group_subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
+        self.relay = GroupRelay(self.router, self.groups, self._spawn)  # local members and their delivery
+        self.requests = RequestLimiter(self.redis, settings.rate_requests, settings.rate_request_burst, self.pipeline)
         self.live: set[ServerConnection] = set()  # logged in and past replay: broadcasts go here
         self.presence_each: set[ServerConnection] = set()  # live, login.presence "each"
         self.presence_batched: set[ServerConnection] = set()  # live, login.presence "batched"
@@ -208,6 +209,7 @@ class Gateway:
         self._spawn(self._sweep_buffers(), "buffer-sweep")
         if self.settings.ping_interval > 0:
             self._spawn(self._keepalive(), "keepalive")
+        self._spawn(self.relay.run_cursor_flusher(self.settings.group_cursor_interval), "group-cursors")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self._on_broadcast)
         self.router.set_handler(keys.PRESENCE_CHANNEL, self._fan_out)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
@@ -491,8 +493,9 @@ class Gateway:
                     bc_from = resume.get(f.STREAM_BROADCAST)
                     broadcasts = await self.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
                     group_replays = await self._join_groups_at_login(session, resume)
+                    invitations = await self.groups.invitations(key)
                 except BaseException:
-                    await self._leave_all_groups(session)
+                    self.relay.detach_all(session)
                     self._forget(session)
                     await self._release(session)
                     raise
@@ -527,9 +530,11 @@ class Gateway:
                 session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), id_tuple(start))
                 for _, data in replay.frames:
                     await session.replay_group(gkey, data)
+            for data in invitations:  # invitations still pending, made while offline or not
+                session.push(data)
         except BaseException:  # the socket died mid-replay: it never became a live session
             self.joining.discard(session)
-            await self._leave_all_groups(session)
+            self.relay.detach_all(session)
             if self._forget(session):
                 await self.router.unsubscribe(keys.user_channel(key))
                 await self._release(session)
@@ -576,10 +581,8 @@ class Gateway:
         except msgspec.DecodeError:
             log.error("bad control message: %.200r", data)
             return
-        if "part" in msg:  # removed from a group by its owner
-            member = self.sessions.get(str(msg.get("user")))
-            if member is not None:
-                self._spawn(self._leave_group_local(member, str(msg["part"])), "group-part")
+        if "part" in msg:  # no longer in a group (removed, or left on another session): stop delivery now
+            self.relay.part(str(msg.get("user")), str(msg["part"]), self.sessions)
             return
         if "notify" in msg:  # e.g. an invitation, for a user who is not (yet) in the group
             member = self.sessions.get(str(msg["notify"]))
@@ -590,6 +593,7 @@ class Gateway:
         if session is not None and session.key == msg.get("kick"):
             log.info("session of %s taken over by a new connection; closing the old one", session.name)
             self._drop_live(session.ws)
+            self.relay.detach_all(session)  # group membership moved with the name
             self._close_later(session.ws, CloseCode.TAKEN_OVER, "session taken over")
 
     async def _serve(self, session: Session) -> None:
@@ -618,7 +622,8 @@ class Gateway:
                 failure.ref = frame.ref if frame is not None else None
                 self._reply_error(ws, failure, session)
             else:
-                session.limited = 0
+                if not isinstance(frame, f.Ping):  # free pings must not reset the abuse count
+                    session.limited = 0
                 self.m_out.inc("reply")
                 session.push(reply)
 
@@ -646,6 +651,9 @@ class Gateway:
                 self.m_in.inc("broadcast")
             self.m_publish.observe(time.perf_counter() - started)
             return f.encode(f.Ack(id=stored.id, ts=stored.ts, ref=frame.ref, duplicate=stored.duplicate))
+        if isinstance(frame, f.Ping):
+            return f.encode(f.Pong(ref=frame.ref))
+        await self.requests.take(session.key)  # every other request kind: the user's request budget
         if isinstance(frame, f.Who):
             cap = self.settings.online_page
             page = await self.registry.online_page(frame.cursor, min(frame.limit or cap, cap))
@@ -662,8 +670,6 @@ class Gateway:
                 stream = keys.BROADCAST_STREAM
             messages = await self.store.history(stream, frame.before, frame.limit)
             return f.encode(f.HistoryPage(conv=frame.conv, messages=messages, ref=frame.ref))
-        if isinstance(frame, f.Ping):
-            return f.encode(f.Pong(ref=frame.ref))
         if isinstance(frame, f.Group):
             return await self._group_op(session, frame)
         if isinstance(frame, f.Groups):
@@ -676,26 +682,21 @@ class Gateway:
     # -- groups -------------------------------------------------------------
 
     async def _group_op(self, session: Session, frame: f.Group) -> bytes:
+        """One ``group`` op.  Membership changes are decided in Redis before delivery changes here;
+        gateway/group_relay.py says in what order and why no frame reaches a non-member."""
         gname, gkey = group_name(frame.group)
         op = frame.op
-        if op in ("create", "join"):
-            # Subscribe before the membership exists, so no message after it is missed.
-            await self._join_group_local(session, gkey, gname)
-            try:
-                if op == "create":
-                    state = await self.groups.create(gkey, gname, session.key, session.name, bool(frame.invite_only))
-                else:
-                    state = await self.groups.join(gkey, session.key, session.name)
-            except BaseException:
-                await self._leave_group_local(session, gkey)
-                raise
-            session.groups[gkey] = state.name
-            if state.position is not None:
-                pos = id_tuple(state.position)
-                session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), pos)
+        if op == "create":
+            async def create(nonce: str) -> tuple[GroupState, bool]:
+                return await self.groups.create(
+                    gkey, gname, session.key, session.name, bool(frame.invite_only), nonce), True
+
+            state = await self.relay.join(session, gkey, create)
+        elif op == "join":
+            state = await self.relay.join(
+                session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
         elif op == "leave":
-            await self.groups.leave(gkey, session.key, session.name)
-            await self._leave_group_local(session, gkey)
+            await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
             target, tkey = normalize_name((frame.user or "").removeprefix("@"))
@@ -713,78 +714,49 @@ class Gateway:
     async def _join_groups_at_login(
         self, session: Session, resume: dict[str, str]
     ) -> dict[str, tuple[str, str, Replay, bool]]:
-        """Subscribe to each of the user's groups, then read each stream after its start point.
+        """Subscribe to each of the user's groups, confirm the memberships, then read each stream.
 
         Returns ``"#Name" -> (group key, start id, replay, resumed)``.  A group
-        starts at the client's resume point, else where this user's last session
-        stopped reading it, else now (nothing old is pushed to a fresh member).
+        starts at the client's resume point, else where this user's sessions
+        stopped reading it (saved as it advances), else now (nothing old is
+        pushed to a fresh member); never before the membership began.  The
+        memberships are read again after subscribing, in one step with the
+        newest id, so a removal in between is seen either there or as a
+        ``part`` that cancels the pending one.
         """
         mine = await self.groups.of_user(session.key)
         if not mine:
             return {}
         wanted = {group_name(stream)[1]: pos for stream, pos in resume.items() if stream.startswith("#")}
         cursors = await self.groups.cursors(session.key)
-        now: Any = await self.redis.get(keys.LAST_ID)
+        await self.relay.open_many(session, [g.key for g in mine])
+        try:
+            now, since = await self.groups.membership(session.key, [g.key for g in mine])
+        except BaseException:
+            self.relay.detach_all(session)
+            raise
         out: dict[str, tuple[str, str, Replay, bool]] = {}
         for g in mine:
-            await self._join_group_local(session, g.key, g.name)
-            start = wanted.get(g.key) or cursors.get(g.key) or (now.decode() if now else "0-0")
+            if g.key not in since:  # left or removed meanwhile
+                self.relay.abandon(session, g.key)
+                continue
+            start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
+            if not self.relay.admit(session, g.key, g.name, start):  # live frames from now on, held
+                continue
             replay = await self.store.replay(keys.group_stream(g.key), start)
-            out[f"#{g.name}"] = (g.key, start, replay, g.key in wanted)
+            # Up to ``now`` only: the membership held then; anything later came (or comes) live,
+            # where a removal in between is seen in order.
+            upto = id_tuple(now)
+            frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
+            out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
         return out
-
-    async def _join_group_local(self, session: Session, gkey: str, gname: str) -> None:
-        session.groups[gkey] = gname
-        members = self.local_groups.setdefault(gkey, set())
-        members.add(session)
-        sub = self._group_subs.get(gkey)
-        if sub is None:
-            sub = asyncio.ensure_future(self.router.subscribe(keys.group_channel(gkey), self._group_handler(gkey)))
-            self._group_subs[gkey] = sub
-        try:
-            await asyncio.shield(sub)
-        except BaseException:
-            if self._group_subs.get(gkey) is sub and sub.done():
-                del self._group_subs[gkey]
-            await self._leave_group_local(session, gkey)
-            raise
-
-    async def _leave_group_local(self, session: Session, gkey: str) -> None:
-        session.groups.pop(gkey, None)
-        members = self.local_groups.get(gkey)
-        if members is None:
-            return
-        members.discard(session)
-        if not members:  # no local member left: stop receiving the group at all
-            del self.local_groups[gkey]
-            self._group_subs.pop(gkey, None)
-            await self.router.unsubscribe(keys.group_channel(gkey))
-
-    async def _leave_all_groups(self, session: Session) -> None:
-        for gkey in list(session.groups):
-            await self._leave_group_local(session, gkey)
-
-    def _group_handler(self, gkey: str) -> Callable[[bytes], None]:
-        def deliver(frame: bytes) -> None:
-            members = self.local_groups.get(gkey, ())
-            if frame.startswith(_MESSAGE_PREFIX):
-                for session in list(members):
-                    session.deliver_group(gkey, frame)
-            else:  # a group_event
-                for session in list(members):
-                    if session.holding:
-                        session.hold(frame)
-                    else:
-                        session.push(frame)
-
-        return deliver
 
     async def _logout(self, session: Session) -> None:
         self._drop_live(session.ws)
         self.joining.discard(session)
         owned = self.sessions.get(session.key) is session
-        cursors = {g: _id_str(mid) for g, mid in session.last_group.items() if g in session.groups}
-        await self._leave_all_groups(session)
+        cursors = cursors_of(session)
+        self.relay.detach_all(session)
         if owned and cursors:
             try:  # where a later login without resume positions picks each group up
                 await self.groups.save_cursors(session.key, cursors)
@@ -936,12 +908,18 @@ class Gateway:
             except ConnectionClosed:
                 continue  # that client left; its handler logs it out
             recovered += len(missed)
-        for gkey, members in list(self.local_groups.items()):
+        # Memberships that ended (or began again) while the subscriptions were down; each member's
+        # replay stops at the newest id when its membership was read: later ones arrive live.
+        bounds = await self.relay.verify()
+        for gkey, members in list(self.relay.members.items()):
             since = min((s.last_group.get(gkey, (0, 0)) for s in members), default=(0, 0))
             if since == (0, 0):
                 continue  # nobody here has read it yet: nothing to be behind on
             for _, frame in (await self.store.replay(keys.group_stream(gkey), _id_str(since))).frames:
+                mid = frame_id(frame)
                 for session in list(members):
+                    if mid > bounds.get(session, (0, 0)):
+                        continue
                     try:
                         await session.replay_group(gkey, frame)
                     except ConnectionClosed:

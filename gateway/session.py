@@ -34,6 +34,7 @@ _DM, _BROADCAST, _OTHER, _GROUP = 0, 1, 2, 3  # kinds of held frames
 
 class Session:
     __slots__ = (
+        "cursors_dirty",
         "early",
         "groups",
         "holding",
@@ -83,6 +84,7 @@ class Session:
         self.last_broadcast = (0, 0)  # id of the last broadcast written while not yet live
         self.groups: dict[str, str] = {}  # group key -> display name, for groups this session is in
         self.last_group: dict[str, tuple[int, int]] = {}  # group key -> id of the last message written
+        self.cursors_dirty = False  # last_group moved since the gateway last saved it to Redis
 
     def push(self, frame: bytes) -> None:
         """Write one frame now; flag the session as a slow consumer if it is not reading."""
@@ -138,11 +140,17 @@ class Session:
             self.push_group(gkey, frame)
 
     def push_group(self, gkey: str, frame: bytes) -> None:
+        """Write a group message if this session is (still) a member and has not had it.
+
+        ``groups`` holds only memberships Redis has confirmed, and ``last_group``
+        starts at the membership's first position, so a message stored before
+        the join, or after a leave or removal, never gets through here."""
         if gkey not in self.groups:
             return  # left or removed meanwhile
         mid = frame_id(frame)
         if mid > self.last_group.get(gkey, (0, 0)):
             self.last_group[gkey] = mid
+            self.cursors_dirty = True
             self.out.inc("group")
             self.push(frame)
 
@@ -150,6 +158,7 @@ class Session:
         mid = frame_id(frame)
         if gkey in self.groups and mid > self.last_group.get(gkey, (0, 0)):
             self.last_group[gkey] = mid
+            self.cursors_dirty = True
             self.out.inc("group")
             await self._send_paced(frame)
 

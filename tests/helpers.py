@@ -36,6 +36,7 @@ FAST_ENV = {
     "CHINWAG_ARGON2_TIME_COST": "1",
     "CHINWAG_LOG_LEVEL": "INFO",
     "CHINWAG_RATE_MESSAGES": "0",  # tests that are about rate limits set their own
+    "CHINWAG_RATE_REQUESTS": "0",
     "CHINWAG_IP_CONNECTIONS": "0",  # every test client comes from 127.0.0.1
     "CHINWAG_IP_LOGINS": "0",
 }
