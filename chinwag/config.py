@@ -9,6 +9,7 @@ reads ``os.environ``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,18 @@ def _bool(raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _networks(raw: str) -> str:
+    """Comma-separated IP addresses/networks or ``*``, checked here so a typo stops the program at start."""
+    entries = [e.strip() for e in raw.split(",") if e.strip()]
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address, network or '*': {entry!r} ({exc})") from None
+    return ",".join(entries)
 
 
 def _positive(raw: str) -> int:
@@ -102,6 +115,9 @@ OPTIONS: tuple[Option, ...] = (
            "(IPv6: /64), shared by every gateway, bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
     Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address (IPv6: /64), shared "
            "by every gateway, bursts of 5x that (0: unlimited); over it: rate_limited", _GW, float),
+    Option("trusted_proxies", "CHINWAG_TRUSTED_PROXIES", "comma-separated IP addresses or networks (CIDR) of "
+           "load balancers whose X-Forwarded-For names the client, for the per-IP limits and the lockout; '*': "
+           "any peer, for the last hop only (default: none, the TCP peer is the client)", _GW, _networks),
     Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
            "refused with HTTP 503", _GW, int),
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
@@ -154,6 +170,7 @@ class Settings:
     max_connections: int = 10_000
     ip_connections: float = 20.0
     ip_logins: float = 10.0
+    trusted_proxies: str = ""  # gateway/client_ip.py; "" trusts no peer's X-Forwarded-For
     rate_messages: float = 20.0
     rate_burst: int = 40
     rate_requests: float = 10.0
@@ -239,7 +256,7 @@ def build_parser(role: str, prog: str | None = None, description: str | None = N
             continue
         flag = "--" + opt.name.replace("_", "-")
         default = defaults.get(opt.name)
-        shown = "" if default is None or opt.name == "node_id" else f" (default: {default})"
+        shown = "" if default in (None, "") or opt.name == "node_id" else f" (default: {default})"
         kwargs: dict[str, Any] = {"dest": opt.name, "default": None,
                                   "help": f"{opt.help_for(role)}{shown} [env: {opt.env}]"}
         if opt.parse is _bool:

@@ -35,6 +35,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
+from .client_ip import NOBODY, ClientAddressConnection, TrustedProxies
 from .handshake import GetOnlyConnection
 
 # Told (connection, reason, detail) when a connection is aborted; reason is "write_bound" or "control_frames".
@@ -93,20 +94,25 @@ class BoundedConnection(ServerConnection):
         super().send_data()
 
 
-def bounded_connection(login_bound: int, control_rate: float, on_drop: Overflow) -> type[BoundedConnection]:
+def bounded_connection(
+    login_bound: int, control_rate: float, on_drop: Overflow, trusted: TrustedProxies = NOBODY
+) -> type[BoundedConnection]:
     """The gateway's class for ``serve(create_connection=...)``: ``login_bound`` until login.
 
     Also a :class:`~gateway.handshake.GetOnlyConnection` (405 for methods other
-    than GET); the bounds come first in the MRO, so they see every byte.
+    than GET); the bounds come first in the MRO, so they see every byte.  And a
+    :class:`~gateway.client_ip.ClientAddressConnection`: it notes the client's
+    address from the handshake, believing ``X-Forwarded-For`` from ``trusted``.
     """
 
-    class GatewayConnection(BoundedConnection, GetOnlyConnection):
+    class GatewayConnection(BoundedConnection, ClientAddressConnection, GetOnlyConnection):
         write_bound = login_bound
 
         def on_drop(self, reason: str, detail: str) -> None:
             on_drop(self, reason, detail)
 
     GatewayConnection.control_rate = control_rate
+    GatewayConnection.trusted_proxies = trusted
     return GatewayConnection
 
 

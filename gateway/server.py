@@ -68,6 +68,7 @@ from protocol.files import is_chunk
 from protocol.names import group_name, id_tuple, login_name, normalize_name, parse_address
 
 from .accounts import Accounts
+from .client_ip import ClientAddressConnection, TrustedProxies, client_ip
 from .connection import bounded_connection
 from .files import FileService
 from .group_relay import GroupRelay, cursors_of
@@ -223,8 +224,10 @@ class Gateway:
             origins=self._origins(),
             process_request=self._http,
             # Bounded writes and control frames (connection.py); a POST gets 405, not a silent close (handshake.py).
+            # It also notes the client's address (client_ip.py) before _handle empties the headers.
             create_connection=bounded_connection(
-                self.settings.login_write_buffer, self.settings.control_frames, self._on_dropped
+                self.settings.login_write_buffer, self.settings.control_frames, self._on_dropped,
+                TrustedProxies.parse(self.settings.trusted_proxies),
             ),
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
@@ -1031,13 +1034,17 @@ def _text(status: http.HTTPStatus, body: str) -> Response:
 
 
 def _ip(ws: ServerConnection) -> str:
-    addr = ws.remote_address
-    return str(addr[0]) if isinstance(addr, tuple) else str(addr)
+    """The client's address: the TCP peer's, or a trusted proxy's X-Forwarded-For (gateway/client_ip.py)."""
+    return client_ip(ws)
 
 
 def _peer(ws: ServerConnection) -> str:
+    """For logs: ``ip:port``, or ``client via proxy:port`` behind a trusted proxy."""
     addr = ws.remote_address
-    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    if isinstance(ws, ClientAddressConnection) and ws.proxy:
+        return f"{ws.client_ip} via {peer}"
+    return peer
 
 
 def _redacted(url: str) -> str:
