@@ -616,7 +616,7 @@ async def _gateways(registry: Registry) -> tuple[list[GatewayRow], int]:
             _, page = await redis.sscan(keys.gateway_users(node), 0, count=NAMES_SHOWN)
             names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in page)[:NAMES_SHOWN]
         rows.append(GatewayRow(node, users, names, (leases[node] - now_ms) / 1000))
-    online = int(await redis.scard(keys.ONLINE))
+    online = int(await redis.zcard(keys.ONLINE))
     return rows, online
 
 

@@ -1,10 +1,11 @@
 """``chinwag-cluster up``: the compose topology as local processes, no Docker needed.
 
-Redis (a real ``redis-server`` from PATH with AOF, else the embedded one, or
-``--redis-url``), one presence service and N gateways on consecutive ports,
-each with its HTTP port (health and metrics) 100 above.  It prints every URL,
-waits until all gateways are ready, and on Ctrl-C or SIGTERM stops the
-gateways (so they release their names), then presence, then Redis.
+Redis (the newest ``redis-server`` on the machine, see chinwag.redis_binary,
+with AOF; else the embedded one; or ``--redis-url``), one presence service and
+N gateways on consecutive ports, each with its HTTP port (health and metrics)
+100 above.  It prints every URL, waits until all gateways are ready, and on
+Ctrl-C or SIGTERM stops the gateways (so they release their names), then
+presence, then Redis.
 Tests and the load tester start clusters this way.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +24,7 @@ from types import FrameType
 
 from chinwag.embedded import EmbeddedRedis
 from chinwag.http import http_status
+from chinwag.redis_binary import redis_server_binary
 
 
 def _free_port(host: str) -> int:
@@ -67,7 +68,7 @@ class Cluster:
         if self.redis_url:
             self.redis_note = "external"
             return self.redis_url
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if binary is None:
             self.embedded = EmbeddedRedis(str(self.data_dir))
@@ -75,12 +76,12 @@ class Cluster:
             return self.embedded.start()
         port = _free_port(self.host)
         self.redis_proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", self.host, "--dir", str(self.data_dir), "--appendonly", "yes",
+            [binary.path, "--port", str(port), "--bind", self.host, "--dir", str(self.data_dir), "--appendonly", "yes",
              "--appendfsync", "everysec", "--save", "", "--logfile", str(self.data_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         self._wait(lambda: self._redis_answers(port), 10, "redis-server")
-        self.redis_note = f"redis-server, AOF in {self.data_dir}"
+        self.redis_note = f"{binary}, AOF in {self.data_dir}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"redis://{host}:{port}/0"
 

@@ -9,6 +9,7 @@ reads ``os.environ``.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,25 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r}")
 
 
+def _networks(raw: str) -> str:
+    """Comma-separated IP addresses/networks or ``*``, checked here so a typo stops the program at start."""
+    entries = [e.strip() for e in raw.split(",") if e.strip()]
+    for entry in entries:
+        if entry != "*":
+            try:
+                ipaddress.ip_network(entry)
+            except ValueError as exc:
+                raise ValueError(f"not an IP address, network or '*': {entry!r} ({exc})") from None
+    return ",".join(entries)
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {value}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str  # Settings field
@@ -33,6 +53,11 @@ class Option:
     help: str
     roles: frozenset[str]  # which programs take it: gateway, presence, server
     parse: Callable[[str], Any] = str
+    # Help for particular roles, when ``help`` would name an option or a default the program does not have.
+    role_help: Mapping[str, str] = field(default_factory=dict)
+
+    def help_for(self, role: str) -> str:
+        return self.role_help.get(role, self.help)
 
 
 _G, _P, _S = "gateway", "presence", "server"
@@ -42,10 +67,12 @@ _GW = frozenset((_G, _S))
 OPTIONS: tuple[Option, ...] = (
     Option("host", "CHINWAG_HOST", "address to listen on", _ALL),
     Option("port", "CHINWAG_PORT", "WebSocket port", _GW, int),
-    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://); chinwag-server without it "
-           "starts an embedded Redis", _ALL),
+    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://)", _ALL,
+           role_help={_S: "Redis URL (redis://, unix://); without it an embedded Redis is started, its data "
+                          "in --data-dir"}),
     Option("http_port", "CHINWAG_HTTP_PORT", "port for /healthz, /readyz and /metrics (default: the WebSocket "
-           "port + 100; chinwag-presence: 9190; 0 turns it off)", _ALL, int),
+           "port + 100; 0 turns it off)", _ALL, int,
+           role_help={_P: "port for /healthz, /readyz and /metrics (default: 9190; 0 turns it off)"}),
     Option("node_id", "CHINWAG_NODE_ID", "this gateway's id in the cluster (default: random)", _GW),
     Option("data_dir", "CHINWAG_DATA_DIR", "where the embedded Redis keeps its data", frozenset((_S,))),
     Option("lease_ttl", "CHINWAG_LEASE_TTL", "seconds a gateway's lease lives without renewal", _ALL,
@@ -59,6 +86,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("login_timeout", "CHINWAG_LOGIN_TIMEOUT", "seconds a new socket has to log in", _GW, float),
     Option("max_write_buffer", "CHINWAG_MAX_WRITE_BUFFER", "bytes queued to one client before it "
            "is cut off as a slow consumer", _GW, int),
+    Option("login_write_buffer", "CHINWAG_LOGIN_WRITE_BUFFER", "bytes queued to a socket that has not logged "
+           "in yet (pongs and error frames) before it is dropped", _GW, int),
+    Option("control_frames", "CHINWAG_CONTROL_FRAMES", "pings and pongs per second one connection may send, "
+           "bursts of 10x that (0: unlimited); more and it is dropped", _GW, float),
     Option("compression", "CHINWAG_COMPRESSION", "enable permessage-deflate", _GW, _bool),
     Option("tls_cert", "CHINWAG_TLS_CERT", "PEM certificate (chain) to serve wss:// with", _GW),
     Option("tls_key", "CHINWAG_TLS_KEY", "PEM private key of --tls-cert", _GW),
@@ -67,19 +98,37 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_messages", "CHINWAG_RATE_MESSAGES", "sends per second per user, shared by every gateway "
            "(0: unlimited)", _GW, float),
     Option("rate_burst", "CHINWAG_RATE_BURST", "sends a user may make at once before the rate applies", _GW, int),
+    Option("rate_requests", "CHINWAG_RATE_REQUESTS", "requests other than sends (history, who, group ops, "
+           "uploads...) per second per user, shared by every gateway; ping is free (0: unlimited)", _GW, float),
+    Option("rate_request_burst", "CHINWAG_RATE_REQUEST_BURST", "such requests a user may make at once before "
+           "the rate applies", _GW, int),
     Option("rate_abuse_limit", "CHINWAG_RATE_ABUSE_LIMIT", "rate_limited answers in a row before the socket is "
            "closed with 4029", _GW, int),
-    Option("login_failures", "CHINWAG_LOGIN_FAILURES", "wrong passwords for one account before it is locked", _GW,
+    Option("login_failures", "CHINWAG_LOGIN_FAILURES", "password checks per account and kind of caller (stranger, "
+           "session token, last IP) in one lockout window", _GW,
            int),
     Option("lockout_seconds", "CHINWAG_LOCKOUT_SECONDS", "how long those failures count, and the lock lasts", _GW,
            int),
-    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address, "
-           "bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
-    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address, bursts of 5x that "
-           "(0: unlimited); over it: rate_limited", _GW, float),
+    Option("login_token_days", "CHINWAG_LOGIN_TOKEN_DAYS", "how long a session token still proves its owner at "
+           "login (the owner's own guess budget, docs/security.md)", _GW, float),
+    Option("ip_connections", "CHINWAG_IP_CONNECTIONS", "connection attempts per second from one IP address "
+           "(IPv6: /64), shared by every gateway, bursts of 5x that (0: unlimited); over it: HTTP 429", _GW, float),
+    Option("ip_logins", "CHINWAG_IP_LOGINS", "login attempts per second from one IP address (IPv6: /64), shared "
+           "by every gateway, bursts of 5x that (0: unlimited); over it: rate_limited", _GW, float),
+    Option("trusted_proxies", "CHINWAG_TRUSTED_PROXIES", "comma-separated IP addresses or networks (CIDR) of "
+           "load balancers whose X-Forwarded-For names the client, for the per-IP limits and the lockout; '*': "
+           "any peer, for the last hop only (default: none, the TCP peer is the client)", _GW, _networks),
     Option("max_connections", "CHINWAG_MAX_CONNECTIONS", "open WebSocket connections per gateway; more are "
            "refused with HTTP 503", _GW, int),
     Option("ping_interval", "CHINWAG_PING_INTERVAL", "seconds between keepalive pings", _GW, float),
+    Option("redis_ping_interval", "CHINWAG_REDIS_PING_INTERVAL", "seconds the pub/sub connection to Redis may be "
+           "silent before it is PINGed; a PING unanswered this long makes /readyz 503", _GW, float),
+    Option("redis_ping_timeout", "CHINWAG_REDIS_PING_TIMEOUT", "seconds a PING to Redis may go unanswered before "
+           "the pub/sub connection is dropped and made again", _GW, float),
+    Option("group_cursor_interval", "CHINWAG_GROUP_CURSOR_INTERVAL", "seconds between saves of the group "
+           "positions that advanced (where a login without resume picks each group up)", _GW, float),
+    Option("online_page", "CHINWAG_ONLINE_PAGE", "most names in welcome.online and in one answer to who "
+           "(clients page through the rest)", _GW, _positive),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
            "presence_batch frame, for clients that log in with presence \"batched\"", _GW, float),
     Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
@@ -87,7 +136,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("argon2_parallelism", "CHINWAG_ARGON2_PARALLELISM", "argon2id lanes", _GW, int),
     Option("shutdown_timeout", "CHINWAG_SHUTDOWN_TIMEOUT", "seconds to drain on SIGTERM", _ALL, float),
     Option("blob_dir", "CHINWAG_BLOB_DIR", "directory of uploaded files, shared by every gateway of a cluster "
-           "(default: blobs in the data directory, ~/.local/share/chinwag/blobs)", _GW),
+           "(default: blobs in --data-dir)", _GW,
+           role_help={_G: "directory of uploaded files, shared by every gateway of a cluster "
+                          "(default: ~/.local/share/chinwag/blobs)"}),
     Option("max_file_bytes", "CHINWAG_MAX_FILE_BYTES", "largest file a user can upload", _GW, int),
     Option("user_quota_bytes", "CHINWAG_USER_QUOTA_BYTES", "bytes of files each user can store", _GW, int),
     Option("log_level", "CHINWAG_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", _ALL),
@@ -110,6 +161,8 @@ class Settings:
     stream_maxlen: int = 10_000
     login_timeout: float = 10.0
     max_write_buffer: int = 4 * 1024 * 1024
+    login_write_buffer: int = 64 * 1024
+    control_frames: float = 10.0
     compression: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -117,13 +170,21 @@ class Settings:
     max_connections: int = 10_000
     ip_connections: float = 20.0
     ip_logins: float = 10.0
+    trusted_proxies: str = ""  # gateway/client_ip.py; "" trusts no peer's X-Forwarded-For
     rate_messages: float = 20.0
     rate_burst: int = 40
+    rate_requests: float = 10.0
+    rate_request_burst: int = 50
     rate_abuse_limit: int = 200
     login_failures: int = 5
     lockout_seconds: int = 300
+    login_token_days: float = 30.0
     ping_interval: float = 20.0
+    redis_ping_interval: float = 1.0
+    redis_ping_timeout: float = 3.0
+    group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
+    online_page: int = 1000
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456
     argon2_parallelism: int = 1
@@ -195,8 +256,9 @@ def build_parser(role: str, prog: str | None = None, description: str | None = N
             continue
         flag = "--" + opt.name.replace("_", "-")
         default = defaults.get(opt.name)
-        shown = "" if default is None or opt.name == "node_id" else f" (default: {default})"
-        kwargs: dict[str, Any] = {"dest": opt.name, "default": None, "help": f"{opt.help}{shown} [env: {opt.env}]"}
+        shown = "" if default in (None, "") or opt.name == "node_id" else f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": None,
+                                  "help": f"{opt.help_for(role)}{shown} [env: {opt.env}]"}
         if opt.parse is _bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -9,9 +9,15 @@ def account(key: str) -> str:
     return f"{PREFIX}acct:{key}"
 
 
-ONLINE = f"{PREFIX}online"  # set of display names of everyone online
+# Sorted set of the display names of everyone online, all with score 0: ZRANGEBYLEX pages through it
+# in code-point order (UTF-8 byte order), stable under logins and logouts.  (It used to be a
+# plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
+ONLINE = f"{PREFIX}online:z"
 GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
 LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
+# Hash stream key -> id of the first entry of the stream (set when an XADD creates it): a stream
+# whose oldest entry is still that one was never trimmed (gateway/store.py Store.replay).
+STREAM_ORIGINS = f"{PREFIX}sorigin"
 
 
 def session(key: str) -> str:
@@ -102,8 +108,23 @@ def user_groups(ukey: str) -> str:
 
 
 def group_cursors(ukey: str) -> str:
-    """Hash group key -> last group message id written to this user (kept at logout)."""
+    """Hash group key -> last group message id written to this user (saved as it advances, and at logout)."""
     return f"{PREFIX}gcur:{ukey}"
+
+
+def group_order(gkey: str) -> str:
+    """Zset member key -> join sequence: who has been in the group longest (the next owner)."""
+    return f"{PREFIX}g:{gkey}:o"
+
+
+def group_since(gkey: str) -> str:
+    """Hash member key -> the message id current when they joined: nothing at or before it reaches them."""
+    return f"{PREFIX}g:{gkey}:j"
+
+
+def invitations(ukey: str) -> str:
+    """Hash group key -> the ``invited`` group_event frame: invitations still pending, sent at login."""
+    return f"{PREFIX}inv:{ukey}"
 
 
 def group_stream(gkey: str) -> str:
@@ -119,6 +140,36 @@ def rate(ukey: str) -> str:
     return f"{PREFIX}rl:{ukey}"
 
 
-def password_failures(ukey: str) -> str:
-    """Failed logins for an account in the current lockout window."""
-    return f"{PREFIX}pwf:{ukey}"
+def request_rate(ukey: str) -> str:
+    """A user's token bucket for every request that is not a send (shared by every gateway)."""
+    return f"{PREFIX}rq:{ukey}"
+
+
+# Login guard (gateway/accounts.py): password evaluations are budgeted per account and per
+# kind of caller, so a stranger's guesses cannot lock out the owner (docs/security.md).
+def login_budget(ukey: str, kind: str) -> str:
+    """Password evaluations taken in the current window by ``kind`` ("stranger", "token", "ip") callers."""
+    return f"{PREFIX}pwb:{kind}:{ukey}"
+
+
+def login_tokens(ukey: str) -> str:
+    """Zset: SHA-256 of session tokens issued to this account -> expiry (ms, Redis clock)."""
+    return f"{PREFIX}ltok:{ukey}"
+
+
+def name_skeleton(side: str, skeleton: str) -> str:
+    """The account key that holds a UTS #39 skeleton (``side`` "f" fold or "u" upper, protocol/confusables.py)."""
+    return f"{PREFIX}skel:{side}:{skeleton}"
+
+
+SKELETONS_BACKFILLED = f"{PREFIX}skel:backfilled"  # set once every account stored before has its skeletons
+
+
+def ip_connections(ip: str) -> str:
+    """Connection-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
+    return f"{PREFIX}ipc:{ip}"
+
+
+def ip_logins(ip: str) -> str:
+    """Login-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
+    return f"{PREFIX}ipl:{ip}"

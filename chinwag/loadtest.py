@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import importlib
 import json
 import math
 import secrets
@@ -540,7 +541,42 @@ def _print_report(scenario: str, result: dict[str, Any]) -> None:
         print("WARNING: load generator saturated (CPU > 90% of one core): the numbers measure it, not the server")
 
 
-async def _main(args: argparse.Namespace) -> dict[str, Any]:
+PLOTTED = ("dm", "broadcast", "group")  # the scenarios that measure message latency
+
+
+def plotting_unavailable() -> str | None:
+    """Why ``--plot`` cannot work here, or None: asked before any load, not after it."""
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        return (f"--plot needs matplotlib, which is in the bench extra: pip install 'chinwag[bench]' "
+                f"(or pip install -e '.[bench]' in a checkout) [{exc}]")
+    return None
+
+
+def report(args: argparse.Namespace, result: dict[str, Any], plot: Callable[[Path], None] | None) -> int:
+    """Print the results and write the JSON first, then plot: a failing plot loses no measurement."""
+    _print_report(args.scenario, result)
+    status = 0
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as exc:
+            print(f"chinwag-loadtest: cannot write --json {args.json}: {exc}; the results are printed above",
+                  file=sys.stderr)
+            status = 1
+    if plot is not None:
+        try:
+            plot(Path(args.plot))
+        except Exception as exc:  # whatever matplotlib or the file system raises: the results are kept
+            kept = f"printed above and in {args.json}" if args.json and status == 0 else "printed above"
+            print(f"chinwag-loadtest: --plot failed ({type(exc).__name__}: {exc}); the results are {kept}",
+                  file=sys.stderr)
+            status = 1
+    return status
+
+
+async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], LoadTest]:
     cluster: Cluster | None = None
     tmp: tempfile.TemporaryDirectory[str] | None = None
     try:
@@ -564,9 +600,7 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         result = {"scenario": args.scenario, "urls": urls, "clients": args.clients,
                   "rate": args.rate, "duration": args.duration, "presence": args.presence,
                   "cluster_started": bool(cluster), "server_env": LOAD_ENV if cluster else None, **result}
-        if args.plot and args.scenario in ("dm", "broadcast", "group"):
-            test.plot(Path(args.plot))
-        return result
+        return result, test
     finally:
         if cluster is not None:
             await asyncio.to_thread(cluster.down)
@@ -609,16 +643,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients and --start-cluster must be at least 1")
     if args.urls is not None and not args.urls.strip():
         parser.error("--urls is empty")
+    if args.plot and args.scenario not in PLOTTED:
+        parser.error(f"--plot draws message latencies: only {', '.join(PLOTTED)} measure them")
+    if args.plot and (why := plotting_unavailable()):
+        print(f"chinwag-loadtest: {why}", file=sys.stderr)
+        return 2
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            result = runner.run(_main(args))
+            result, test = runner.run(_main(args))
     except (RuntimeError, OSError, TimeoutError) as exc:
         print(f"chinwag-loadtest: {exc}", file=sys.stderr)
         return 2
-    _print_report(args.scenario, result)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return report(args, result, test.plot if args.plot else None)
 
 
 if __name__ == "__main__":

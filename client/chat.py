@@ -116,7 +116,10 @@ class ChatClient:
         self.user: str | None = None
         self.node: str | None = None
         self.url: str | None = None
+        # Who is online: everyone, or, when the server capped its list (online_total is not None),
+        # its first page plus everyone seen coming online since.  who() pages through everyone.
         self.online: set[str] = set()
+        self.online_total: int | None = None  # the server's count when it last sent a capped list
         self.positions: dict[str, str] = {}  # stream -> last message id seen
         self.session: str | None = None  # token that takes our name back after a drop
         self.state = "idle"
@@ -221,9 +224,20 @@ class ChatClient:
                 await asyncio.sleep(delay)
 
     async def who(self) -> list[str]:
-        reply = await self._request(f.Who(ref=self._ref()))
+        """Everyone online, in code-point order: one ``who`` per page (one for up to 1,000 names)."""
+        names: list[str] = []
+        page = await self.who_page()
+        names += page.users
+        while page.next is not None:
+            page = await self.who_page(page.next)
+            names += page.users
+        return names
+
+    async def who_page(self, cursor: str | None = None, limit: int | None = None) -> f.Online:
+        """One page of who is online: the first, or the one after ``cursor`` (a previous page's ``next``)."""
+        reply = await self._request(f.Who(cursor=cursor, limit=limit, ref=self._ref()))
         assert isinstance(reply, f.Online)
-        return reply.users
+        return reply
 
     async def history(self, conv: str, before: str | None = None, limit: int = 50) -> list[f.Message]:
         reply = await self._request(f.HistoryRequest(conv=conv, before=before, limit=limit, ref=self._ref()))
@@ -329,6 +343,7 @@ class ChatClient:
         self.node = welcome.node
         self.session = welcome.session
         self.online = set(welcome.online)
+        self.online_total = welcome.online_total  # None: that is everyone
         for stream, position in welcome.positions.items():
             if stream not in self.positions or id_tuple(position) > id_tuple(self.positions[stream]):
                 self.positions[stream] = position
@@ -486,6 +501,7 @@ class ChatClient:
             self.online.difference_update(frame.offline)
         elif isinstance(frame, f.Online):  # unsolicited snapshot after the server resynchronised
             self.online = set(frame.users)
+            self.online_total = frame.total
         if isinstance(frame, f.Message | f.Presence | f.PresenceBatch | f.Online | f.GroupEvent | dict):
             self._events.put_nowait(frame)
 

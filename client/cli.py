@@ -424,9 +424,13 @@ def format_error(code: str, message: str) -> str:
     return f"! {clean(code)}: {clean(message)}"
 
 
-def format_who(users: Iterable[str]) -> str:
+def format_who(users: Iterable[str], total: int | None = None) -> str:
+    """``* online: alice, bob``; a list the server capped (``total`` online) says how many it left out."""
     names = sorted(users, key=name_key)
-    return f"* online: {', '.join(clean(u) for u in names) if names else '(nobody)'}"
+    line = f"* online: {', '.join(clean(u) for u in names) if names else '(nobody)'}"
+    if total is not None and total > len(names):
+        line += f" \u2026 and {total - len(names)} more (/who lists everyone)"
+    return line
 
 
 def format_history_header(conv: str, count: int) -> str:
@@ -524,7 +528,7 @@ def format_event(event: Event, me: str, tz: dt.tzinfo | None = None) -> str | No
                  for user in users if not _same_user(f"@{user}", me)]
         return "\n".join(lines) or None
     if isinstance(event, f.Online):  # an unsolicited snapshot (the server resynchronised presence)
-        return format_who(event.users)
+        return format_who(event.users, event.total)
     if isinstance(event, f.GroupEvent):
         return format_group_event(event)
     if isinstance(event, f.Error):
@@ -706,7 +710,8 @@ class Session:
             return
         self.out(format_message(f.Message(id=ack.id, from_=self.me, to=to, body=body, ts=ack.ts), self.me, self.tz))
         key = name_key(to[1:])
-        if not any(name_key(u) == key for u in self.chat.online):
+        # Only a complete list can tell that someone is offline (a capped one is its first page).
+        if self.chat.online_total is None and not any(name_key(u) == key for u in self.chat.online):
             name = clean(to[1:])
             self.out(f"* {name} is offline; they get the message when they log in")
 
@@ -857,7 +862,7 @@ async def run_client(options: Options) -> int:
         return status
     session = Session(chat)
     session.out(f"* logged in as {clean(chat.user or options.user)} on {chat.url}")
-    session.out(format_who(chat.online))
+    session.out(format_who(chat.online, chat.online_total))
     if options.interactive:
         return await _interactive(session)
     status = await session.converse(StdinLines(sys.stdin.fileno()).readline, linger=options.wait)

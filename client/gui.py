@@ -552,15 +552,16 @@ class ChatWindow:
                 self._load_history(self.peer)
             self._load_broadcasts()
         gen = self._gen
-        self.bridge.submit(self.client.who(), done=partial(self._who_answered, gen))
+        # One page, not everyone: a thousand reconnecting windows must not each fetch every name.
+        self.bridge.submit(self.client.who_page(), done=partial(self._who_answered, gen))
 
-    def _who_answered(self, gen: int, fut: concurrent.futures.Future[list[str]]) -> None:
+    def _who_answered(self, gen: int, fut: concurrent.futures.Future[f.Online]) -> None:
         if gen != self._gen or fut.cancelled() or fut.exception() is not None:
             return
-        self._online_snapshot(fut.result())
+        self._online_snapshot(fut.result().users)
 
     def _online_snapshot(self, users: list[str]) -> None:
-        """Presence events may have been missed: take the server's whole list."""
+        """Presence events may have been missed: take the server's list (its first page, when capped)."""
         self.online = {name_key(u): u for u in users}
         if self.me:
             self.online[name_key(self.me)] = self.me

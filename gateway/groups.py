@@ -3,7 +3,12 @@
 A group is a hash (name, owner, invite_only), a hash of members (key ->
 display name), a set of invited users, and, per user, the set of groups they
 are in, so any gateway can answer "is alice in #devs?" in one O(1) call.
-Scripts publish the change on the group's channel in the same atomic step
+Each membership also records when it began: its place in the join order (a
+zset, so the member who joined longest ago inherits ownership, always the
+same one) and the message id current at that moment (nothing at or before it
+is ever delivered to that member, see :mod:`gateway.group_relay`).  Pending
+invitations are kept per invitee too, so one made while they were offline
+reaches them at their next login.  Scripts publish the change on the group's channel in the same atomic step
 (members see ``group_event`` frames), and tell the gateway holding a user who
 was invited or removed through that gateway's control channel.  Two users
 creating one group race inside Redis: exactly one becomes its owner.
@@ -39,62 +44,113 @@ local function control(prefix, ukey, body)
 end
 """
 
-# KEYS: group, members, user groups, lastid ; ARGV: gkey, group name, ukey, user name, invite_only ('0'|'1')
+# Hidden marker a gateway waits for on the group's channel (never sent to clients): published right
+# after a membership is created, so a frame after it on the channel is after the membership (§ group_relay).
+_MARK = """
+local function mark(channel, nonce)
+  if nonce ~= '' then
+    redis.call('PUBLISH', channel, '{"type":"_mark","n":"' .. nonce .. '"}')
+  end
+end
+"""
+
+# Adds a member at the end of the join order, remembering the position their membership starts at.
+# KEYS as for _CREATE/_JOIN: [1] group, [2] members, then order and since (passed as arguments).
+_ADD = """
+local function add_member(group, members, order, since, ukey, uname, position)
+  redis.call('HSET', members, ukey, uname)
+  redis.call('ZADD', order, redis.call('HINCRBY', group, 'seq', 1), ukey)
+  redis.call('HSET', since, ukey, position)
+end
+"""
+
+# Deletes an empty group with everything it had, including its invitees' pending invitations.
+_DROP = """
+local function drop_group(prefix, gkey, group, members, invited, stream, order, since)
+  for _, invitee in ipairs(redis.call('SMEMBERS', invited)) do
+    redis.call('HDEL', prefix .. 'inv:' .. invitee, gkey)
+  end
+  redis.call('DEL', group, members, invited, stream, order, since)
+end
+"""
+
+# KEYS: group, members, user groups, lastid, order, since
+# ARGV: gkey, group name, ukey, user name, invite_only ('0'|'1'), channel, marker nonce
 # -> {0} exists | {1, position}: the newest message id now, where the new member's reading starts
-_CREATE = """
+_CREATE = _MARK + _ADD + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {0}
 end
+local position = redis.call('GET', KEYS[4]) or '0-0'
 redis.call('HSET', KEYS[1], 'name', ARGV[2], 'owner', ARGV[3], 'owner_name', ARGV[4], 'invite_only', ARGV[5])
-redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+add_member(KEYS[1], KEYS[2], KEYS[5], KEYS[6], ARGV[3], ARGV[4], position)
 redis.call('SADD', KEYS[3], ARGV[1])
-return {1, redis.call('GET', KEYS[4]) or '0-0'}
+mark(ARGV[6], ARGV[7])
+return {1, position}
 """
 
-# KEYS: group, members, invited, user groups, lastid ; ARGV: gkey, ukey, user name, channel
+# KEYS: group, members, invited, user groups, lastid, order, since, user's invitations
+# ARGV: gkey, ukey, user name, channel, marker nonce
 # -> {-1} no group | {0} invite-only and not invited | {1, position} joined | {2, position} already a member
-_JOIN = _EVENT + """
+_JOIN = _EVENT + _MARK + _ADD + """
 local g = redis.call('HMGET', KEYS[1], 'name', 'invite_only')
 if not g[1] then
   return {-1}
 end
 local position = redis.call('GET', KEYS[5]) or '0-0'
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
+  mark(ARGV[4], ARGV[5])
   return {2, position}
 end
 if g[2] == '1' and redis.call('SISMEMBER', KEYS[3], ARGV[2]) == 0 then
   return {0}
 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+add_member(KEYS[1], KEYS[2], KEYS[6], KEYS[7], ARGV[2], ARGV[3], position)
 redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[8], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
+mark(ARGV[4], ARGV[5])
 redis.call('PUBLISH', ARGV[4], event(g[1], 'joined', ARGV[3], ''))
 return {1, position}
 """
 
-# KEYS: group, members, invited, user groups, stream ; ARGV: gkey, ukey, user name, channel
-# -> 0 not a member | 1 left | 2 left and the group, now empty, is gone
-_LEAVE = _EVENT + """
+# KEYS: group, members, invited, user groups, stream, order, since, lastid, user's cursors
+# ARGV: gkey, ukey, user name, channel, prefix
+# -> {0} not a member | {1, position} left | {2, position} left and the group, now empty, is gone.
+# The member who joined longest ago becomes owner when the owner leaves (members of a group made before
+# join order was recorded come after, by key).
+_LEAVE = _EVENT + _DROP + """
 local g = redis.call('HMGET', KEYS[1], 'name', 'owner')
 if not g[1] or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
-  return 0
+  return {0}
 end
+local position = redis.call('GET', KEYS[8]) or '0-0'
 redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[6], ARGV[2])
+redis.call('HDEL', KEYS[7], ARGV[2])
 redis.call('SREM', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[9], ARGV[1])
 redis.call('PUBLISH', ARGV[4], event(g[1], 'left', ARGV[3], ''))
+control(ARGV[5], ARGV[2], '{"part":"' .. ARGV[1] .. '","user":"' .. ARGV[2] .. '"}')
 if g[2] == ARGV[2] then
-  local rest = redis.call('HGETALL', KEYS[2])
-  if #rest == 0 then
-    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[5])
-    return 2
+  if redis.call('HLEN', KEYS[2]) == 0 then
+    drop_group(ARGV[5], ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
+    return {2, position}
   end
-  redis.call('HSET', KEYS[1], 'owner', rest[1], 'owner_name', rest[2])
-  redis.call('PUBLISH', ARGV[4], event(g[1], 'owner', rest[2], ''))
+  local heir = redis.call('ZRANGE', KEYS[6], 0, 0)[1]
+  if not heir then
+    local rest = redis.call('HKEYS', KEYS[2])
+    table.sort(rest)
+    heir = rest[1]
+  end
+  local heir_name = redis.call('HGET', KEYS[2], heir)
+  redis.call('HSET', KEYS[1], 'owner', heir, 'owner_name', heir_name)
+  redis.call('PUBLISH', ARGV[4], event(g[1], 'owner', heir_name, ''))
 end
-return 1
+return {1, position}
 """
 
-# KEYS: group, members, invited, target's groups
+# KEYS: group, members, invited, target's groups, order, since
 # ARGV: op ('invite'|'remove'|'set'), actor key, actor name, target key, target name, channel, prefix, gkey, flag
 # -> -1 no group | -2 not the owner | 0 nothing to do | 1 done
 _OWNER_OP = _EVENT + """
@@ -116,27 +172,81 @@ end
 if ARGV[4] == ARGV[2] then
   return -2
 end
+local pending = ARGV[7] .. 'inv:' .. ARGV[4]
 if op == 'invite' then
   if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
     return 0
   end
   redis.call('SADD', KEYS[3], ARGV[4])
   local ev = event(g[1], 'invited', ARGV[5], ARGV[3])
+  redis.call('HSET', pending, ARGV[8], ev)
   redis.call('PUBLISH', ARGV[6], ev)
   control(ARGV[7], ARGV[4], '{"notify":"' .. ARGV[4] .. '","frame":' .. ev .. '}')
   return 1
 end
 -- remove: a member loses membership, an invitee loses the invitation
 redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('HDEL', pending, ARGV[8])
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then
   return 0
 end
 local ev = event(g[1], 'removed', ARGV[5], ARGV[3])
 redis.call('PUBLISH', ARGV[6], ev)
 redis.call('HDEL', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[5], ARGV[4])
+redis.call('HDEL', KEYS[6], ARGV[4])
 redis.call('SREM', KEYS[4], ARGV[8])
+redis.call('HDEL', ARGV[7] .. 'gcur:' .. ARGV[4], ARGV[8])
 control(ARGV[7], ARGV[4], '{"part":"' .. ARGV[8] .. '","user":"' .. ARGV[4] .. '"}')
 return 1
+"""
+
+# KEYS: lastid ; ARGV: prefix, ukey, gkey... -> {now, since or '' per gkey}: where each of the user's
+# memberships began ('' when not a member), read in one step with the newest id.
+_MEMBERSHIP = """
+local out = {redis.call('GET', KEYS[1]) or '0-0'}
+for i = 3, #ARGV do
+  local g = ARGV[1] .. 'g:' .. ARGV[i]
+  if redis.call('HEXISTS', g .. ':m', ARGV[2]) == 1 then
+    out[#out + 1] = redis.call('HGET', g .. ':j', ARGV[2]) or '0-0'
+  else
+    out[#out + 1] = ''
+  end
+end
+return out
+"""
+
+# KEYS: user's cursors ; ARGV: gkey, id, gkey, id, ... -- each cursor only ever moves forward, so a
+# late flush of an older session never sends a newer one back.
+_SAVE_CURSORS = """
+local function newer(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+for i = 1, #ARGV, 2 do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if not cur or newer(ARGV[i + 1], cur) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 1
+"""
+
+# KEYS: user's invitations ; ARGV: prefix, ukey -> the pending invitation frames (dropping any whose
+# group no longer lists the user as invited).
+_INVITATIONS = """
+local out = {}
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  if redis.call('SISMEMBER', ARGV[1] .. 'g:' .. all[i] .. ':inv', ARGV[2]) == 1 then
+    out[#out + 1] = all[i + 1]
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
 """
 
 # KEYS: user groups ; ARGV: prefix -> flat list of gkey, name, owner name, invite_only
@@ -177,21 +287,30 @@ class Groups:
         self._leave = redis.register_script(_LEAVE)
         self._owner_op = redis.register_script(_OWNER_OP)
         self._list = redis.register_script(_LIST)
+        self._membership = redis.register_script(_MEMBERSHIP)
+        self._save_cursors = redis.register_script(_SAVE_CURSORS)
+        self._invitations = redis.register_script(_INVITATIONS)
 
-    async def create(self, gkey: str, name: str, ukey: str, uname: str, invite_only: bool) -> GroupState:
+    async def create(
+        self, gkey: str, name: str, ukey: str, uname: str, invite_only: bool, nonce: str = ""
+    ) -> GroupState:
+        """Create with ``ukey`` as owner; ``nonce``, if given, is published as a marker on the channel."""
         result = await self._create(
-            keys=[keys.group(gkey), keys.group_members(gkey), keys.user_groups(ukey), keys.LAST_ID],
-            args=[gkey, name, ukey, uname, "1" if invite_only else "0"],
+            keys=[keys.group(gkey), keys.group_members(gkey), keys.user_groups(ukey), keys.LAST_ID,
+                  keys.group_order(gkey), keys.group_since(gkey)],
+            args=[gkey, name, ukey, uname, "1" if invite_only else "0", keys.group_channel(gkey), nonce],
         )
         if not int(result[0]):
             raise GroupExists(f"#{name} exists already")
         return GroupState(gkey, name, uname, invite_only, [uname], _s(result[1]))
 
-    async def join(self, gkey: str, ukey: str, uname: str) -> GroupState:
+    async def join(self, gkey: str, ukey: str, uname: str, nonce: str = "") -> tuple[GroupState, bool]:
+        """Join; the state and whether the membership is new (False: already a member).  The marker
+        (``nonce``) is published in both cases."""
         result = await self._join(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(ukey),
-                  keys.LAST_ID],
-            args=[gkey, ukey, uname, keys.group_channel(gkey)],
+                  keys.LAST_ID, keys.group_order(gkey), keys.group_since(gkey), keys.invitations(ukey)],
+            args=[gkey, ukey, uname, keys.group_channel(gkey), nonce],
         )
         status = int(result[0])
         if status == -1:
@@ -199,15 +318,18 @@ class Groups:
         if status == 0:
             raise Forbidden("that group is invite-only: its owner must invite you first")
         state = await self.state(gkey, ukey)
-        return GroupState(state.key, state.name, state.owner, state.invite_only, state.members, _s(result[1]))
+        joined = GroupState(state.key, state.name, state.owner, state.invite_only, state.members, _s(result[1]))
+        return joined, status == 1
 
     async def leave(self, gkey: str, ukey: str, uname: str) -> bool:
         """Leave; True if the group, now empty, was deleted."""
-        status = int(await self._leave(
+        result = await self._leave(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(ukey),
-                  keys.group_stream(gkey)],
-            args=[gkey, ukey, uname, keys.group_channel(gkey)],
-        ))
+                  keys.group_stream(gkey), keys.group_order(gkey), keys.group_since(gkey), keys.LAST_ID,
+                  keys.group_cursors(ukey)],
+            args=[gkey, ukey, uname, keys.group_channel(gkey), keys.PREFIX],
+        )
+        status = int(result[0])
         if status == 0:
             raise NotMember()
         return status == 2
@@ -217,7 +339,8 @@ class Groups:
         invite_only: bool = False,
     ) -> GroupState:
         status = int(await self._owner_op(
-            keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(target)],
+            keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(target),
+                  keys.group_order(gkey), keys.group_since(gkey)],
             args=[op, actor, actor_name, target, target_name, keys.group_channel(gkey), keys.PREFIX, gkey,
                   "1" if invite_only else "0"],
         ))
@@ -243,6 +366,13 @@ class Groups:
     async def is_member(self, gkey: str, ukey: str) -> bool:
         return bool(await self.redis.hexists(keys.group_members(gkey), ukey))
 
+    async def membership(self, ukey: str, gkeys: list[str]) -> tuple[str, dict[str, str]]:
+        """In one atomic read: the newest message id, and for each of ``gkeys`` the user is a member of,
+        the position their membership started at (nothing at or before it is theirs to receive)."""
+        result = await self._membership(keys=[keys.LAST_ID], args=[keys.PREFIX, ukey, *gkeys])
+        since = {gkey: _s(pos) for gkey, pos in zip(gkeys, result[1:], strict=True) if _s(pos)}
+        return _s(result[0]), since
+
     async def of_user(self, ukey: str) -> list[GroupState]:
         """Every group ``ukey`` is in (members not listed)."""
         flat = await self._list(keys=[keys.user_groups(ukey)], args=[keys.PREFIX])
@@ -251,11 +381,17 @@ class Groups:
             out.append(GroupState(_s(flat[i]), _s(flat[i + 1]), _s(flat[i + 2]), _s(flat[i + 3]) == "1", []))
         return sorted(out, key=lambda g: g.key)
 
+    async def invitations(self, ukey: str) -> list[bytes]:
+        """The ``invited`` group_event frames of every invitation still pending for ``ukey``."""
+        frames = await self._invitations(keys=[keys.invitations(ukey)], args=[keys.PREFIX, ukey])
+        return [f if isinstance(f, bytes) else str(f).encode() for f in frames]
+
     async def cursors(self, ukey: str) -> dict[str, str]:
         raw = await self.redis.hgetall(keys.group_cursors(ukey))
         return {_s(k): _s(v) for k, v in raw.items()}
 
-    async def save_cursors(self, ukey: str, cursors: dict[str, str]) -> None:
+    async def save_cursors(self, ukey: str, cursors: dict[str, str], client: Any = None) -> None:
+        """Move each cursor forward to the given id (never back); ``client`` may be a pipeline."""
         if cursors:
-            mapping: dict[Any, Any] = dict(cursors)
-            await self.redis.hset(keys.group_cursors(ukey), mapping=mapping)
+            args = [x for item in cursors.items() for x in item]
+            await self._save_cursors(keys=[keys.group_cursors(ukey)], args=args, client=client)

@@ -78,33 +78,14 @@ async def settle(gateway: Gateway, sessions: list[Session]) -> None:
     await asyncio.gather(*(gateway.store.settle(s.key, s.token_hash, s.last_dm_id) for s in owned))
 
 
-async def drop_lost_memberships(gateway: Gateway, sessions: list[Session]) -> None:
-    """Stop delivering groups a session is no longer a member of (checked in Redis, one round trip).
-
-    An owner's ``remove`` tells the removed user's gateway on its control channel; a gateway whose
-    pub/sub link was down at that moment never hears it, and would go on delivering the group
-    (and replaying it in the catch-up).  Groups whose join has not answered yet (no position) are
-    left alone.
-    """
-    pairs = [(s, g) for s in sessions for g in list(s.groups) if g in s.last_group]
-    if not pairs:
-        return
-    async with gateway.redis.pipeline(transaction=False) as pipe:
-        for session, gkey in pairs:
-            pipe.hexists(keys.group_members(gkey), session.key)
-        members = await pipe.execute()
-    for (session, gkey), member in zip(pairs, members, strict=True):
-        if not member and gkey in session.groups:
-            log.warning("%s is no longer a member of #%s (its removal was missed); leaving it", session.name, gkey)
-            await gateway._leave_group_local(session, gkey)
-
-
 async def deliver_before_leaving(gateway: Gateway, session: Session, gkey: str, upto: str | None) -> None:
     """Before a session stops receiving a group it left, write what the group stored while it was
     still a member (up to ``upto``) and it has not had yet: live delivery may have been cut off
     (pub/sub down, catch-up still to come), and after the leave no catch-up or resume covers it."""
-    last = session.last_group.get(gkey)
-    if last is None or upto is None or id_tuple(upto) <= last:
+    if gkey not in session.groups or upto is None:
+        return
+    last = session.last_group.get(gkey, (0, 0))
+    if id_tuple(upto) <= last:
         return
     bound = id_tuple(upto)
     for mid, frame in (await gateway.store.replay(keys.group_stream(gkey), f"{last[0]}-{last[1]}")).frames:

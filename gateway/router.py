@@ -10,7 +10,8 @@ no await and no copy per message.
 
 The connection survives Redis: when it drops, :meth:`Router.run` reconnects
 with capped, jittered backoff, resubscribes every channel it had, logs each
-step, and ``live`` tells readiness checks whether subscriptions are in force.
+step, and ``healthy`` tells readiness checks whether subscriptions are in force
+and Redis is answering.
 """
 
 from __future__ import annotations
@@ -72,15 +73,17 @@ class _PubSubProtocol(asyncio.Protocol):
 class Router:
     """Maps Redis channels to local handlers and keeps the subscriptions alive."""
 
-    def __init__(self, redis_url: str, *, keepalive: float = 5.0) -> None:
+    def __init__(self, redis_url: str, *, keepalive: float = 1.0, ping_timeout: float = 3.0) -> None:
         self._params: dict[str, Any] = dict(parse_url(redis_url))
         self._handlers: dict[bytes, Handler] = {}
         self._waiters: dict[bytes, deque[asyncio.Future[None]]] = {}
         self._proto: _PubSubProtocol | None = None
         self._handshake: deque[asyncio.Future[Any]] = deque()
-        self.keepalive = keepalive
+        self.keepalive = keepalive  # seconds of silence before a PING
+        self.ping_timeout = ping_timeout  # seconds a PING may go unanswered before the connection is dropped
         self.live = False
         self.last_data = 0.0
+        self.ping_sent: float | None = None  # when the unanswered PING went out (loop time), if any
         self.reconnects = 0
         self.delivered = 0
         # Called after a *re*connect has restored every subscription: whatever was
@@ -194,20 +197,61 @@ class Router:
         proto.transport.write(_command(*args))
         return await asyncio.wait_for(fut, 3)
 
+    @property
+    def healthy(self) -> bool:
+        """Subscriptions in force and Redis answering: ``live``, and no PING unanswered past ``keepalive``.
+
+        Redis answers a PING within milliseconds, so one outstanding for a whole
+        keepalive interval means Redis is stalled: readiness drops at once
+        (within two intervals of the stall), while the connection is only given
+        up after ``ping_timeout``.
+        """
+        if not self.live:
+            return False
+        sent = self.ping_sent
+        if sent is None or self.last_data >= sent:
+            return True
+        return asyncio.get_running_loop().time() - sent <= self.keepalive
+
     async def _watch(self) -> None:
-        """Return when the connection is lost; PING when quiet to detect a dead peer."""
+        """Return when the connection is lost; PING when quiet to detect a dead peer.
+
+        Deadlines, not elapsed-time guesses: a PING goes out once the connection
+        has been silent for ``keepalive``, and the connection is declared dead
+        only when *that PING* has gone unanswered for ``ping_timeout``.  A timer
+        that wakes a little early merely waits out the rest; one that wakes late
+        is never mistaken for a missing answer (the old check measured silence
+        since the last data, so an early wake skipped the PING and the next, late,
+        one timed out a healthy connection).
+        """
         proto = self._proto
         assert proto is not None and proto.transport is not None
         loop = asyncio.get_running_loop()
+        self.ping_sent = None
         while True:
-            done, _ = await asyncio.wait({proto.closed}, timeout=self.keepalive)
+            now = loop.time()
+            if self.ping_sent is not None and self.last_data >= self.ping_sent:
+                self.ping_sent = None  # answered (any data from Redis will do)
+            if self.ping_sent is None:
+                due = self.last_data + self.keepalive
+                if now >= due:
+                    proto.transport.write(_command(b"PING"))
+                    self.ping_sent = now
+            if self.ping_sent is not None:
+                expiry = self.ping_sent + self.ping_timeout
+                if now >= expiry:
+                    proto.transport.close()
+                    raise TimeoutError(f"no reply to PING from Redis within {self.ping_timeout:g}s")
+                # Look again after an interval (answered by then: the next PING is due from the
+                # answer on), or at the expiry, whichever is first.
+                due = self.ping_sent + self.keepalive
+                if now >= due:
+                    due = expiry
+                due = min(due, expiry)
+            wait = due - now
+            done, _ = await asyncio.wait({proto.closed}, timeout=max(wait, 0.001))
             if done:
                 raise ConnectionError("Redis closed the pub/sub connection")
-            if loop.time() - self.last_data > 2 * self.keepalive:
-                proto.transport.close()
-                raise TimeoutError("no reply to PING from Redis")
-            if loop.time() - self.last_data > self.keepalive:
-                proto.transport.write(_command(b"PING"))
 
     def _close(self) -> None:
         if self.live and self.on_lost is not None:

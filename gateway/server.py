@@ -65,14 +65,18 @@ from protocol.errors import (
     UsernameTaken,
 )
 from protocol.files import is_chunk
-from protocol.names import group_name, id_tuple, normalize_name, parse_address
+from protocol.names import group_name, id_tuple, login_name, normalize_name, parse_address
 
 from . import lease
 from .accounts import Accounts
+from .client_ip import ClientAddressConnection, TrustedProxies, client_ip
+from .connection import bounded_connection
 from .files import FileService
-from .groups import Groups
-from .limits import IpLimiter
+from .group_relay import GroupRelay, cursors_of
+from .groups import Groups, GroupState
+from .limits import SharedIpLimiter
 from .pipeline import AutoPipeline
+from .request_rate import RequestLimiter
 from .router import Router
 from .session import Session
 from .store import Replay, Store, frame_id
@@ -83,7 +87,6 @@ _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _control = msgspec.json.Decoder(dict[str, object])
 _presence_decoder = msgspec.json.Decoder(f.Presence)
 _WS_LOG = logging.getLogger("websockets.server")
-_MESSAGE_PREFIX = b'{"type":"message"'
 
 
 def _id_str(mid: tuple[int, int]) -> str:
@@ -99,7 +102,9 @@ class Gateway:
         self.settings = settings
         self.node_id = settings.node_id
         self.redis = redis or connect_redis(settings.redis_url)
-        self.router = Router(settings.redis_url)
+        self.router = Router(
+            settings.redis_url, keepalive=settings.redis_ping_interval, ping_timeout=settings.redis_ping_timeout
+        )
         self.registry = Registry(self.redis, settings.lease_ttl)
         self.pipeline = AutoPipeline(settings.redis_url)  # the send path: auto-pipelined, see pipeline.py
         self.store = Store(
@@ -113,16 +118,24 @@ class Gateway:
             parallelism=settings.argon2_parallelism,
             max_failures=settings.login_failures,
             lockout_seconds=settings.lockout_seconds,
+            token_seconds=settings.login_token_days * 86_400,
         )
-        self.ip_connections = IpLimiter(settings.ip_connections, int(5 * settings.ip_connections))
-        self.ip_logins = IpLimiter(settings.ip_logins, int(5 * settings.ip_logins))
+        # Per-IP limits in Redis, shared by the cluster; this gateway's own buckets while Redis is away.
+        self.ip_connections = SharedIpLimiter(
+            self.redis, self.pipeline, keys.ip_connections, settings.ip_connections, int(5 * settings.ip_connections),
+            healthy=lambda: self.ready,
+        )
+        self.ip_logins = SharedIpLimiter(
+            self.redis, self.pipeline, keys.ip_logins, settings.ip_logins, int(5 * settings.ip_logins),
+            healthy=lambda: self.ready,
+        )
         self.parser = f.FrameParser(f.Limits(settings.max_frame_bytes, settings.max_body_chars))
         self.sessions: dict[str, Session] = {}  # name key -> logged-in session
         self.joining: set[Session] = set()  # claimed but welcome/replay not yet sent
         self._by_token: dict[str, Session] = {}  # token hash -> session, for takeover kicks
         self.groups = Groups(self.redis)
-        self.local_groups: dict[str, set[Session]] = {}  # group key -> local member sessions
-        self._group_subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
+        self.relay = GroupRelay(self.router, self.groups, self._spawn)  # local members and their delivery
+        self.requests = RequestLimiter(self.redis, settings.rate_requests, settings.rate_request_burst, self.pipeline)
         self.live: set[ServerConnection] = set()  # logged in and past replay: broadcasts go here
         self.presence_each: set[ServerConnection] = set()  # live, login.presence "each"
         self.presence_batched: set[ServerConnection] = set()  # live, login.presence "batched"
@@ -194,9 +207,11 @@ class Gateway:
         except _REDIS_ERRORS:
             log.warning("Redis unreachable at start; serving anyway and retrying in the background")
         self._spawn(self.router.run(), "router")
+        self._spawn(self.accounts.backfill_skeletons(), "skeleton-backfill")
         self._spawn(self._sweep_buffers(), "buffer-sweep")
         if self.settings.ping_interval > 0:
             self._spawn(self._keepalive(), "keepalive")
+        self._spawn(self.relay.run_cursor_flusher(self.settings.group_cursor_interval), "group-cursors")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self._on_broadcast)
         self.router.set_handler(keys.PRESENCE_CHANNEL, self._fan_out)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
@@ -210,6 +225,12 @@ class Gateway:
             ssl=self._tls_context(),
             origins=self._origins(),
             process_request=self._http,
+            # Bounded writes and control frames (connection.py); a POST gets 405, not a silent close (handshake.py).
+            # It also notes the client's address (client_ip.py) before _handle empties the headers.
+            create_connection=bounded_connection(
+                self.settings.login_write_buffer, self.settings.control_frames, self._on_dropped,
+                TrustedProxies.parse(self.settings.trusted_proxies),
+            ),
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
             ping_interval=None,  # one _keepalive task pings every socket, not a task per socket
@@ -229,7 +250,7 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return self.router.live and self.redis_ok and not self.stopping
+        return self.router.healthy and self.redis_ok and not self.stopping
 
     def health_routes(self) -> dict[str, Route]:
         def readyz() -> tuple[int, str, bytes]:
@@ -353,7 +374,7 @@ class Gateway:
         return [None, *allowed]
 
     async def _http(self, conn: ServerConnection, request: Request) -> Response | None:
-        if wait := self.ip_connections.take(_ip(conn)):
+        if wait := await self.ip_connections.take(_ip(conn)):
             self.m_errors.inc("ip_connections")
             response = _text(http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address\n")
             response.headers["Retry-After"] = str(max(1, round(wait)))
@@ -417,7 +438,7 @@ class Gateway:
                 frame = self.parser.parse(raw)
                 if not isinstance(frame, f.Login):
                     raise NotLoggedIn()
-                if wait := self.ip_logins.take(_ip(ws)):
+                if wait := await self.ip_logins.take(_ip(ws)):
                     raise RateLimited("too many logins from your address", retry_after=round(wait, 3))
                 return await self._authenticate(ws, frame)
             except ChatError as exc:
@@ -434,7 +455,7 @@ class Gateway:
         login is answered and the client may still log in.
         """
         self._reply_error(ws, exc)
-        if isinstance(exc, LoginError | UnsupportedVersion | Unavailable):
+        if isinstance(exc, LoginError | UnsupportedVersion | Unavailable | RateLimited):
             self.m_logins.inc(exc.code.value)
         if isinstance(exc, LoginError | UnsupportedVersion):
             await ws.close(CloseCode.LOGIN_FAILED, exc.code.value)
@@ -452,11 +473,15 @@ class Gateway:
         points, writes the replay, and only then releases what it held,
         dropping anything the replay already carried.
         """
-        display, key = normalize_name(frame.user)
+        user = login_name(frame.user)
+        key = user.key
         resume = frame.resume or {}
         try:
-            name = await self.accounts.authenticate(key, display, frame.password)
             token = secrets.token_urlsafe(24)
+            name = await self.accounts.authenticate(
+                user, frame.password, issued=token_hash(token),
+                presented=token_hash(frame.session) if frame.session else None, ip=_ip(ws),
+            )
             session = Session(
                 ws, key, name, token, token_hash(token), self.settings.max_write_buffer, self._on_slow, self.m_out,
                 presence=frame.presence,
@@ -476,8 +501,9 @@ class Gateway:
                     bc_from = resume.get(f.STREAM_BROADCAST)
                     broadcasts = await self.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
                     group_replays = await self._join_groups_at_login(session, resume)
+                    invitations = await self.groups.invitations(key)
                 except BaseException:
-                    await self._leave_all_groups(session)
+                    self.relay.detach_all(session)
                     self._forget(session)
                     await self._release(session)
                     raise
@@ -495,8 +521,9 @@ class Gateway:
             if resumed:
                 recovered[stream] = replay.recovered
         welcome = f.Welcome(
-            user=name, online=claim.online, v=f.PROTOCOL_VERSION, session=token, positions=positions,
-            node=self.node_id, recovered=recovered or None, ref=frame.ref,
+            user=name, online=claim.online.names, v=f.PROTOCOL_VERSION, session=token, positions=positions,
+            node=self.node_id, recovered=recovered or None, online_total=claim.online.total,
+            online_next=claim.online.next, ref=frame.ref,
         )
         session.push(f.encode(welcome))
         session.last_dm = id_tuple(dm_from)
@@ -511,9 +538,11 @@ class Gateway:
                 session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), id_tuple(start))
                 for _, data in replay.frames:
                     await session.replay_group(gkey, data)
+            for data in invitations:  # invitations still pending, made while offline or not
+                session.push(data)
         except BaseException:  # the socket died mid-replay: it never became a live session
             self.joining.discard(session)
-            await self._leave_all_groups(session)
+            self.relay.detach_all(session)
             if self._forget(session):
                 await self.router.unsubscribe(keys.user_channel(key))
                 await self._release(session)
@@ -536,7 +565,8 @@ class Gateway:
         return session
 
     async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
-        args = (session.key, session.name, self.node_id, session.token, takeover, session.presence != f.PRESENCE_OFF)
+        page = 0 if session.presence == f.PRESENCE_OFF else self.settings.online_page
+        args = (session.key, session.name, self.node_id, session.token, takeover, page)
         try:
             return await self.registry.claim(*args)
         except NoLease:
@@ -559,10 +589,8 @@ class Gateway:
         except msgspec.DecodeError:
             log.error("bad control message: %.200r", data)
             return
-        if "part" in msg:  # removed from a group by its owner
-            member = self.sessions.get(str(msg.get("user")))
-            if member is not None:
-                self._spawn(self._leave_group_local(member, str(msg["part"])), "group-part")
+        if "part" in msg:  # no longer in a group (removed, or left on another session): stop delivery now
+            self.relay.part(str(msg.get("user")), str(msg["part"]), self.sessions)
             return
         if "notify" in msg:  # e.g. an invitation, for a user who is not (yet) in the group
             member = self.sessions.get(str(msg["notify"]))
@@ -573,6 +601,7 @@ class Gateway:
         if session is not None and session.key == msg.get("kick"):
             log.info("session of %s taken over by a new connection; closing the old one", session.name)
             self._drop_live(session.ws)
+            self.relay.detach_all(session)  # group membership moved with the name
             self._close_later(session.ws, CloseCode.TAKEN_OVER, "session taken over")
 
     async def _serve(self, session: Session) -> None:
@@ -601,7 +630,8 @@ class Gateway:
                 failure.ref = frame.ref if frame is not None else None
                 self._reply_error(ws, failure, session)
             else:
-                session.limited = 0
+                if not isinstance(frame, f.Ping):  # free pings must not reset the abuse count
+                    session.limited = 0
                 self.m_out.inc("reply")
                 session.push(reply)
 
@@ -629,8 +659,13 @@ class Gateway:
                 self.m_in.inc("broadcast")
             self.m_publish.observe(time.perf_counter() - started)
             return f.encode(f.Ack(id=stored.id, ts=stored.ts, ref=frame.ref, duplicate=stored.duplicate))
+        if isinstance(frame, f.Ping):
+            return f.encode(f.Pong(ref=frame.ref))
+        await self.requests.take(session.key)  # every other request kind: the user's request budget
         if isinstance(frame, f.Who):
-            return f.encode(f.Online(users=await self.registry.online(), ref=frame.ref))
+            cap = self.settings.online_page
+            page = await self.registry.online_page(frame.cursor, min(frame.limit or cap, cap))
+            return f.encode(f.Online(users=page.names, total=page.total, next=page.next, ref=frame.ref))
         if isinstance(frame, f.HistoryRequest):
             address = parse_address(frame.conv)
             if address.kind == "group":
@@ -643,8 +678,6 @@ class Gateway:
                 stream = keys.BROADCAST_STREAM
             messages = await self.store.history(stream, frame.before, frame.limit)
             return f.encode(f.HistoryPage(conv=frame.conv, messages=messages, ref=frame.ref))
-        if isinstance(frame, f.Ping):
-            return f.encode(f.Pong(ref=frame.ref))
         if isinstance(frame, f.Group):
             return await self._group_op(session, frame)
         if isinstance(frame, f.Groups):
@@ -657,28 +690,23 @@ class Gateway:
     # -- groups -------------------------------------------------------------
 
     async def _group_op(self, session: Session, frame: f.Group) -> bytes:
+        """One ``group`` op.  Membership changes are decided in Redis before delivery changes here;
+        gateway/group_relay.py says in what order and why no frame reaches a non-member."""
         gname, gkey = group_name(frame.group)
         op = frame.op
-        if op in ("create", "join"):
-            # Subscribe before the membership exists, so no message after it is missed.
-            await self._join_group_local(session, gkey, gname)
-            try:
-                if op == "create":
-                    state = await self.groups.create(gkey, gname, session.key, session.name, bool(frame.invite_only))
-                else:
-                    state = await self.groups.join(gkey, session.key, session.name)
-            except BaseException:
-                await self._leave_group_local(session, gkey)
-                raise
-            session.groups[gkey] = state.name
-            if state.position is not None:
-                pos = id_tuple(state.position)
-                session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), pos)
+        if op == "create":
+            async def create(nonce: str) -> tuple[GroupState, bool]:
+                return await self.groups.create(
+                    gkey, gname, session.key, session.name, bool(frame.invite_only), nonce), True
+
+            state = await self.relay.join(session, gkey, create)
+        elif op == "join":
+            state = await self.relay.join(
+                session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
         elif op == "leave":
             upto: Any = await self.redis.get(keys.LAST_ID)  # everything up to here was stored while a member
-            await self.groups.leave(gkey, session.key, session.name)
             await lease.deliver_before_leaving(self, session, gkey, upto.decode() if upto else None)
-            await self._leave_group_local(session, gkey)
+            await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
             target, tkey = normalize_name((frame.user or "").removeprefix("@"))
@@ -696,79 +724,49 @@ class Gateway:
     async def _join_groups_at_login(
         self, session: Session, resume: dict[str, str]
     ) -> dict[str, tuple[str, str, Replay, bool]]:
-        """Subscribe to each of the user's groups, then read each stream after its start point.
+        """Subscribe to each of the user's groups, confirm the memberships, then read each stream.
 
         Returns ``"#Name" -> (group key, start id, replay, resumed)``.  A group
-        starts at the client's resume point, else where this user's last session
-        stopped reading it, else now (nothing old is pushed to a fresh member).
+        starts at the client's resume point, else where this user's sessions
+        stopped reading it (saved as it advances), else now (nothing old is
+        pushed to a fresh member); never before the membership began.  The
+        memberships are read again after subscribing, in one step with the
+        newest id, so a removal in between is seen either there or as a
+        ``part`` that cancels the pending one.
         """
         mine = await self.groups.of_user(session.key)
         if not mine:
             return {}
         wanted = {group_name(stream)[1]: pos for stream, pos in resume.items() if stream.startswith("#")}
         cursors = await self.groups.cursors(session.key)
-        now: Any = await self.redis.get(keys.LAST_ID)
+        await self.relay.open_many(session, [g.key for g in mine])
+        try:
+            now, since = await self.groups.membership(session.key, [g.key for g in mine])
+        except BaseException:
+            self.relay.detach_all(session)
+            raise
         out: dict[str, tuple[str, str, Replay, bool]] = {}
         for g in mine:
-            await self._join_group_local(session, g.key, g.name)
-            start = wanted.get(g.key) or cursors.get(g.key) or (now.decode() if now else "0-0")
+            if g.key not in since:  # left or removed meanwhile
+                self.relay.abandon(session, g.key)
+                continue
+            start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
+            if not self.relay.admit(session, g.key, g.name, start):  # live frames from now on, held
+                continue
             replay = await self.store.replay(keys.group_stream(g.key), start)
-            out[f"#{g.name}"] = (g.key, start, replay, g.key in wanted)
+            # Up to ``now`` only: the membership held then; anything later came (or comes) live,
+            # where a removal in between is seen in order.
+            upto = id_tuple(now)
+            frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
+            out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
         return out
-
-    async def _join_group_local(self, session: Session, gkey: str, gname: str) -> None:
-        session.groups[gkey] = gname
-        members = self.local_groups.setdefault(gkey, set())
-        members.add(session)
-        sub = self._group_subs.get(gkey)
-        if sub is None:
-            sub = asyncio.ensure_future(self.router.subscribe(keys.group_channel(gkey), self._group_handler(gkey)))
-            self._group_subs[gkey] = sub
-        try:
-            await asyncio.shield(sub)
-        except BaseException:
-            if self._group_subs.get(gkey) is sub and sub.done():
-                del self._group_subs[gkey]
-            await self._leave_group_local(session, gkey)
-            raise
-
-    async def _leave_group_local(self, session: Session, gkey: str) -> None:
-        session.groups.pop(gkey, None)
-        session.last_group.pop(gkey, None)  # a later join starts from its own position
-        members = self.local_groups.get(gkey)
-        if members is None:
-            return
-        members.discard(session)
-        if not members:  # no local member left: stop receiving the group at all
-            del self.local_groups[gkey]
-            self._group_subs.pop(gkey, None)
-            await self.router.unsubscribe(keys.group_channel(gkey))
-
-    async def _leave_all_groups(self, session: Session) -> None:
-        for gkey in list(session.groups):
-            await self._leave_group_local(session, gkey)
-
-    def _group_handler(self, gkey: str) -> Callable[[bytes], None]:
-        def deliver(frame: bytes) -> None:
-            members = self.local_groups.get(gkey, ())
-            if frame.startswith(_MESSAGE_PREFIX):
-                for session in list(members):
-                    session.deliver_group(gkey, frame)
-            else:  # a group_event
-                for session in list(members):
-                    if session.holding:
-                        session.hold(frame)
-                    else:
-                        session.push(frame)
-
-        return deliver
 
     async def _logout(self, session: Session) -> None:
         self._drop_live(session.ws)
         self.joining.discard(session)
         owned = self.sessions.get(session.key) is session
-        cursors = {g: _id_str(mid) for g, mid in session.last_group.items() if g in session.groups}
-        await self._leave_all_groups(session)
+        cursors = cursors_of(session)
+        self.relay.detach_all(session)
         if owned and cursors:
             try:  # where a later login without resume positions picks each group up
                 await self.groups.save_cursors(session.key, cursors)
@@ -917,7 +915,6 @@ class Gateway:
     async def _catch_up(self, sessions: list[Session]) -> int:
         """Replay broadcasts and each session's DMs after what was last written (id-checked, so re-runnable)."""
         recovered = 0
-        await lease.drop_lost_memberships(self, sessions)  # a removal's "part" may have been lost meanwhile
         for _, frame in (await self.store.replay(keys.BROADCAST_STREAM, _id_str(self.last_broadcast))).frames:
             self._emit_broadcast(frame)
             recovered += 1
@@ -929,22 +926,28 @@ class Gateway:
             except ConnectionClosed:
                 continue  # that client left; its handler logs it out
             recovered += len(missed)
-        caught_up = set(sessions)
-        for gkey, members in list(self.local_groups.items()):
-            # Only sessions that have a position in the group: one still joining it (or still
-            # logging in) has none yet, and must not be sent what was stored before it joined.
-            readers = [s for s in members if s in caught_up and gkey in s.last_group]
+        # Memberships that ended (or began again) while the subscriptions were down; each member's
+        # replay stops at the newest id when its membership was read: later ones arrive live.
+        bounds = await self.relay.verify()
+        caught_up = set(sessions)  # not sessions still logging in: their login replays their groups
+        for gkey, members in list(self.relay.members.items()):
+            readers = [s for s in members if s in caught_up]
             if not readers:
                 continue
-            since = min(s.last_group[gkey] for s in readers)  # (0, 0) is a position too: from the start
+            # (0, 0) is a position like any other (a group joined before anything was stored): from the start.
+            since = min(s.last_group.get(gkey, (0, 0)) for s in readers)
             for _, frame in (await self.store.replay(keys.group_stream(gkey), _id_str(since))).frames:
+                mid = frame_id(frame)
                 for session in readers:
+                    if mid > bounds.get(session, (0, 0)):
+                        continue
                     try:
                         await session.replay_group(gkey, frame)
                     except ConnectionClosed:
                         continue
                 recovered += 1
-        online = f.encode(f.Online(users=await self.registry.online()))
+        page = await self.registry.online_page(None, self.settings.online_page)  # clients page on with `who`
+        online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
         broadcast(self.live, online, text=True)
         return recovered
 
@@ -1001,6 +1004,14 @@ class Gateway:
             self.m_slow.inc()
             self._spawn(_cut_off(session.ws), "cut-off")
 
+    def _on_dropped(self, ws: ServerConnection, reason: str, detail: str) -> None:
+        """A socket was aborted for sending without reading or for a ping flood (gateway/connection.py)."""
+        log.warning("%s %s; dropped", _peer(ws), detail)
+        if reason == "write_bound":
+            self.m_slow.inc()
+        else:
+            self.m_errors.inc(reason)
+
     def _close_later(self, ws: ServerConnection, code: int, reason: str) -> None:
         self._spawn(ws.close(code, reason), "close")
 
@@ -1044,13 +1055,17 @@ def _text(status: http.HTTPStatus, body: str) -> Response:
 
 
 def _ip(ws: ServerConnection) -> str:
-    addr = ws.remote_address
-    return str(addr[0]) if isinstance(addr, tuple) else str(addr)
+    """The client's address: the TCP peer's, or a trusted proxy's X-Forwarded-For (gateway/client_ip.py)."""
+    return client_ip(ws)
 
 
 def _peer(ws: ServerConnection) -> str:
+    """For logs: ``ip:port``, or ``client via proxy:port`` behind a trusted proxy."""
     addr = ws.remote_address
-    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    if isinstance(ws, ClientAddressConnection) and ws.proxy:
+        return f"{ws.client_ip} via {peer}"
+    return peer
 
 
 def _redacted(url: str) -> str:

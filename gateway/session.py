@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection
 from chinwag.metrics import Counter
 from protocol.names import id_tuple
 
+from .connection import set_write_bound
 from .store import frame_id
 
 log = logging.getLogger("chinwag.session")
@@ -33,6 +34,7 @@ _DM, _BROADCAST, _OTHER, _GROUP = 0, 1, 2, 3  # kinds of held frames
 
 class Session:
     __slots__ = (
+        "cursors_dirty",
         "early",
         "groups",
         "holding",
@@ -71,6 +73,7 @@ class Session:
         self.token = token
         self.token_hash = token_hash
         self.max_buffer = max_buffer
+        set_write_bound(ws, max_buffer)  # from the small pre-login bound to a session's
         self.on_slow = on_slow
         self.out = out or Counter("chinwag_messages_out_total", "", ("kind",))
         self.presence = presence  # login.presence: "each", "batched" or "off"
@@ -81,6 +84,7 @@ class Session:
         self.last_broadcast = (0, 0)  # id of the last broadcast written while not yet live
         self.groups: dict[str, str] = {}  # group key -> display name, for groups this session is in
         self.last_group: dict[str, tuple[int, int]] = {}  # group key -> id of the last message written
+        self.cursors_dirty = False  # last_group moved since the gateway last saved it to Redis
 
     def push(self, frame: bytes) -> None:
         """Write one frame now; flag the session as a slow consumer if it is not reading."""
@@ -136,21 +140,25 @@ class Session:
             self.push_group(gkey, frame)
 
     def push_group(self, gkey: str, frame: bytes) -> None:
+        """Write a group message if this session is (still) a member and has not had it.
+
+        ``groups`` holds only memberships Redis has confirmed, and ``last_group``
+        starts at the membership's first position, so a message stored before
+        the join, or after a leave or removal, never gets through here."""
         if gkey not in self.groups:
             return  # left or removed meanwhile
         mid = frame_id(frame)
         if mid > self.last_group.get(gkey, (0, 0)):
             self.last_group[gkey] = mid
+            self.cursors_dirty = True
             self.out.inc("group")
             self.push(frame)
 
     async def replay_group(self, gkey: str, frame: bytes) -> None:
-        """A group message from a stream replay: only for a session that has a position in the group
-        (one whose join has not answered yet has none, and nothing stored before it joined is its own)."""
         mid = frame_id(frame)
-        last = self.last_group.get(gkey)
-        if gkey in self.groups and last is not None and mid > last:
+        if gkey in self.groups and mid > self.last_group.get(gkey, (0, 0)):
             self.last_group[gkey] = mid
+            self.cursors_dirty = True
             self.out.inc("group")
             await self._send_paced(frame)
 

@@ -92,7 +92,23 @@ local id = string.format('%d-%d', ms, seq)
 redis.call('SET', KEYS[2], id)
 """
 
-# KEYS: dedupe, lastid, conversation stream, inbox stream, recipient account, recipient session
+
+def _xadd(stream: str, origins: str) -> str:
+    """Lua appending ``frame`` as ``id`` to ``stream`` (trimmed with ``MAXLEN ~``), recording in
+    ``origins`` the id of the first entry of a new stream (``Store.replay`` reads it).
+
+    Trimming to a maxlen of 2 or more never leaves a single entry, so one entry after the XADD
+    means the stream was empty: new, or deleted and created again (a group of the same name).
+    """
+    return f"""
+redis.call('XADD', {stream}, 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+if redis.call('XLEN', {stream}) == 1 and tonumber(ARGV[5]) > 1 then
+  redis.call('HSET', {origins}, {stream}, id)
+end
+"""
+
+
+# KEYS: dedupe, lastid, conversation stream, inbox stream, recipient account, recipient session, stream origins
 # ARGV: has ref, dedupe ttl, sender name (JSON), body (JSON), maxlen, recipient channel
 # -> {0} unknown user | {1, id, ms} | {2, id, ms} a retry of an earlier send
 _SEND_DM = _DEDUPE + _RATE + """
@@ -103,8 +119,7 @@ end
 """ + _NEXT_ID + """
 local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"@' .. name ..
   '","body":' .. ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[7] .. '}'
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+""" + _xadd("KEYS[3]", "KEYS[7]") + _xadd("KEYS[4]", "KEYS[7]") + """
 local held = redis.call('HMGET', KEYS[6], 'gw', 'hold')
 if held[1] then
   redis.call('PUBLISH', ARGV[6], frame)
@@ -116,17 +131,18 @@ end
 return {1, id, string.format('%d', ms)}
 """
 
-# KEYS: dedupe, lastid, broadcast stream ; ARGV: has ref, dedupe ttl, sender (JSON), body (JSON), maxlen, channel
+# KEYS: dedupe, lastid, broadcast stream, stream origins
+# ARGV: has ref, dedupe ttl, sender (JSON), body (JSON), maxlen, channel
 _SEND_BROADCAST = _DEDUPE + _RATE + _NEXT_ID + """
 local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"*","body":' ..
   ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[7] .. '}'
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+""" + _xadd("KEYS[3]", "KEYS[4]") + """
 redis.call('PUBLISH', ARGV[6], frame)
 """ + _REMEMBER + """
 return {1, id, string.format('%d', ms)}
 """
 
-# KEYS: dedupe, lastid, group stream, group, members
+# KEYS: dedupe, lastid, group stream, group, members, stream origins
 # ARGV: digest, dedupe ttl, sender (JSON), body (JSON), maxlen, group channel, sender key
 # -> {-1} no such group | {0} not a member | {1, id, ms} | {2, id, ms} a retry
 _SEND_GROUP = _DEDUPE + _RATE + """
@@ -140,7 +156,7 @@ end
 """ + _NEXT_ID + """
 local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"#' .. gname .. '","body":' ..
   ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[8] .. '}'
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
+""" + _xadd("KEYS[3]", "KEYS[6]") + """
 redis.call('PUBLISH', ARGV[6], frame)
 """ + _REMEMBER + """
 return {1, id, string.format('%d', ms)}
@@ -225,6 +241,16 @@ def _file_fragment(file_json: bytes) -> bytes:
     return b',"file":' + file_json if file_json else b""
 
 
+def _recovered(first: list[Any] | None, origin: bytes | None, after: str) -> bool:
+    """No entry after ``after`` was trimmed: the stream is empty, its oldest entry is not newer than
+    ``after``, or its oldest entry is its recorded first one (never trimmed).  A stream with no recorded
+    origin (stored before origins were recorded) counts as possibly trimmed."""
+    if not first:
+        return True
+    oldest = _text(first[0][0])
+    return id_tuple(oldest) <= id_tuple(after) or (origin is not None and _text(origin) == oldest)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -267,6 +293,7 @@ class Store:
                 keys.inbox_stream(to_key),
                 keys.account(to_key),
                 keys.session(to_key),
+                keys.STREAM_ORIGINS,
                 keys.rate(sender_key),
             ],
             [
@@ -284,7 +311,8 @@ class Store:
         """Store and publish a broadcast once per (sender, ref)."""
         result = await self._run(
             self._send_broadcast,
-            [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.rate(sender_key)],
+            [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.STREAM_ORIGINS,
+             keys.rate(sender_key)],
             [_digest(ref, "*", body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
                   keys.BROADCAST_CHANNEL, _file_fragment(file_json), self.rate, self.burst],
         )
@@ -298,7 +326,7 @@ class Store:
         result = await self._run(
             self._send_group,
             [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.group_stream(gkey), keys.group(gkey),
-             keys.group_members(gkey), keys.rate(sender_key)],
+             keys.group_members(gkey), keys.STREAM_ORIGINS, keys.rate(sender_key)],
             [_digest(ref, "#" + gkey, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body),
                   self.maxlen, keys.group_channel(gkey), sender_key, _file_fragment(file_json), self.rate,
                   self.burst],
@@ -331,23 +359,27 @@ class Store:
     async def replay(self, stream: str, after: str) -> Replay:
         """Everything after ``after``, and whether that is provably everything.
 
-        Streams are trimmed with ``MAXLEN ~``, which never leaves fewer than
-        ``maxlen`` entries; so a stream shorter than that was never trimmed, and
-        otherwise nothing after ``after`` is missing only if its oldest surviving
-        entry is not newer than ``after``.
+        Trimming (``MAXLEN ~``, by whichever gateway adds to the stream, each
+        with its own ``--stream-maxlen``) only ever removes the oldest entries.
+        So nothing after ``after`` is missing if the oldest surviving entry is
+        not newer than ``after``, or if it is still the stream's first entry
+        (recorded in ``cw:sorigin`` by the send scripts when they create the
+        stream: it was never trimmed).  Otherwise we cannot prove it and say False.  Neither test
+        depends on any gateway's maxlen.  (Redis 7's ``XINFO STREAM``
+        ``max-deleted-entry-id`` would be exact, but Redis 7.0 moves it only on
+        ``XDEL``, not when ``MAXLEN`` trims, and the embedded Redis is 6.2.)
         """
         page = 1000
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xrange(stream, f"({after}", "+", count=page)
-            pipe.xlen(stream)
             pipe.xrange(stream, "-", "+", count=1)
-            rows, length, first = await pipe.execute()
+            pipe.hget(keys.STREAM_ORIGINS, stream)
+            rows, first, origin = await pipe.execute()
         frames = [(_text(rid), fields[b"f"]) for rid, fields in rows or []]
         while len(rows or ()) == page:  # a long absence: read on, one page per round trip
             rows = await self.stream_after(stream, frames[-1][0], page)
             frames.extend(rows)
-        recovered = int(length) < self.maxlen or not first or id_tuple(_text(first[0][0])) <= id_tuple(after)
-        return Replay(frames, recovered)
+        return Replay(frames, _recovered(first, origin, after))
 
     async def advance_delivered(self, key: str, message_id: str) -> None:
         """Move a user's delivered cursor forward (never back)."""

@@ -5,7 +5,8 @@ exactly one winner, and a presence event is published in the same atomic step
 as the change it reports.  Scripts take the time from Redis (``TIME``), so
 gateways with skewed clocks agree on lease expiry.
 
-Data (see chinwag.keys): ``cw:online`` is the set of online display names;
+Data (see chinwag.keys): ``cw:online:z`` is the online display names (a sorted set, paged by
+name with ZRANGEBYLEX, so no answer has to carry everyone);
 ``cw:sess:<key>`` says which gateway holds a name, with its session token;
 ``cw:gw:<node>:users`` lists the names one gateway holds; ``cw:gateways`` maps
 each gateway to its lease expiry.  A gateway that stops renewing is reaped:
@@ -41,8 +42,9 @@ return 1
 
 # KEYS: session, online, gateway users, gateways, account
 # ARGV: key, display name, node, token hash, presence channel, key prefix, takeover token hash ('' = none),
-#       '1' to return the online names ('0': an empty list; with 10,000 users online it is most of the cost)
-# -> {1, delivered cursor, online names} | {2, ...} taken over | {0} taken | {-1} gateway has no lease
+#       how many online names to return (the first in name order, plus one to tell if there are more;
+#       '0': none.  Returning everyone made each login O(online), a login storm O(N^2))
+# -> {1, delivered cursor, online names, online count} | {2, ...} taken over | {0} taken | {-1} no lease
 # The session starts with 'hold' set: until its gateway has written the inbox replay and
 # settles it (gateway/store.py), DMs are still published to it but do not move the delivered cursor.
 # A takeover moves the session to this gateway without presence events and tells
@@ -65,13 +67,15 @@ redis.call('HSET', KEYS[1], 'gw', ARGV[3], 'token', ARGV[4], 'name', ARGV[2], 'h
 redis.call('SADD', KEYS[3], ARGV[1])
 local cursor = redis.call('HGET', KEYS[5], 'delivered') or '0-0'
 if status == 1 then
-  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
   redis.call('PUBLISH', ARGV[5], '{"type":"presence","user":"' .. ARGV[2] .. '","status":"online"}')
 end
-if ARGV[8] == '0' then
-  return {status, cursor, {}}
+local limit = tonumber(ARGV[8])
+if limit == 0 then
+  return {status, cursor, {}, 0}
 end
-return {status, cursor, redis.call('SMEMBERS', KEYS[2])}
+local names = redis.call('ZRANGEBYLEX', KEYS[2], '-', '+', 'LIMIT', 0, limit + 1)
+return {status, cursor, names, redis.call('ZCARD', KEYS[2])}
 """
 
 # KEYS: session, online, gateway users ; ARGV: key, node, token, presence channel -> 1 | 0
@@ -81,7 +85,7 @@ if s[1] ~= ARGV[2] or s[2] ~= ARGV[3] then
   return 0
 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], s[3])
+redis.call('ZREM', KEYS[2], s[3])
 redis.call('SREM', KEYS[3], ARGV[1])
 redis.call('PUBLISH', ARGV[4], '{"type":"presence","user":"' .. s[3] .. '","status":"offline"}')
 return 1
@@ -105,7 +109,7 @@ for _, gw in ipairs(ids) do
     local s = redis.call('HMGET', sk, 'gw', 'name')
     if s[1] == gw then
       redis.call('DEL', sk)
-      redis.call('SREM', KEYS[2], s[2])
+      redis.call('ZREM', KEYS[2], s[2])
       redis.call('PUBLISH', ARGV[2], '{"type":"presence","user":"' .. s[2] .. '","status":"offline"}')
       freed[#freed + 1] = s[2]
     end
@@ -134,7 +138,7 @@ for i = 4, #ARGV, 3 do
   if not held[1] then
     redis.call('HSET', sk, 'gw', ARGV[1], 'token', token, 'name', name, 'hold', '1')
     redis.call('SADD', KEYS[3], key)
-    redis.call('SADD', KEYS[2], name)
+    redis.call('ZADD', KEYS[2], 0, name)
     redis.call('PUBLISH', ARGV[3], '{"type":"presence","user":"' .. name .. '","status":"online"}')
     out[#out + 1] = 1
   elseif held[1] == ARGV[1] and held[2] == token then
@@ -149,11 +153,32 @@ return out
 
 
 @dataclass(frozen=True, slots=True)
+class OnlinePage:
+    """A page of the online names, in code-point order.
+
+    ``next`` (the last name of this page) continues after it, None when nothing follows;
+    ``total`` counts everyone online, None when ``names`` is everyone.
+    """
+
+    names: list[str]
+    total: int | None = None
+    next: str | None = None
+
+
+def _page(names: list[str], total: int, limit: int, after: str | None) -> OnlinePage:
+    """``names`` is up to ``limit + 1`` names after ``after``: the extra one says more follow."""
+    more = len(names) > limit
+    names = names[:limit]
+    whole = not more and after is None
+    return OnlinePage(names, None if whole else total, names[-1] if more else None)
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """Result of a successful claim: where offline delivery resumes, and who is online."""
+    """Result of a successful claim: where offline delivery resumes, and (a page of) who is online."""
 
     delivered: str
-    online: list[str]
+    online: OnlinePage
     took_over: bool = False  # the name was moved from another (presumed dead) connection
 
 
@@ -191,19 +216,20 @@ class Registry:
 
     async def claim(
         self, key: str, name: str, node_id: str, token: str, takeover_token: str | None = None,
-        with_online: bool = True,
+        online_limit: int = 1000,
     ) -> Claim | None:
         """Take ``name`` for a session on ``node_id``; None if someone else holds it.
 
         With ``takeover_token`` (the holder's session token) the name is taken over
         instead of refused.  Only hashes of tokens are stored and compared.
-        ``with_online=False`` leaves ``Claim.online`` empty (for clients that do not follow presence).
+        ``Claim.online`` is the first ``online_limit`` online names (0: none, for
+        clients that do not follow presence).
         """
         result = await self._claim(
             keys=[keys.session(key), keys.ONLINE, keys.gateway_users(node_id), keys.GATEWAYS, keys.account(key)],
             args=[
                 key, name, node_id, token_hash(token), keys.PRESENCE_CHANNEL, keys.PREFIX,
-                token_hash(takeover_token) if takeover_token else "", "1" if with_online else "0",
+                token_hash(takeover_token) if takeover_token else "", max(0, online_limit),
             ],
         )
         status = int(result[0])
@@ -211,7 +237,9 @@ class Registry:
             raise NoLease(node_id)
         if status == 0:
             return None
-        return Claim(delivered=_s(result[1]), online=sorted(_s(n) for n in result[2]), took_over=status == 2)
+        online = _page([_s(n) for n in result[2]], int(result[3]), online_limit, None) if online_limit > 0 \
+            else OnlinePage([])
+        return Claim(delivered=_s(result[1]), online=online, took_over=status == 2)
 
     async def reclaim(self, node_id: str, sessions: list[tuple[str, str, str]]) -> list[int]:
         """Take back the names of ``(key, name, token hash)`` after a lost lease: one status each
@@ -252,7 +280,22 @@ class Registry:
         return [_s(i) for i in ids], [_s(n) for n in freed]
 
     async def online(self) -> list[str]:
-        return sorted(_s(n) for n in await self.redis.smembers(keys.ONLINE))
+        """Everyone online, in code-point order (for the admin window; clients get pages)."""
+        names: list[Any] = await self.redis.zrange(keys.ONLINE, 0, -1)
+        return [_s(n) for n in names]
+
+    async def online_page(self, after: str | None, limit: int) -> OnlinePage:
+        """Up to ``limit`` online names after ``after`` (None: from the first), in one round trip.
+
+        Paging by name is stable: a name online during the whole walk is on exactly
+        one page; one that comes or goes meanwhile may or may not be.
+        """
+        start = "-" if after is None else b"(" + after.encode()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrangebylex(keys.ONLINE, start, "+", start=0, num=limit + 1)
+            pipe.zcard(keys.ONLINE)
+            names, total = await pipe.execute()
+        return _page([_s(n) for n in names], int(total), limit, after)
 
     async def gateways(self) -> dict[str, int]:
         """Every live gateway with its lease expiry (ms since the epoch, Redis clock)."""

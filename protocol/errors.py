@@ -17,6 +17,7 @@ catch the same types::
     ├── LoginError                 login refused; the server closes with 4001
     │   ├── InvalidUsername        invalid_username
     │   ├── UsernameTaken          username_taken
+    │   ├── UsernameConfusable     username_confusable (looks like an existing account's name)
     │   └── BadPassword            bad_password
     ├── UnknownUser                unknown_user
     ├── NotFound                   not_found (no such group, upload or file)
@@ -52,6 +53,7 @@ class ErrorCode(StrEnum):
     ALREADY_LOGGED_IN = "already_logged_in"
     INVALID_USERNAME = "invalid_username"
     USERNAME_TAKEN = "username_taken"
+    USERNAME_CONFUSABLE = "username_confusable"
     BAD_PASSWORD = "bad_password"
     UNKNOWN_USER = "unknown_user"
     NOT_FOUND = "not_found"
@@ -163,6 +165,11 @@ class UsernameTaken(LoginError):
     default_message = "username exists: someone with that name is online"
 
 
+class UsernameConfusable(LoginError):
+    code = ErrorCode.USERNAME_CONFUSABLE
+    default_message = "that name looks like an existing user's name; choose another"
+
+
 class BadPassword(LoginError):
     code = ErrorCode.BAD_PASSWORD
     default_message = "wrong password for this username"
@@ -239,6 +246,7 @@ _BY_CODE: dict[str, type[ChatError]] = {
         AlreadyLoggedIn,
         InvalidUsername,
         UsernameTaken,
+        UsernameConfusable,
         BadPassword,
         UnknownUser,
         NotFound,

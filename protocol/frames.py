@@ -28,6 +28,7 @@ PROTOCOL_VERSION = 1
 MAX_REF_CHARS = 64
 MAX_PASSWORD_CHARS = 1024
 MAX_HISTORY_LIMIT = 100
+MAX_CURSOR_CHARS = 128  # who.cursor: today a display name (at most 32 characters)
 
 Ref = Annotated[str, msgspec.Meta(max_length=MAX_REF_CHARS)]
 
@@ -79,7 +80,15 @@ class Send(_ClientFrame, tag="send"):
 
 
 class Who(_ClientFrame, tag="who"):
-    """Ask for the list of online users."""
+    """Ask for a page of the online users, in name order: the first, or the one after ``cursor``.
+
+    ``cursor`` is the ``next`` of the previous ``online`` answer; ``limit`` asks for a smaller page
+    than the server's (larger ones get the server's).  A ``who`` with neither gets the first page,
+    which is everyone unless more are online than one page holds.
+    """
+
+    cursor: Annotated[str, msgspec.Meta(max_length=MAX_CURSOR_CHARS)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1)] | None = None
 
 
 class HistoryRequest(_ClientFrame, tag="history"):
@@ -129,12 +138,14 @@ class _ServerFrame(msgspec.Struct, tag_field="type", omit_defaults=True):
 
 class Welcome(_ServerFrame, tag="welcome"):
     user: str
-    online: list[str]
+    online: list[str]  # the first page of who is online (all of them unless online_next is set)
     v: int  # always sent (omit_defaults would drop a default)
     session: str  # token for taking the name over on reconnect
     positions: dict[str, str]  # where each stream starts for this connection (resume from here)
     node: str = ""
     recovered: dict[str, bool] | None = None  # per resumed stream: False = history no longer reaches back
+    online_total: int | None = None  # only when online is capped: how many are online
+    online_next: str | None = None  # ... and the cursor for `who` to page on from
     ref: str | None = None
 
 
@@ -170,7 +181,11 @@ class PresenceBatch(_ServerFrame, tag="presence_batch"):
 
 
 class Online(_ServerFrame, tag="online"):
+    """A page of who is online: everyone, unless ``total`` (set only when it is not everyone) says more."""
+
     users: list[str]
+    total: int | None = None  # how many are online; absent when users is everyone
+    next: str | None = None  # cursor for the next page (who.cursor); absent on the last page
     ref: str | None = None
 
 

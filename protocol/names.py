@@ -8,6 +8,9 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
+from precis_i18n import get_profile
+
+from .confusables import INVISIBLE, name_skeletons
 from .errors import InvalidFrame, InvalidUsername
 
 MAX_NAME_CHARS = 32
@@ -34,6 +37,72 @@ def normalize_name(raw: str) -> tuple[str, str]:
 def name_key(display: str) -> str:
     """The case-insensitive key of an already-normalised name."""
     return unicodedata.normalize("NFKC", display.casefold())
+
+
+# RFC 8265 (PRECIS) usernames: UsernameCaseMapped decides what may be registered,
+# UsernameCasePreserved gives the display form (the same rules, case kept).
+_CASE_MAPPED = get_profile("UsernameCaseMapped")
+_CASE_PRESERVED = get_profile("UsernameCasePreserved")
+
+_REASONS = {  # precis_i18n's refusal reasons, said for people
+    "precis_ignorable_properties": "usernames cannot contain invisible or filler characters",
+    "old_hangul_jamo": "usernames cannot contain invisible or filler characters",
+    "zero_width_joiner": "usernames cannot contain invisible or filler characters",
+    "zero_width_nonjoiner": "usernames cannot contain invisible or filler characters",
+    "spaces": "usernames cannot contain spaces",
+    "has_compat": "usernames cannot contain compatibility characters (like \u00b2 or \ufb01)",
+    "bidi_rule": "usernames cannot mix right-to-left and left-to-right text that way",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Username:
+    """A login name, checked against the registration rules.
+
+    ``registrable`` is False for a name only the older rules accept (NFKC, letters,
+    digits, ``_-.``): an account stored under it may still log in, but no new
+    account is created with it.  ``refusal`` then says why the new rules refuse it.
+    ``skeletons`` are its UTS #39 skeletons (fold, upper), see protocol/confusables.py.
+    """
+
+    display: str
+    key: str
+    skeletons: tuple[str, str]
+    registrable: bool = True
+    refusal: str = ""
+
+
+def registration_name(raw: str) -> tuple[str, str]:
+    """``(display, key)`` of a name that may be registered, or InvalidUsername saying why.
+
+    PRECIS UsernameCaseMapped (RFC 8265) must accept it; then Chinwag's own
+    rules: 1-32 characters, each a letter, a digit, ``_``, ``-`` or ``.``, none
+    invisible.  The key is the same as :func:`normalize_name` gives (NFKC of the
+    full case fold), so every account stored under the older rules keeps its key
+    (``Straße`` and ``STRASSE`` stay one name, where RFC 8265's lower-casing alone
+    would split them).
+    """
+    try:
+        _CASE_MAPPED.enforce(raw)
+        display = _CASE_PRESERVED.enforce(raw)
+    except UnicodeEncodeError as exc:
+        reason = str(exc.reason).rpartition("/")[2]
+        raise InvalidUsername(_REASONS.get(reason)) from None
+    if any(c in INVISIBLE for c in display):
+        raise InvalidUsername(_REASONS["precis_ignorable_properties"])
+    if not 1 <= len(display) <= MAX_NAME_CHARS or not all(_allowed(c) for c in display):
+        raise InvalidUsername()
+    return display, name_key(display)
+
+
+def login_name(raw: str) -> Username:
+    """The name a login asks for: registrable, or (older rules only) for an existing account."""
+    try:
+        display, key = registration_name(raw)
+        return Username(display, key, name_skeletons(key))
+    except InvalidUsername as exc:
+        display, key = normalize_name(raw)  # raises InvalidUsername when even the older rules refuse
+        return Username(display, key, name_skeletons(key), registrable=False, refusal=exc.message)
 
 
 @dataclass(frozen=True, slots=True)

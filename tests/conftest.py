@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from chinwag.redis_binary import redis_server_binary
 from tests.helpers import Clients, Processes, RedisServer
 
 
@@ -46,3 +47,8 @@ async def clients() -> AsyncIterator[Clients]:
     yield registry
     await registry.close_all()
 
+
+
+def pytest_report_header() -> str:
+    """Which Redis the tests run against (the newest redis-server here), at the top of every run."""
+    return f"redis-server: {redis_server_binary() or 'none found'}"

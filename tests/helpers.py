@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import inspect
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from chinwag.http import http_status
+from chinwag.redis_binary import redis_server_binary
 from client import ChatClient
 from client.chat import Event
 from protocol import frames as f
@@ -36,6 +36,7 @@ FAST_ENV = {
     "CHINWAG_ARGON2_TIME_COST": "1",
     "CHINWAG_LOG_LEVEL": "INFO",
     "CHINWAG_RATE_MESSAGES": "0",  # tests that are about rate limits set their own
+    "CHINWAG_RATE_REQUESTS": "0",
     "CHINWAG_IP_CONNECTIONS": "0",  # every test client comes from 127.0.0.1
     "CHINWAG_IP_LOGINS": "0",
 }
@@ -122,10 +123,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()  # the newest here, not the venv's bundled 6.2 first on PATH
         assert binary, "redis-server is not installed (.ci/run installs it)"
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+            binary.path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
         ]

@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from chinwag import keys
 from gateway.store import Store
-from presence.registry import Claim, NoLease, Registry
+from presence.registry import Claim, NoLease, OnlinePage, Registry
 from protocol import frames as f
 from protocol.names import id_tuple
 from tests.helpers import RedisServer
@@ -44,9 +44,9 @@ async def test_registry_lifecycle_on_real_redis(redis: Redis) -> None:
     assert await registry.renew_lease("ghost") is False
 
     await redis.hset(keys.account("alice"), mapping={"name": "Alice", "pw": "x", "delivered": "1700000000000-2"})
-    assert await registry.claim("alice", "Alice", "gw1", "t1") == Claim("1700000000000-2", ["Alice"])
+    assert await registry.claim("alice", "Alice", "gw1", "t1") == Claim("1700000000000-2", OnlinePage(["Alice"]))
     assert await registry.claim("alice", "ALICE", "gw2", "t2") is None
-    assert await registry.claim("bob", "Bob", "gw1", "t3") == Claim("0-0", ["Alice", "Bob"])
+    assert await registry.claim("bob", "Bob", "gw1", "t3") == Claim("0-0", OnlinePage(["Alice", "Bob"]))
     assert await registry.claim("carol", "Carol", "gw2", "t4") is not None
 
     assert await registry.release("alice", "gw1", "wrong") is False

@@ -270,6 +270,22 @@ def test_format_who(users: list[str], line: str) -> None:
     assert format_who(users) == line
 
 
+def test_format_who_says_how_many_a_capped_list_left_out() -> None:
+    assert format_who(["bob", "alice"], 5000) == "* online: alice, bob \u2026 and 4998 more (/who lists everyone)"
+    assert format_who(["bob", "alice"], 2) == "* online: alice, bob"  # everyone after all
+    assert format_event(f.Online(users=["bob"], total=3, next="bob"), "alice", UTC) == (
+        "* online: bob \u2026 and 2 more (/who lists everyone)"
+    )
+
+
+async def test_a_capped_online_list_does_not_call_anyone_offline() -> None:
+    """carol may be on a page the welcome did not carry: say nothing rather than something wrong."""
+    chat = FakeChat()
+    chat.online_total = 5000
+    status, out, _, _ = await run_script(["/msg carol hi"], chat)
+    assert status == EXIT_OK and out == ["[12:01:02] <alice→carol> hi"]
+
+
 @pytest.mark.parametrize(
     ("conv", "count", "line"),
     [
@@ -431,6 +447,7 @@ class FakeChat:
     def __init__(self, online: tuple[str, ...] = ("alice", "bob")) -> None:
         self.user = "alice"
         self.online = set(online)
+        self.online_total: int | None = None
         self.request_timeout = 10.0
         self.sent: list[tuple[str, str]] = []
         self.group_ops: list[tuple[str, str, str | None, bool | None]] = []

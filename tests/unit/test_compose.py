@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from chinwag.config import OPTIONS
+from chinwag.config import OPTIONS, Settings
+from gateway.client_ip import TrustedProxies, client_address
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -321,3 +322,26 @@ def test_tls_override_terminates_tls_at_the_load_balancer() -> None:
     assert re.search(r"bind :9443 ssl crt \S+chinwag\.pem", cfg)
     assert "ssl-min-ver TLSv1.2" in cfg and "server-template gw" in cfg and "timeout tunnel" in cfg
     assert (ROOT / "deploy" / "certs").is_dir() and not list((ROOT / "deploy" / "certs").glob("*.pem"))
+
+
+def test_gateways_take_the_client_address_from_haproxys_header_and_only_from_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """Per-IP limits behind lb count clients, not lb: gateways trust lb's X-Forwarded-For, one hop."""
+    gw = services["gateway"]
+    settings = Settings.from_args("gateway", [], env=_env(gw))
+    trusted = TrustedProxies.parse(settings.trusted_proxies)
+    assert trusted.any_peer and not trusted.networks, "compose addresses are dynamic: '*' and nothing else"
+    # '*' is only sound while nothing but lb (and the project's own containers) can reach a gateway.
+    assert not gw.get("ports") and gw.get("network_mode") is None and "networks" not in gw
+    # One hop: lb's appended entry, never the client's own header line.
+    assert client_address("172.18.0.5", ["6.6.6.6", "198.51.100.1"], trusted) == "198.51.100.1"
+    override = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())
+    assert "gateway" not in override["services"], "the TLS overlay would need the same setting"
+    for cfg_path in (HAPROXY, ROOT / "deploy" / "haproxy-tls.cfg"):
+        cfg = cfg_path.read_text(encoding="utf-8")
+        chat = cfg[cfg.index("frontend chat") : cfg.index("backend gateways")]
+        directives = [line.split("#", 1)[0].strip() for line in chat.splitlines()]
+        # Plain forwardfor appends lb's entry; "if-none" would pass a client's header on as the only one.
+        assert "option forwardfor" in directives, cfg_path.name
+        assert not any("if-none" in d for d in directives), cfg_path.name

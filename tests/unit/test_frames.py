@@ -76,6 +76,10 @@ VALID: list[Any] = [
     pytest.param(_j({"type": "who"}), f.Who(), id="who"),
     pytest.param(_j({"type": "who", "ref": "w"}), f.Who(ref="w"), id="who-ref"),
     pytest.param(_j({"type": "who", "ref": None}), f.Who(), id="who-ref-null"),
+    pytest.param(_j({"type": "who", "cursor": "bob", "limit": 50, "ref": "w"}), f.Who(cursor="bob", limit=50, ref="w"),
+                 id="who-page"),
+    pytest.param(_j({"type": "who", "cursor": None, "limit": None}), f.Who(), id="who-page-nulls"),
+    pytest.param(_j({"type": "who", "limit": 10**6}), f.Who(limit=10**6), id="who-big-limit"),  # server caps it
     pytest.param(_j({"type": "history", "conv": "*"}), f.HistoryRequest(conv="*"), id="history-defaults"),
     pytest.param(_j({"type": "history", "conv": "@bob", "before": "1700000000000-3", "limit": 1, "ref": "h"}),
                  f.HistoryRequest(conv="@bob", before="1700000000000-3", limit=1, ref="h"), id="history-all-fields"),
@@ -124,6 +128,7 @@ def test_history_defaults() -> None:
         f.Send(to="*", body="all", ref="2"),
         f.Who(),
         f.Who(ref="3"),
+        f.Who(cursor="名前", limit=2, ref="3"),
         f.HistoryRequest(conv="@bob", before="5-1", limit=7, ref="4"),
         f.HistoryRequest(conv="*"),
         f.Ping(),
@@ -222,6 +227,10 @@ BAD: list[Any] = [
     # other types
     pytest.param(_j({"type": "ping", "ref": "p", "extra": 1}), INVALID, "p", id="ping-extra-field"),
     pytest.param(_j({"type": "who", "ref": "w", "all": True}), INVALID, "w", id="who-extra-field"),
+    pytest.param(_j({"type": "who", "ref": "w", "limit": 0}), INVALID, "w", id="who-limit-0"),
+    pytest.param(_j({"type": "who", "ref": "w", "limit": 1.5}), INVALID, "w", id="who-limit-float"),
+    pytest.param(_j({"type": "who", "ref": "w", "cursor": 3}), INVALID, "w", id="who-cursor-number"),
+    pytest.param(_j({"type": "who", "ref": "w", "cursor": "c" * 129}), INVALID, "w", id="who-cursor-too-long"),
     pytest.param(_j({"type": "ping", "ref": "a", "type2": "who"}), INVALID, "a", id="ping-type2"),
     pytest.param(_j({"type": "history", "conv": "*", "limit": 0, "ref": "h"}), INVALID, "h", id="limit-0"),
     pytest.param(_j({"type": "history", "conv": "*", "limit": -1, "ref": "h"}), INVALID, "h", id="limit-negative"),
@@ -381,6 +390,8 @@ SERVER_FRAMES: list[Any] = [
         positions={"dm": "0-0", "*": "5-0"}, node="n1",
     ),
     f.Welcome(user="alice", online=[], v=PROTOCOL_VERSION, session="t", positions={}),
+    f.Welcome(user="alice", online=["alice", "bob"], v=PROTOCOL_VERSION, session="t", positions={},
+              online_total=5000, online_next="bob"),
     f.Ack(id="1700000000000-0", ts=1700000000000, ref="r1"),
     f.Ack(id="1-0", ts=1),
     f.Message(id="1-0", from_="alice", to="@bob", body="hi \"you\" \u00e9\U0001f600", ts=1),
@@ -391,6 +402,8 @@ SERVER_FRAMES: list[Any] = [
     f.PresenceBatch(online=[], offline=["carol"]),
     f.Online(users=["a", "b"], ref="w"),
     f.Online(users=[]),
+    f.Online(users=["a", "b"], total=3, next="b", ref="w"),
+    f.Online(users=["c"], total=3),
     f.History(conv="@bob", messages=[f.Message(id="1-0", from_="alice", to="@bob", body="x", ts=1)], ref="h"),
     f.History(conv="*", messages=[]),
     f.Pong(ref="p"),
@@ -406,6 +419,17 @@ def test_server_frames_round_trip(frame: msgspec.Struct) -> None:
     assert isinstance(wire, bytes)
     assert f.parse_server_frame(wire) == frame
     assert f.parse_server_frame(wire.decode()) == frame
+
+
+def test_uncapped_online_lists_look_as_before_paging() -> None:
+    """Old clients: a list that is everyone carries no new fields; a capped one adds count and cursor."""
+    welcome = f.Welcome(user="a", online=["a"], v=PROTOCOL_VERSION, session="t", positions={})
+    assert set(json.loads(f.encode(welcome))) == {"type", "user", "online", "v", "session", "positions"}
+    assert f.encode(f.Online(users=["a"], ref="w")) == b'{"type":"online","users":["a"],"ref":"w"}'
+    assert json.loads(f.encode(f.Online(users=["a", "b"], total=9, next="b"))) == {
+        "type": "online", "users": ["a", "b"], "total": 9, "next": "b"
+    }
+    assert f.encode(f.Who()) == b'{"type":"who"}'
 
 
 def test_message_uses_from_on_the_wire() -> None:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol.confusables import INVISIBLE, name_skeletons, skeleton
 from protocol.errors import ErrorCode, InvalidFrame, InvalidUsername
 from protocol.names import (
     BROADCAST,
@@ -13,9 +14,11 @@ from protocol.names import (
     Address,
     id_tuple,
     is_message_id,
+    login_name,
     name_key,
     normalize_name,
     parse_address,
+    registration_name,
 )
 
 # -- normalize_name -----------------------------------------------------------------------
@@ -116,6 +119,112 @@ def test_normalize_name_never_raises_anything_else(raw: str) -> None:
     assert all(c.isalpha() or c.isdigit() or c in "_-." for c in display)
     assert normalize_name(display) == (display, key)  # normalising twice changes nothing
     assert name_key(display) == key
+
+
+# -- registration rules: PRECIS UsernameCaseMapped (RFC 8265) + invisible characters -------------
+
+# The impersonations of issue 11.5, each of which registered and showed as "alicec".
+FILLERS = ["\u3164", "\u115f", "\u1160", "\uffa0", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad",
+           "\u034f", "\u17b4", "\u180e"]
+
+
+@pytest.mark.parametrize("filler", FILLERS)
+@pytest.mark.parametrize("where", ["end", "middle", "start", "alone"])
+def test_invisible_and_filler_characters_cannot_be_registered(filler: str, where: str) -> None:
+    raw = {"end": "alicec" + filler, "middle": "ali" + filler + "cec", "start": filler + "alicec",
+           "alone": filler}[where]
+    with pytest.raises(InvalidUsername) as info:
+        registration_name(raw)
+    assert info.value.code == ErrorCode.INVALID_USERNAME
+
+
+def test_hangul_fillers_passed_the_old_rules() -> None:
+    """What made the attack possible: U+3164 is a "letter" to str.isalpha()."""
+    assert normalize_name("alicec\u3164")[0] == "alicec\u1160"
+    assert not login_name("alicec\u3164").registrable
+
+
+@pytest.mark.parametrize(
+    ("raw", "display", "key"),
+    [
+        ("alice", "alice", "alice"),
+        ("Alice", "Alice", "alice"),
+        ("\uff21lice", "Alice", "alice"),  # fullwidth: PRECIS width-maps it
+        ("Stra\u00dfe", "Stra\u00dfe", "strasse"),  # one name with STRASSE, as before
+        ("\u540d\u524d", "\u540d\u524d", "\u540d\u524d"),
+        ("\u0430licec", "\u0430licec", "\u0430licec"),  # valid by itself; the skeleton check refuses it
+    ],
+)
+def test_registrable_names(raw: str, display: str, key: str) -> None:
+    assert registration_name(raw) == (display, key)
+    assert login_name(raw).registrable
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["x\u00b2", "\ufb01sh", "\u05d0abc", "abc\u05d0"],  # compatibility characters; the bidi rule
+)
+def test_names_only_the_older_rules_accept_may_log_in_but_not_register(raw: str) -> None:
+    with pytest.raises(InvalidUsername):
+        registration_name(raw)
+    name = login_name(raw)
+    assert not name.registrable and name.refusal
+    assert (name.display, name.key) == normalize_name(raw)  # the key an account stored under them has
+
+
+@given(st.text(max_size=40))
+def test_registrable_names_keep_the_keys_of_the_older_rules(raw: str) -> None:
+    """Every name PRECIS accepts has the key (and display) normalize_name always gave it:
+    stored accounts are found under the new rules, and addresses reach them."""
+    try:
+        display, key = registration_name(raw)
+    except InvalidUsername:
+        return
+    assert normalize_name(raw) == (display, key)
+    assert not any(c in INVISIBLE for c in display)
+
+
+# -- confusable skeletons (UTS #39) -----------------------------------------------------------
+
+
+def test_skeleton_is_the_uts39_one() -> None:
+    assert skeleton("\u0430") == "a"  # Cyrillic a
+    assert skeleton("\u0131") == "i"  # dotless i
+    assert skeleton("I") == "l" and skeleton("1") == "l"
+    assert skeleton("m") == "rn"
+
+
+@pytest.mark.parametrize(
+    "look_alike",
+    [
+        "\u0430licec",  # Cyrillic a
+        "al\u0131cec",  # dotless i
+        "\u0430\u04cf\u0456\u0441\u0435\u0441",  # all Cyrillic: a, palochka, i, es, ie, es
+        "\u0410\u04c0\u0406\u0421\u0415\u0421",  # the same in capitals
+        "aIicec",  # capital I shown for i looks like l: the key is "aiicec"
+        "ALICEC",
+        "alicec\u3164",  # a stored name with a filler collides with its visible part
+    ],
+)
+def test_look_alikes_share_a_skeleton_with_the_original(look_alike: str) -> None:
+    original = name_skeletons(name_key("alicec"))
+    mine = name_skeletons(normalize_name(look_alike)[1])
+    assert mine[0] == original[0] or mine[1] == original[1]
+
+
+@pytest.mark.parametrize("other", ["alice", "alicecc", "bob", "alexander", "malice", "\u0430\u0432\u0433"])
+def test_different_names_have_different_skeletons(other: str) -> None:
+    original = name_skeletons("alicec")
+    theirs = name_skeletons(name_key(other))
+    assert theirs[0] != original[0] and theirs[1] != original[1]
+
+
+def test_skeletons_are_case_insensitive_and_stable() -> None:
+    for name in ["alicec", "Stra\u00dfe", "b0b", "\u03a3\u03bf\u03c6\u03af\u03b1"]:
+        key = name_key(name)
+        assert name_skeletons(key) == name_skeletons(name_key(name.upper()))
+        assert name_skeletons(key) == name_skeletons(key)
+    assert name_skeletons("b0b") == name_skeletons("bob")
 
 
 # -- parse_address ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 
 from chinwag import keys
-from presence.registry import Claim, NoLease, Registry, token_hash
+from presence.registry import Claim, NoLease, OnlinePage, Registry, token_hash
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ async def test_claim_records_session_and_publishes_online(registry: Registry, re
                                                           presence: Listener) -> None:
     await registry.register_gateway("gw1")
     claim = await registry.claim("alice", "Alice", "gw1", "tok1")
-    assert claim == Claim(delivered="0-0", online=["Alice"])
+    assert claim == Claim(delivered="0-0", online=OnlinePage(["Alice"]))
     # Only a hash of the session token is stored: a Redis dump cannot take the name over.
     # 'hold': DMs do not move the delivered cursor until the gateway has replayed the inbox and settled it.
     stored = {b"gw": b"gw1", b"token": token_hash("tok1").encode(), b"name": b"Alice", b"hold": b"1"}
@@ -125,10 +125,49 @@ async def test_claim_returns_delivered_cursor_and_everyone_online_sorted(registr
     assert claim is not None
     assert claim.delivered == "1700000000000-4"
     # Without the online list (a login with presence "off"): the same claim, the same event, no names.
-    quiet = await registry.claim("dave", "Dave", "gw1", "t4", with_online=False)
-    assert quiet == Claim(delivered="0-0", online=[])
+    quiet = await registry.claim("dave", "Dave", "gw1", "t4", online_limit=0)
+    assert quiet == Claim(delivered="0-0", online=OnlinePage([]))
     assert "Dave" in await registry.online()
-    assert claim.online == ["Zed", "bob", "carol"]  # sorted (code point order)
+    assert claim.online == OnlinePage(["Zed", "bob", "carol"])  # sorted (code point order), everyone
+
+
+async def test_claim_returns_at_most_a_page_of_names_with_the_count_and_a_cursor(registry: Registry) -> None:
+    """A login storm must not cost O(online) per login: the claim returns the first names only."""
+    await registry.register_gateway("gw1")
+    names = [f"user{i:03d}" for i in range(25)]
+    for name in names:
+        await registry.claim(name, name, "gw1", f"t-{name}", online_limit=10)
+    claim = await registry.claim("zz", "zz", "gw1", "t-zz", online_limit=10)
+    assert claim is not None
+    assert claim.online == OnlinePage(names[:10], total=26, next=names[9])
+    exact = await registry.claim("zzz", "zzz", "gw1", "t-zzz", online_limit=27)  # fits exactly: no cursor
+    assert exact is not None and exact.online == OnlinePage([*names, "zz", "zzz"])
+
+
+async def test_online_pages_cover_everyone_once_in_name_order(registry: Registry) -> None:
+    await registry.register_gateway("gw1")
+    names = sorted(["Zoë", "alice", "Bob", "ßtraße", "carol", "dave", "名前", "eve"])
+    for name in names:
+        await registry.claim(name.casefold(), name, "gw1", f"t-{name}")
+    assert await registry.online_page(None, 100) == OnlinePage(names)  # everyone: no total, no cursor
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        page = await registry.online_page(cursor, 3)
+        assert len(page.names) <= 3 and page.total == len(names)
+        seen += page.names
+        if page.next is None:
+            break
+        cursor = page.next
+    assert seen == names  # code-point order, each exactly once
+    # Names coming and going between pages: the ones online throughout are still each seen once.
+    first = await registry.online_page(None, 3)
+    assert first.names == ["Bob", "Zoë", "alice"] and first.next == "alice"
+    await registry.release("dave", "gw1", "t-dave")  # after the cursor: gone from later pages
+    await registry.claim("aaron", "aaron", "gw1", "t-aaron")  # before the cursor: not in later pages
+    await registry.claim("zed", "zed", "gw1", "t-zed")  # after it: in them
+    rest = await registry.online_page(first.next, 100)
+    assert rest == OnlinePage(["carol", "eve", "zed", "ßtraße", "名前"], total=len(names) + 1)
 
 
 async def test_a_held_name_cannot_be_claimed_again(registry: Registry, redis: fakeredis.FakeAsyncRedis,
@@ -280,7 +319,7 @@ async def test_reaped_gateway_must_register_again(registry: Registry, redis: fak
     with pytest.raises(NoLease):
         await registry.claim("alice", "Alice", "gw1", "t2")
     await registry.register_gateway("gw1")
-    assert await registry.claim("alice", "Alice", "gw1", "t2") == Claim("0-0", ["Alice"])
+    assert await registry.claim("alice", "Alice", "gw1", "t2") == Claim("0-0", OnlinePage(["Alice"]))
 
 
 async def test_registry_uses_only_chinwag_keys(registry: Registry, redis: fakeredis.FakeAsyncRedis) -> None:

@@ -340,6 +340,46 @@ async def test_replay_after_a_position_and_the_recovered_flag(redis: fakeredis.F
     assert fine.recovered and [i for i, _ in fine.frames] == ids[-2:]
 
 
+async def test_recovered_is_false_when_a_gateway_with_a_smaller_maxlen_trimmed_the_stream(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    """Gateways may run with different --stream-maxlen: the big one must not trust XLEN < its maxlen."""
+    big, small = Store(redis, maxlen=10_000), Store(redis, maxlen=5)
+    ids = [(await small.send_broadcast(_name("c"), "c", f"m{i}")).id for i in range(300)]
+    assert await redis.xlen(keys.BROADCAST_STREAM) < big.maxlen  # the old rule's "never trimmed"
+    assert (await redis.xrange(keys.BROADCAST_STREAM, count=1))[0][0].decode() != ids[0]
+    for store in (big, small):
+        assert not (await store.replay(keys.BROADCAST_STREAM, ids[0])).recovered
+        assert (await store.replay(keys.BROADCAST_STREAM, ids[-2])).recovered  # nothing trimmed after it
+    # Same for a DM inbox and conversation, and a stream the big gateway never trimmed itself.
+    await redis.hset(keys.account("bob"), mapping={"name": "Bob", "pw": "x"})
+    dm = [await small.send_dm(_name("alice"), "alice", "bob", f"d{i}") for i in range(300)]
+    first = dm[0]
+    assert first is not None
+    for stream in (keys.inbox_stream("bob"), keys.dm_stream("alice", "bob")):
+        assert not (await big.replay(stream, first.id)).recovered
+
+
+async def test_recovered_from_before_the_first_message_of_an_untrimmed_stream(
+    redis: fakeredis.FakeAsyncRedis,
+) -> None:
+    """The oldest entry newer than the resume point is fine when it is the stream's recorded first one."""
+    store = Store(redis, maxlen=5)
+    ids = [(await store.send_broadcast(_name("c"), "c", f"m{i}")).id for i in range(4)]
+    everything = await store.replay(keys.BROADCAST_STREAM, "0-0")
+    assert everything.recovered and [i for i, _ in everything.frames] == ids
+    assert (await store.replay("cw:s:nothing-here", "0-0")).recovered  # an empty stream lost nothing
+    # A stream stored before origins were recorded cannot prove it was never trimmed.
+    await redis.hdel(keys.STREAM_ORIGINS, keys.BROADCAST_STREAM)
+    assert not (await store.replay(keys.BROADCAST_STREAM, "0-0")).recovered
+    assert (await store.replay(keys.BROADCAST_STREAM, ids[0])).recovered  # its oldest entry is not newer
+    # A stream deleted and created again (a group of the same name) starts a new origin.
+    await redis.delete(keys.BROADCAST_STREAM)
+    again = (await store.send_broadcast(_name("c"), "c", "anew")).id
+    replay = await store.replay(keys.BROADCAST_STREAM, "0-0")
+    assert replay.recovered and [i for i, _ in replay.frames] == [again]
+
+
 async def test_a_ref_reused_for_a_different_message_is_a_new_send(
     store: Store, redis: fakeredis.FakeAsyncRedis
 ) -> None:

@@ -1,0 +1,412 @@
+"""Which local sessions receive a group's frames: Redis decides membership, then delivery starts.
+
+The rule this module keeps: a group ``message`` is written to a session only
+if Redis counted its user a member when the message was stored.  Group
+``message`` frames carry the global id (``cw:lastid``) they were stored under,
+and every membership starts at a position, the newest id when it began.
+
+**Joining** (``create``, ``join``, and each of the user's groups at login):
+
+1. The session is parked as *pending* on the group and the gateway subscribes
+   to the group's channel (so nothing published after the membership begins
+   can be missed).  What arrives for a pending session is buffered, never
+   written.
+2. Redis decides, in one Lua script.  A refusal drops the buffer: nothing of
+   the group ever reached the socket.
+3. A yes returns the position, and the script publishes a hidden marker
+   (``{"type":"_mark","n":<nonce of this join>}``) on the channel right after
+   creating the membership.  **Redis delivers one connection's pub/sub
+   messages in the order they were published, and the router receives every
+   channel (group channels and this gateway's control channel) over one
+   connection**, so what follows the marker was published after the
+   membership existed and what precedes it, before.  Frames before the marker
+   are dropped; the session becomes a member (``session.groups``,
+   :attr:`GroupRelay.members`) once both the answer and the marker are in, and
+   the frames after the marker are delivered.  Independently, messages are
+   checked by id: nothing at or before the position is ever written.
+
+**Leaving** stops delivery synchronously, before Redis is asked.  **Removal**
+(by the owner, or a leave by the same user's session on another gateway)
+arrives as a ``part`` control message, which the script publishes after the
+membership is gone: handled synchronously in the router's callback (no task,
+no await), it stops delivery before any later frame of that group; a member's
+own ``left``/``removed`` event on the channel does the same.  A session taken
+over elsewhere is detached from every group when the kick arrives.  After the
+pub/sub connection was lost (and control messages with it), :meth:`verify`
+re-reads every local membership before anything is replayed.
+
+Group resume positions are saved as they advance: delivering marks the
+session dirty (one attribute write), and :meth:`run_cursor_flusher` writes the
+dirty ones in one pipelined round trip per interval (each cursor only moves
+forward), plus once more at logout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import RedisError
+
+from chinwag import keys
+from protocol.errors import ChatError, Forbidden, NotFound
+from protocol.names import id_tuple
+
+from .groups import Groups, GroupState
+from .router import Router
+from .session import Session
+
+log = logging.getLogger("chinwag.groups")
+
+_MESSAGE = b'{"type":"message"'
+_MARK = b'{"type":"_mark","n":"'
+_MAX_PARKED = 10_000  # frames buffered for one pending join (a join takes one round trip)
+_events = msgspec.json.Decoder(dict[str, object])
+_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
+
+
+class _Pending:
+    """A session waiting for Redis's answer (and its marker) on one group."""
+
+    __slots__ = ("admit", "cancelled", "frames", "marked", "marker")
+
+    def __init__(self, nonce: str | None) -> None:
+        # No nonce (login, re-attach): no marker comes; membership was read after subscribing.
+        self.marker = _MARK + nonce.encode() + b'"}' if nonce else b""
+        self.marked = not nonce
+        self.frames: list[bytes] = []  # after the marker, in arrival order
+        self.admit: tuple[str, tuple[int, int]] | None = None  # (display name, first position) once Redis said yes
+        self.cancelled = False  # removed again before it took effect
+
+
+def _leaver(frame: bytes) -> str | None:
+    """The user a ``left`` or ``removed`` group_event is about (None for any other frame)."""
+    if b'"event":"left"' not in frame and b'"event":"removed"' not in frame:
+        return None
+    try:
+        event = _events.decode(frame)
+    except msgspec.DecodeError:
+        return None
+    return str(event.get("user")) if event.get("event") in ("left", "removed") else None
+
+
+class GroupRelay:
+    """Local members of each group, the group channel subscriptions, and delivery to sessions."""
+
+    def __init__(self, router: Router, groups: Groups, spawn: Spawn) -> None:
+        self.router = router
+        self.groups = groups
+        self._spawn = spawn
+        self.members: dict[str, set[Session]] = {}  # group key -> sessions Redis confirmed as members
+        self._pending: dict[str, dict[Session, _Pending]] = {}
+        self._subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
+
+    # -- joining ------------------------------------------------------------
+
+    async def join(
+        self, session: Session, gkey: str, decide: Callable[[str], Awaitable[tuple[GroupState, bool]]]
+    ) -> GroupState:
+        """Subscribe, let Redis decide (``decide(nonce)``: the state and whether the membership is new),
+        then admit.  Raises what ``decide`` raises, with nothing delivered."""
+        if gkey in session.groups:  # a member here already: Redis only confirms
+            try:
+                state, new = await decide("")
+            except (Forbidden, NotFound):
+                self.detach(session, gkey)  # not a member after all (a removal whose notice was lost)
+                raise
+            if new and state.position is not None:
+                self._floor(session, gkey, id_tuple(state.position))
+            return state
+        nonce = secrets.token_hex(8)
+        await self.open(session, gkey, nonce)
+        try:
+            state, _ = await decide(nonce)
+        except BaseException:
+            # A refusal, or no answer at all: then the script may have run, and a `join` again
+            # (answered "already a member") starts delivery.
+            self.abandon(session, gkey)
+            raise
+        assert state.position is not None
+        self.admit(session, gkey, state.name, state.position)  # new, or a member in Redis already
+        return state
+
+    async def open(self, session: Session, gkey: str, nonce: str | None) -> None:
+        """Park ``session`` as pending on ``gkey`` and subscribe to the group (Redis confirmed)."""
+        self._pending.setdefault(gkey, {})[session] = _Pending(nonce)
+        try:
+            await self._subscribe(gkey)
+        except BaseException:
+            self.abandon(session, gkey)
+            raise
+
+    async def open_many(self, session: Session, gkeys: list[str]) -> None:
+        """Login: park ``session`` on every group and subscribe them all (no marker will come)."""
+        for gkey in gkeys:
+            self._pending.setdefault(gkey, {})[session] = _Pending(None)
+        try:
+            await asyncio.gather(*(self._subscribe(gkey) for gkey in gkeys))
+        except BaseException:
+            for gkey in gkeys:
+                self.abandon(session, gkey)
+            raise
+
+    def admit(self, session: Session, gkey: str, name: str, position: str, *, now: bool = False) -> bool:
+        """Redis said yes: a member from ``position`` on.  Delivery starts when the marker is in too,
+        or at once with ``now`` (no marker will come: anything buffered is dropped, messages after
+        ``position`` are in the stream for a replay).  False if a removal came first."""
+        p = self._pending.get(gkey, {}).get(session)
+        if p is None or p.cancelled:
+            self._unpark(session, gkey)
+            self._release_later(gkey)
+            return False
+        p.admit = (name, id_tuple(position))
+        if now:
+            p.frames.clear()
+            p.marked = True
+        if p.marked:
+            self._promote(session, gkey, p)
+        return True
+
+    def abandon(self, session: Session, gkey: str) -> None:
+        """Redis said no (or could not answer): forget the pending join; nothing of it was delivered."""
+        self._unpark(session, gkey)
+        self._release_later(gkey)
+
+    def _promote(self, session: Session, gkey: str, p: _Pending) -> None:
+        self._unpark(session, gkey)
+        assert p.admit is not None
+        name, position = p.admit
+        session.groups[gkey] = name
+        self._floor(session, gkey, position)
+        self.members.setdefault(gkey, set()).add(session)
+        for frame in p.frames:  # published after the membership began
+            if gkey not in session.groups:
+                break  # removed again within them
+            if frame.startswith(_MESSAGE):
+                session.deliver_group(gkey, frame)
+            else:
+                self._event(session, gkey, frame, _leaver(frame))
+
+    @staticmethod
+    def _floor(session: Session, gkey: str, position: tuple[int, int]) -> None:
+        if position > session.last_group.get(gkey, (0, 0)):
+            session.last_group[gkey] = position
+
+    def _unpark(self, session: Session, gkey: str) -> None:
+        pending = self._pending.get(gkey)
+        if pending is not None:
+            pending.pop(session, None)
+            if not pending:
+                del self._pending[gkey]
+
+    # -- leaving ------------------------------------------------------------
+
+    async def leave(self, session: Session, gkey: str, decide: Callable[[], Awaitable[bool]]) -> bool:
+        """Stop delivery, then leave in Redis (``decide``).  If Redis could not answer and the user is
+        still a member, delivery resumes (messages stored meanwhile are in the stream, not replayed)."""
+        name = session.groups.get(gkey)
+        self.detach(session, gkey)
+        try:
+            return await decide()
+        except _REDIS_ERRORS:
+            if name is not None:
+                with contextlib.suppress(*_REDIS_ERRORS, ChatError):
+                    _, since = await self.groups.membership(session.key, [gkey])
+                    if gkey in since and gkey not in session.groups:
+                        await self.open(session, gkey, None)
+                        self.admit(session, gkey, name, since[gkey], now=True)
+            raise
+
+    def detach(self, session: Session, gkey: str) -> None:
+        """Stop delivering ``gkey`` to ``session`` now (synchronously), and cancel a pending join
+        that has taken effect (one still before its marker is a newer membership than the cause)."""
+        session.groups.pop(gkey, None)
+        members = self.members.get(gkey)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self.members[gkey]
+        p = self._pending.get(gkey, {}).get(session)
+        if p is not None and p.marked:
+            p.cancelled = True
+            p.frames.clear()
+        self._release_later(gkey)
+
+    def detach_all(self, session: Session) -> None:
+        """The session is going (logout, takeover): no group frame reaches it from now on."""
+        for gkey in list(session.groups):
+            self.detach(session, gkey)
+        for gkey in [g for g, pending in self._pending.items() if session in pending]:
+            self._unpark(session, gkey)
+            self._release_later(gkey)
+
+    def part(self, ukey: str, gkey: str, sessions: dict[str, Session]) -> None:
+        """A ``part`` control message: ``ukey`` is no longer a member of ``gkey``."""
+        session = sessions.get(ukey)
+        if session is not None:
+            self.detach(session, gkey)
+
+    # -- delivery -----------------------------------------------------------
+
+    def _handler(self, gkey: str) -> Callable[[bytes], None]:
+        def deliver(frame: bytes) -> None:
+            members = self.members.get(gkey)
+            if members:
+                if frame.startswith(_MESSAGE):
+                    for session in members:  # deliver_group never changes membership
+                        session.deliver_group(gkey, frame)
+                elif not frame.startswith(_MARK):
+                    leaver = _leaver(frame)
+                    for session in list(members):
+                        self._event(session, gkey, frame, leaver)
+            pending = self._pending.get(gkey)
+            if pending:
+                for session, p in list(pending.items()):
+                    self._park(session, gkey, p, frame)
+
+        return deliver
+
+    def _event(self, session: Session, gkey: str, frame: bytes, leaver: str | None) -> None:
+        if session.holding:
+            session.hold(frame)
+        else:
+            session.push(frame)
+        if leaver is not None and leaver == session.name:  # this user left (elsewhere) or was removed
+            self.detach(session, gkey)
+
+    def _park(self, session: Session, gkey: str, p: _Pending, frame: bytes) -> None:
+        if p.cancelled:
+            return
+        if not p.marked:
+            if frame == p.marker:
+                p.marked = True
+                if p.admit is not None:
+                    self._promote(session, gkey, p)
+            return  # before the marker: published before the membership existed
+        if frame.startswith(_MARK):
+            return
+        if len(p.frames) < _MAX_PARKED:
+            p.frames.append(frame)
+        elif len(p.frames) == _MAX_PARKED:
+            log.warning("%s: more than %d frames of %s arrived during one join; dropping", session.name,
+                        _MAX_PARKED, gkey)
+
+    # -- subscriptions ------------------------------------------------------
+
+    def _in_use(self, gkey: str) -> bool:
+        return bool(self.members.get(gkey)) or bool(self._pending.get(gkey))
+
+    async def _subscribe(self, gkey: str) -> None:
+        sub = self._subs.get(gkey)
+        if sub is None:
+            sub = asyncio.ensure_future(self.router.subscribe(keys.group_channel(gkey), self._handler(gkey)))
+            sub.add_done_callback(_retrieve)
+            self._subs[gkey] = sub
+        try:
+            await asyncio.shield(sub)
+        except BaseException:
+            if self._subs.get(gkey) is sub and sub.done():
+                del self._subs[gkey]
+            raise
+
+    def _release_later(self, gkey: str) -> None:
+        if not self._in_use(gkey) and gkey in self._subs:
+            self._spawn(self._release(gkey), "group-unsubscribe")
+
+    async def _release(self, gkey: str) -> None:
+        """Unsubscribe a group nobody here needs (checked again once any subscribe in flight is done)."""
+        sub = self._subs.get(gkey)
+        if sub is None:
+            return
+        if not sub.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(sub)
+        if self._in_use(gkey) or self._subs.get(gkey) is not sub:
+            return
+        del self._subs[gkey]
+        await self.router.unsubscribe(keys.group_channel(gkey))  # no await inside: atomic with the check
+
+    # -- after the pub/sub connection was lost ------------------------------
+
+    async def verify(self) -> dict[Session, tuple[int, int]]:
+        """Markers and ``part`` messages published while the subscriptions were down are gone: pending
+        joins stop waiting for a marker (messages stay checked by id), and every local membership is
+        read again from Redis.  Sessions no longer members stop receiving; a membership that began
+        again meanwhile (removed, then back) starts at its new position.  Returns, per session, the
+        newest id when its memberships were read: a catch-up replay must stop there (what is later
+        arrives live, behind any removal)."""
+        for gkey, pending in list(self._pending.items()):
+            for session, p in list(pending.items()):
+                if not p.marked:
+                    p.marked = True
+                    if p.admit is not None:
+                        self._promote(session, gkey, p)
+        by_session: dict[Session, list[str]] = {}
+        for gkey, members in self.members.items():
+            for session in members:
+                by_session.setdefault(session, []).append(gkey)
+        bounds: dict[Session, tuple[int, int]] = {}
+        for session, gkeys in by_session.items():
+            now, since = await self.groups.membership(session.key, gkeys)
+            bounds[session] = id_tuple(now)
+            for gkey in gkeys:
+                if gkey not in session.groups:
+                    continue  # detached while we waited
+                if gkey not in since:
+                    log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
+                    self.detach(session, gkey)
+                else:
+                    self._floor(session, gkey, id_tuple(since[gkey]))
+        return bounds
+
+    # -- resume positions ---------------------------------------------------
+
+    async def flush_cursors(self) -> int:
+        """Save the group positions of every session that received something since the last flush
+        (one pipelined round trip); returns how many sessions were written."""
+        dirty = {s for members in self.members.values() for s in members if s.cursors_dirty}
+        if not dirty:
+            return 0
+        for session in dirty:
+            session.cursors_dirty = False
+        try:
+            async with self.groups.redis.pipeline(transaction=False) as pipe:
+                for session in dirty:
+                    await self.groups.save_cursors(session.key, cursors_of(session), client=pipe)
+                await pipe.execute()
+        except BaseException:
+            for session in dirty:
+                session.cursors_dirty = True
+            raise
+        return len(dirty)
+
+    async def run_cursor_flusher(self, interval: float) -> None:
+        """Every ``interval`` seconds, save the positions that advanced (a crash loses at most that much:
+        a later login without ``resume`` then sees those messages again, never misses one)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush_cursors()
+            except asyncio.CancelledError:
+                raise
+            except _REDIS_ERRORS as exc:
+                log.warning("could not save group positions (%s); retrying", type(exc).__name__)
+            except Exception:
+                log.exception("saving group positions failed")
+
+
+def cursors_of(session: Session) -> dict[str, str]:
+    """The session's position in each group it is a member of, as ids."""
+    return {g: f"{mid[0]}-{mid[1]}" for g, mid in session.last_group.items() if g in session.groups}
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

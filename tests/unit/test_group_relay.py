@@ -1,0 +1,214 @@
+"""GroupRelay's ordering rules, frame by frame: every interleaving of Redis's answer, the join marker,
+removals and messages that a real cluster can produce, replayed deterministically.
+
+The router is replaced by a recorder that hands the relay the frames a Redis channel would carry,
+in the order the test chooses (the relay is the thing under test; Redis ordering is the premise)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.group_relay import GroupRelay
+from gateway.groups import GroupState
+from gateway.session import Session
+from protocol.errors import Forbidden
+
+
+class FakeRouter:
+    def __init__(self) -> None:
+        self.handlers: dict[str, Callable[[bytes], None]] = {}
+
+    async def subscribe(self, channel: str, handler: Callable[[bytes], None]) -> None:
+        self.handlers[channel] = handler
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.handlers.pop(channel, None)
+
+
+class Recorder(Session):
+    __slots__ = ("written",)
+
+    def push(self, frame: bytes) -> None:
+        self.written.append(frame)
+
+
+def session(name: str) -> Recorder:
+    s = Recorder(None, name, name, "t", "h", 1 << 20, lambda _: None)  # type: ignore[arg-type]
+    s.written = []
+    s.holding = False
+    return s
+
+
+def msg(n: int) -> bytes:
+    return b'{"type":"message","id":"%d-0","from":"alice","to":"#G","body":"m%d","ts":%d}' % (n, n, n)
+
+
+def event(what: str, user: str) -> bytes:
+    return b'{"type":"group_event","group":"G","event":"%s","user":"%s"}' % (what.encode(), user.encode())
+
+
+def mark(nonce: str) -> bytes:
+    return b'{"type":"_mark","n":"' + nonce.encode() + b'"}'
+
+
+CHANNEL = "cw:c:g:g"
+
+
+def relay() -> tuple[GroupRelay, FakeRouter, list[asyncio.Task[Any]]]:
+    router = FakeRouter()
+    tasks: list[asyncio.Task[Any]] = []
+
+    def spawn(coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        tasks.append(task)
+        return task
+
+    return GroupRelay(router, None, spawn), router, tasks  # type: ignore[arg-type]
+
+
+async def settle(router: FakeRouter) -> None:
+    """Let the join reach Redis's decision: subscribed, and (pretend) the script is running."""
+    for _ in range(100):
+        if CHANNEL in router.handlers:
+            break
+        await asyncio.sleep(0)
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def _join(r: GroupRelay, s: Session, answer: asyncio.Future[tuple[GroupState, bool]],
+                nonce_box: list[str]) -> GroupState:
+    async def decide(nonce: str) -> tuple[GroupState, bool]:
+        nonce_box.append(nonce)
+        return await answer
+
+    return await r.join(s, "g", decide)
+
+
+@pytest.mark.parametrize("answer_first", [True, False])
+async def test_only_frames_after_the_marker_and_after_the_position_are_delivered(answer_first: bool) -> None:
+    r, router, _ = relay()
+    member, joiner = session("alice"), session("bob")
+    await r.open(member, "g", None)
+    r.admit(member, "g", "G", "1-0", now=True)
+    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
+    nonces: list[str] = []
+    joining = asyncio.ensure_future(_join(r, joiner, answer, nonces))
+    await settle(router)
+    deliver = router.handlers[CHANNEL]
+    deliver(msg(2))  # before the membership: never the joiner's
+    deliver(event("left", "carol"))
+    if answer_first:
+        answer.set_result((GroupState("g", "G", "alice", True, [], "2-0"), True))
+        await joining
+        assert joiner.written == []  # Redis said yes, but the marker is not in yet
+    deliver(mark(nonces[0]))
+    deliver(event("joined", "bob"))
+    deliver(msg(3))
+    if not answer_first:
+        assert joiner.written == []  # the marker is in, but not Redis's answer
+        answer.set_result((GroupState("g", "G", "alice", True, [], "2-0"), True))
+        await joining
+    deliver(msg(4))
+    assert joiner.written == [event("joined", "bob"), msg(3), msg(4)]
+    assert member.written == [msg(2), event("left", "carol"), event("joined", "bob"), msg(3), msg(4)]
+
+
+async def test_a_refused_join_delivers_nothing_and_unsubscribes() -> None:
+    r, router, tasks = relay()
+    intruder = session("mallory")
+    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
+    joining = asyncio.ensure_future(_join(r, intruder, answer, []))
+    await settle(router)
+    for n in range(5):
+        router.handlers[CHANNEL](msg(n + 1))
+    answer.set_exception(Forbidden("invite-only"))
+    with pytest.raises(Forbidden):
+        await joining
+    await asyncio.gather(*tasks)
+    assert intruder.written == [] and "g" not in intruder.groups and CHANNEL not in router.handlers
+
+
+async def test_messages_at_or_before_the_position_are_dropped_even_after_the_marker() -> None:
+    r, router, _ = relay()
+    joiner = session("bob")
+    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
+    nonces: list[str] = []
+    joining = asyncio.ensure_future(_join(r, joiner, answer, nonces))
+    await settle(router)
+    router.handlers[CHANNEL](mark(nonces[0]))
+    router.handlers[CHANNEL](msg(5))  # id not above the position: not the joiner's
+    answer.set_result((GroupState("g", "G", "alice", False, [], "5-0"), True))
+    await joining
+    router.handlers[CHANNEL](msg(6))
+    assert joiner.written == [msg(6)]
+
+
+async def test_a_part_stops_delivery_at_once_and_a_stale_part_does_not_cancel_a_newer_join() -> None:
+    r, router, _ = relay()
+    bob = session("bob")
+    sessions = {"bob": bob}
+    await r.open(bob, "g", None)
+    r.admit(bob, "g", "G", "1-0", now=True)
+    router.handlers[CHANNEL](msg(2))
+    r.part("bob", "g", sessions)  # removed: synchronous
+    router.handlers[CHANNEL](msg(3))
+    assert bob.written == [msg(2)] and "g" not in bob.groups
+
+    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
+    nonces: list[str] = []
+    joining = asyncio.ensure_future(_join(r, bob, answer, nonces))
+    await settle(router)
+    r.part("bob", "g", sessions)  # the part of the old membership, late: before this join's marker
+    router.handlers[CHANNEL](mark(nonces[0]))
+    answer.set_result((GroupState("g", "G", "alice", False, [], "3-0"), True))
+    await joining
+    router.handlers[CHANNEL](msg(4))
+    assert bob.written == [msg(2), msg(4)]
+
+
+async def test_a_removal_right_after_the_join_cancels_it_before_anything_is_delivered() -> None:
+    r, router, _ = relay()
+    bob = session("bob")
+    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
+    nonces: list[str] = []
+    joining = asyncio.ensure_future(_join(r, bob, answer, nonces))
+    await settle(router)
+    deliver = router.handlers[CHANNEL]
+    deliver(mark(nonces[0]))
+    deliver(msg(3))
+    deliver(event("removed", "bob"))
+    r.part("bob", "g", {"bob": bob})
+    deliver(msg(4))
+    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
+    await joining
+    deliver(msg(5))
+    assert msg(4) not in bob.written and msg(5) not in bob.written and "g" not in bob.groups
+
+
+async def test_a_members_own_removed_event_stops_delivery_on_any_gateway() -> None:
+    r, router, _ = relay()
+    bob = session("bob")
+    await r.open(bob, "g", None)
+    r.admit(bob, "g", "G", "1-0", now=True)
+    router.handlers[CHANNEL](event("removed", "bob"))
+    router.handlers[CHANNEL](msg(2))
+    assert bob.written == [event("removed", "bob")]
+
+
+async def test_leave_stops_delivery_before_redis_answers() -> None:
+    r, router, _ = relay()
+    bob = session("bob")
+    await r.open(bob, "g", None)
+    r.admit(bob, "g", "G", "1-0", now=True)
+    answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    leaving = asyncio.ensure_future(r.leave(bob, "g", lambda: answer))
+    await asyncio.sleep(0)
+    router.handlers[CHANNEL](msg(2))  # published after the leave, arriving before its answer
+    answer.set_result(False)
+    await leaving
+    assert bob.written == []
