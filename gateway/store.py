@@ -10,8 +10,10 @@ history, replay and live delivery all send those same bytes.
 
 A DM goes to three places: the pair's conversation stream (history), the
 recipient's inbox stream (offline delivery, resume), and, if the recipient is
-online, their pub/sub channel, advancing their ``delivered`` cursor.  A DM to
-an offline user is stored and acked; the gateway replays the inbox after the
+online, their pub/sub channel, advancing their ``delivered`` cursor unless the
+session is still on ``hold`` (claimed, inbox replay not yet written: see
+``_SETTLE``), so the cursor never passes a DM no session was sent.  A DM to an
+offline user is stored and acked; the gateway replays the inbox after the
 cursor at their next login.
 
 Sends are idempotent per (sender, ref): the first run records its id (and a
