@@ -40,3 +40,29 @@ async def test_group_created_on_a_fresh_cluster_is_caught_up_after_a_pubsub_loss
     nxt = await sender.send("#devs", "live again")
     got_next = await wait_for_event(owner, lambda e: isinstance(e, f.Message), 10)
     assert got_next.id == nxt.id  # type: ignore[union-attr]
+
+
+async def test_leaving_a_group_during_a_pubsub_outage_first_delivers_what_was_stored(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """tests/chaos/test_nemesis.py seed 3: a member whose gateway had lost its subscriptions left
+    the group before the catch-up ran; what the group stored while they were still a member never
+    reached them (no catch-up or resume covers a group you are no longer in)."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    sender = await clients.login(gw2.url, "sender")
+    await sender.group("create", "devs")
+    await member.group("join", "devs")
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        # Subscriptions are cut and cannot come back (SUBSCRIBE is denied); commands still work.
+        admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        acks = [await sender.send("#devs", f"stored while member {i}") for i in range(3)]
+        await member.group("leave", "devs")
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        admin.close()
+    got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(3)]
+    assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
