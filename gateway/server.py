@@ -883,7 +883,7 @@ class Gateway:
                         self._reclaim_pending = False
                         sessions = [s for s in sessions if s not in lost]
                     recovered = await self._catch_up(sessions)
-                except _REDIS_ERRORS as exc:
+                except (*_REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
                     if loop.time() > deadline:
                         log.error("gave up catching up after reconnect (%s); clients resume on their next login",
                                   type(exc).__name__)
