@@ -152,6 +152,7 @@ class Gateway:
         self._lease_task: asyncio.Task[Any] | None = None
         self._recovery: asyncio.Task[Any] | None = None
         self._reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
+        self._pubsub_losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
         self.http: asyncio.Server | None = None
         self.metrics = Metrics()
         m = self.metrics
@@ -216,7 +217,7 @@ class Gateway:
         self.router.set_handler(keys.PRESENCE_CHANNEL, self._fan_out)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self._start_recovery
-        self.router.on_lost = self._hold_everything
+        self.router.on_lost = self._pubsub_lost
         self._lease_task = self._spawn(self._lease_loop(), "lease")
         self.server = await serve(
             self._handle,
@@ -858,6 +859,10 @@ class Gateway:
             if session not in self.joining:
                 session.start_holding()
 
+    def _pubsub_lost(self) -> None:
+        self._pubsub_losses += 1
+        self._hold_everything()
+
     def _start_recovery(self) -> None:
         if self._recovery is not None and not self._recovery.done():
             self._recovery.cancel()  # superseded: its finally releases what it held
@@ -871,6 +876,7 @@ class Gateway:
         meanwhile, and nothing new can be stored until Redis has loaded.
         """
         self._hold_everything()  # normally already holding since the connection was lost
+        losses = self._pubsub_losses
         sessions = [s for s in self.sessions.values() if s not in self.joining]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
@@ -897,8 +903,15 @@ class Gateway:
         except asyncio.CancelledError:
             raise  # superseded by a newer catch-up, which inherits everything held
         except BaseException:
-            self._release_held(sessions)
+            if self._pubsub_losses == losses and self.router.live:
+                self._release_held(sessions)
             raise
+        if self._pubsub_losses != losses or not self.router.live:
+            # The subscriptions are down (again): releasing now would let the first live frames
+            # after the resubscribe overtake the messages stored meanwhile (their ids would move
+            # every position past them).  Keep holding: the resubscribe starts the next catch-up.
+            log.info("pub/sub is down again; holding live frames until the next catch-up")
+            return
         self._release_held(sessions)
         try:
             await lease.settle(self, sessions)
