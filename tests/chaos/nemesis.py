@@ -70,6 +70,7 @@ log = logging.getLogger("nemesis")
 LEASE_TTL = 2.0
 REAP_INTERVAL = 0.2
 CONVERGE = 45.0  # seconds after the faults stop for delivery and convergence
+REMOVAL_WINDOW_MS = 15_000  # see Run._known
 GROUPS = ("g0", "g1")  # g0 is open (owner u0), g1 invite-only (owner u1)
 FAULTS = (
     "kill9", "pause_short", "pause_long", "redis_restart", "partition_short", "partition_long", "latency",
@@ -602,16 +603,18 @@ class Run:
         None for anything else, which fails the run.  ``CHINWAG_NEMESIS_STRICT=1`` fails it too.
 
         A group message stored shortly before its recipient was *removed* by the owner, while the
-        recipient's gateway was cut off from Redis, is not delivered: the gateway learns of the
-        removal only when it reconnects, and the removal's position is not recorded, so it cannot
-        deliver up to it.  (Leaks are never excused.)
+        recipient's gateway was cut off from Redis or catching up, is not delivered: the gateway
+        learns of the removal when it reconnects (or drops the held frames of a group it was
+        removed from), and the removal's position is not recorded, so it cannot deliver up to it.
+        Only a removal requested within ``REMOVAL_WINDOW_MS`` of the message counts (the longest
+        outage the nemesis makes, plus reconnecting).  Leaks are never excused.
         """
         if self.strict or failure != "lost" or not sent.to.startswith("#") or sent.ack is None:
             return None
         key, mid = (user, sent.to[1:]), id_tuple(sent.ack)
         nxt = next((t for t in self.history.membership.get(key, []) if t.lo >= mid), None)
-        if nxt is not None and not nxt.joined and nxt.by_owner:
-            return "lost before a removal"
+        if nxt is not None and not nxt.joined and nxt.by_owner and nxt.lo[0] - mid[0] <= REMOVAL_WINDOW_MS:
+            return f"lost {nxt.lo[0] - mid[0]} ms before a removal"
         return None
 
     def _all_delivered(self) -> bool:
