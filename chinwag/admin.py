@@ -51,7 +51,7 @@ from chinwag.logs import setup_logging
 from chinwag.redis import connect_redis
 from chinwag.server import serve
 from client.bridge import Bridge
-from client.gui import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
+from client.gui_layout import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
 from presence.registry import Registry
 from protocol.names import name_key
 

@@ -1,11 +1,21 @@
-"""GUI test fixtures: a private Xvfb display, a Tk root per test, screenshots.
+"""GUI test fixtures: a private Xvfb display with a window manager, a Tk root per test, screenshots.
 
-The ``xvfb`` session fixture always starts its own ``Xvfb`` (deterministic: no
-window manager, a fixed 1280x800 screen, nothing else on it) using
-``-displayfd`` so Xvfb itself picks a free display number and says when it is
-ready.  Without Xvfb it falls back to an existing ``DISPLAY``; with neither the
-GUI tests are skipped with the reason.  A Python built without Tk skips the
-whole folder (and says so in the report header).
+The ``xvfb`` session fixture always starts its own ``Xvfb`` (a fixed 1280x800
+screen, nothing else on it) using ``-displayfd`` so Xvfb itself picks a free
+display number and says when it is ready, then a small window manager
+(openbox, as .ci/run installs it) so windows get title bars with a close
+button, focus follows clicks, and resizing honours the windows' minimum
+sizes as on a desktop.  openbox runs with its stock configuration (its own
+``XDG_CONFIG_HOME``, so nothing of the machine's user leaks in) and says it is
+up through ``--startup``.  Without Xvfb it falls back to an existing
+``DISPLAY``; with neither the GUI tests are skipped with the reason.  A
+Python built without Tk skips the whole folder (and says so in the report
+header).
+
+Pixels are made repeatable: every Tk window of the tests uses the DejaVu Sans
+font (fonts-dejavu-core, installed by .ci/run), whatever the machine's
+default font is.  The real-input helpers (click, type, keys, the window
+manager's close button, resizing) live in :mod:`tests.gui.input`.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,9 +77,17 @@ def xvfb() -> Iterator[str]:
     display = f":{number}"
     saved = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = display
+    wm = _start_window_manager(display)
     try:
         yield display
     finally:
+        if wm is not None:
+            wm.terminate()
+            try:
+                wm.wait(10)
+            except subprocess.TimeoutExpired:
+                wm.kill()
+                wm.wait(5)
         if saved is None:
             os.environ.pop("DISPLAY", None)
         else:
@@ -79,6 +98,34 @@ def xvfb() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+WM_READY_TIMEOUT = 20.0
+
+
+def _start_window_manager(display: str) -> subprocess.Popen[bytes] | None:
+    """openbox on ``display``, once it manages windows (None if it is not installed)."""
+    binary = shutil.which("openbox")
+    if binary is None:
+        return None
+    home = Path(tempfile.mkdtemp(prefix="chinwag-wm-"))
+    ready = home / "ready"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    env.update(DISPLAY=display, XDG_CONFIG_HOME=str(home), XDG_CACHE_HOME=str(home), HOME=str(home))
+    proc = subprocess.Popen([binary, "--sm-disable", "--startup", f"touch {ready}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + WM_READY_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(5)
+            raise RuntimeError(f"openbox did not start within {WM_READY_TIMEOUT}s (status {proc.poll()})")
+        time.sleep(0.05)
+    return proc
+
+
+HAVE_WM = shutil.which("openbox") is not None
+TEST_FONT = "DejaVu Sans"
 
 
 def _read_display_number(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -103,6 +150,12 @@ def tk_root(xvfb: str) -> Iterator[tk.Tk]:
     """A hidden Tk root; each program window is a Toplevel of it, destroyed at the end."""
     root = tk.Tk()
     root.withdraw()
+    from tkinter import font
+
+    if TEST_FONT in font.families(root):  # same pixels on every machine with fonts-dejavu-core
+        for name in font.names(root):
+            if name.startswith("Tk"):
+                font.nametofont(name, root=root).configure(family=TEST_FONT)
     yield root
     try:
         root.update()

@@ -209,7 +209,7 @@ def test_send_file_needs_a_selected_user_and_a_cancelled_dialog_sends_nothing(
     asked: list[str] = []
     alice.ask_open_file = lambda: asked.append("open") or None
     alice.send_file_button.invoke()
-    assert asked == [] and alice.notice_text() == "Select someone in Online clients to send a file to."
+    assert asked == [] and alice.notice_text() == "Select someone in Online clients, or a group, to send a file to."
     alice.select_peer("bob")
     alice.send_file_button.invoke()
     assert asked == ["open"]  # cancelled: nothing sent
@@ -229,17 +229,17 @@ def test_re_rendering_while_a_picture_loads_places_it_once_under_its_line(
         return data
 
     window.file_view.fetcher = fetcher
-    conv = window._conversation("alice", "alice")
-    window.peer = "alice"
+    window.select_peer("alice")
+    conv = window.conversations["@alice"]
     conv.add(f.Message(id="1-0", from_="alice", to="@bob", body="look", ts=1, file=ref))
-    window._render_chat()
+    window.render_chat()
     # A file in the broadcast pane meanwhile (so the next rendering's preview mark gets another name),
     # then the chat pane is re-rendered while its picture is still being fetched.
     other = ref_for(b"%PDF-1.4", "doc.pdf", "application/pdf")
     window._add_broadcast(f.Message(id="1-1", from_="carol", to="*", body="", ts=1, file=other))
-    window._render_chat()
+    window.render_chat()
     conv.add(f.Message(id="2-0", from_="alice", to="@bob", body="nice, right?", ts=2))
-    window._render_chat()
+    window.render_chat()
     window.bridge.call_soon(release.set)
     text = window.chat_text
     pump_until(tk_root, lambda: text.image_names(), 10, "the picture")
