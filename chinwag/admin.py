@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import socket
@@ -51,7 +52,7 @@ from chinwag.logs import setup_logging
 from chinwag.redis import connect_redis
 from chinwag.server import serve
 from client.bridge import Bridge
-from client.gui_layout import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
+from client.gui_layout import BG, MUTED_FG, PANE_BG, STATE_FG, FlowBar, FollowText, app_frame, labelled, run_mainloop
 from presence.registry import Registry
 from protocol.names import name_key
 
@@ -122,6 +123,7 @@ class AdminWindow:
         self._monitor_finish: asyncio.Event | None = None
         self._monitor: concurrent.futures.Future[None] | None = None
         self._grace_timer: str | None = None
+        self._ran = False  # the node was up (ready) at some point: a failure then "stopped" it
         self._log_handler = _WindowLogHandler(self.bridge.post, self)
         self._build()
         self.top.protocol("WM_DELETE_WINDOW", self.close)
@@ -141,22 +143,18 @@ class AdminWindow:
         title = "Chinwag Server" if not self.redis_url else "Chinwag Cluster"
         outer = app_frame(top, title, "860x600", (620, 420), grow_row=2)
 
-        bar = ttk.Frame(outer, style="App.TFrame")
+        bar = FlowBar(outer)  # wraps when narrow: Stop Server used to fall off the right edge
         bar.grid(row=0, column=0, sticky="ew", pady=(0, 10))
         self.host_var = tk.StringVar(top, self.settings.host)
         self.port_var = tk.StringVar(top, str(self.settings.port))
-        ttk.Label(bar, text="IP address", style="App.TLabel").pack(side="left")
-        self.host_entry = ttk.Entry(bar, textvariable=self.host_var, width=18)
-        self.host_entry.pack(side="left", padx=(6, 14))
-        ttk.Label(bar, text="Port", style="App.TLabel").pack(side="left")
-        self.port_entry = ttk.Entry(bar, textvariable=self.port_var, width=7)
-        self.port_entry.pack(side="left", padx=(6, 14))
+        self.host_entry = labelled(bar, "IP address", lambda p: ttk.Entry(p, textvariable=self.host_var, width=18))
+        self.port_entry = labelled(bar, "Port", lambda p: ttk.Entry(p, textvariable=self.port_var, width=7))
         self.run_button = ttk.Button(bar, text="Run Server", command=self.run_server, style="Accent.TButton")
-        self.run_button.pack(side="left")
+        bar.add(self.run_button)
         self.stop_button = ttk.Button(bar, text="Stop Server", command=self.stop_server)
-        self.stop_button.pack(side="left", padx=(8, 0))
+        bar.add(self.stop_button)
         self.online_var = tk.StringVar(top, "")
-        ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel").pack(side="right")
+        bar.add(ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel"))
 
         where = f"Cluster at {_redacted(self.redis_url)}" if self.redis_url else "Gateways"
         gw_box = ttk.Labelframe(outer, text=where, padding=8)
@@ -184,6 +182,7 @@ class AdminWindow:
                                 highlightbackground="#d0d4da", padx=10, pady=8, spacing1=2, cursor="arrow")
         scroll = ttk.Scrollbar(log_box, orient="vertical", command=self.log_text.yview)
         self.log_text.configure(yscrollcommand=scroll.set)
+        self.log_follow = FollowText(self.log_text, scroll)  # keeps the newest line in view, also after resizing
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
         self.log_text.tag_configure("time", foreground=MUTED_FG, font="ChinwagSmall")
@@ -304,6 +303,7 @@ class AdminWindow:
             return
         embedded = "" if self.redis_url else f" (embedded Redis at {settings.redis_url})"
         self.local_node = settings.node_id
+        self._ran = True
         if self.server_state == "starting":
             self._set_server_state("running", f"Server running on {self.node_url}{embedded}")
         self._log("info", f"Server running on {self.node_url}, gateway {settings.node_id}")
@@ -315,13 +315,24 @@ class AdminWindow:
         if self._closing:
             self._finish_close()
             return
+        ran, self._ran = self._ran, False
         exc = None if fut.cancelled() else fut.exception()
         if exc is not None:
-            log.error("chat server failed", exc_info=exc)
             reason = _reason(exc)
-            self._log("warning", f"Server stopped: {reason}")
-            self._set_server_state("stopped", f"Server not running: {reason}")
-            self._error("Server Error", f"The chat server on {self.node_url} stopped:\n\n{reason}")
+            if isinstance(exc, OSError) and exc.errno in _PORT_ERRORS:
+                log.warning("cannot run the chat server on %s: %s", self.node_url, reason)  # no traceback
+            else:
+                log.error("chat server failed", exc_info=exc)
+            if ran:
+                self._log("warning", f"Server stopped: {reason}")
+                self._set_server_state("stopped", f"Server not running: {reason}")
+                self._error("Server Error", f"The chat server on {self.node_url} stopped:\n\n{reason}")
+            else:
+                self._log("warning", f"Server not started: {reason}")
+                self._set_server_state("stopped", f"Server not started: {reason}")
+                hint = "\n\nChoose another port, or stop the program using it." if _in_use(exc) else ""
+                self._error("Server Not Started", f"The chat server could not start on {self.node_url}:"
+                                                  f"\n\n{reason}.{hint}")
         else:
             self._log("info", "Server stopped")
             self._set_server_state("stopped", "Server stopped. Press Run Server to start it again.")
@@ -399,7 +410,6 @@ class AdminWindow:
 
     def _log_line(self, when: str, parts: list[tuple[str, str]]) -> None:
         widget = self.log_text
-        at_end = widget.yview()[1] >= 0.999
         widget.configure(state="normal")
         widget.insert("end", f"{when}  ", ("time",))
         for text, tag in parts:
@@ -409,8 +419,7 @@ class AdminWindow:
         if lines > LOG_LIMIT:
             widget.delete("1.0", f"{lines - LOG_LIMIT}.0")
         widget.configure(state="disabled")
-        if at_end:
-            widget.see("end")
+        self.log_follow.follow()
 
     def _error(self, title: str, text: str) -> None:
         """An error dialog, shown after the current callback so the queue keeps draining."""
@@ -499,7 +508,31 @@ async def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise PortUnavailable(exc.errno, _port_problem(exc.errno, host, port, exc.strerror)) from None
+
+
+_PORT_ERRORS = frozenset((errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL))
+
+
+class PortUnavailable(OSError):
+    """The node cannot listen on its address; reads as a sentence (no ``[Errno 98]``)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _port_problem(code: int | None, host: str, port: int, strerror: str | None) -> str:
+    if code == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use by another program"
+    if code == errno.EACCES:
+        return f"listening on port {port} needs more privileges (use a port above 1023)"
+    if code == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    return f"cannot listen on {host}:{port}: {strerror or 'unknown error'}"
+
+
+def _in_use(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
 async def _ready(host: str, port: int) -> bool:
@@ -641,6 +674,8 @@ class _WindowLogHandler(logging.Handler):
 def _reason(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
+    if isinstance(exc, OSError) and not isinstance(exc, PortUnavailable) and exc.strerror:
+        return exc.strerror  # a sentence, not "[Errno 98] ..."
     text = str(exc).strip()
     return text or type(exc).__name__
 

@@ -104,8 +104,11 @@ def active_window(top: tk.Misc, root: tk.Misc) -> str:
     wanted = top.winfo_toplevel().title()
 
     def active() -> str | None:
-        wid = xdo("getactivewindow").strip()
-        return wid if wid and xdo("getwindowname", wid).strip() == wanted else None
+        try:  # the active window may be one that just went away
+            wid = xdo("getactivewindow").strip()
+            return wid if wid and xdo("getwindowname", wid).strip() == wanted else None
+        except AssertionError:
+            return None
 
     if not active():
         click(top.winfo_toplevel(), at=(4, 4))
