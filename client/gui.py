@@ -426,8 +426,6 @@ class ChatWindow(Conversations, OnlineList):
             self.top.after_cancel(self._notice_timer)
         self._notice_timer = self.top.after(NOTICE_MS, self._clear_notice)
 
-    _flash = flash  # the name gui_files' FileView and older callers use
-
     def _clear_notice(self) -> None:
         self._notice_timer = None
         self.notice_var.set(" ")

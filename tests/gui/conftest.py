@@ -46,6 +46,7 @@ else:
     NO_TK = ""
 
 SCREENSHOT_DIR = ROOT / "docs" / "img"
+README_SHOTS = frozenset(("chinwag-tk.png", "chinwag-admin.png", "chinwag-admin-cluster.png"))  # in README.md
 
 
 def pytest_report_header() -> str | None:
@@ -193,7 +194,7 @@ def screenshot(window: tk.Misc, name: str, tmp_dir: Path) -> Path:
     frame = window.winfo_toplevel().wm_frame()
     subprocess.run(["import", "-window", frame, str(target)], check=True, timeout=20,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if os.environ.get("CHINWAG_SCREENSHOTS") == "1":
+    if os.environ.get("CHINWAG_SCREENSHOTS") == "1" and name in README_SHOTS:
         SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target, SCREENSHOT_DIR / name)
     return target

@@ -175,7 +175,7 @@ def test_two_clients_chat_privately_and_broadcast(
     pump_until(tk_root, lambda: "lunch at noon?" in alice.broadcast_contents(), 10, "dave's broadcast")
     alice.top.lift()
     if can_screenshot():
-        shot = screenshot(alice.top, "chinwag-tk.png", tmp_path)
+        shot = screenshot(alice.top, "chinwag-tk-private.png", tmp_path)  # README's is the group one
         assert shot.stat().st_size > 10_000
 
     # Switching conversations keeps each one separately.
