@@ -271,14 +271,22 @@ class Windows:
 
     def open(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
         top = tk.Toplevel(self.root)
-        top.geometry(f"+{at[0]}+{at[1]}")
+        window_size = (960, 700)  # the default size and a title bar: keep it on the screen, to be clicked
+        x = max(0, min(at[0], top.winfo_screenwidth() - window_size[0]))
+        y = max(0, min(at[1], top.winfo_screenheight() - window_size[1]))
+        top.geometry(f"+{x}+{y}")
         window = ChatWindow(top, server=url.removeprefix("ws://"), user=user, password=password)
         self.opened.append(window)
         return window
 
     def login(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
+        from tests.gui.input import press  # (it builds on this module)
+
         window = self.open(url, user, password, at)
-        window.connect_button.invoke()
+        if HAVE_XDOTOOL:
+            press(window.connect_button, self.root)  # a real click
+        else:
+            window.connect_button.invoke()
         pump_until(self.root, lambda: window.state == "connected", 15, f"{user} to connect")
         return window
 

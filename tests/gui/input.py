@@ -59,6 +59,8 @@ def click(widget: tk.Misc, *, double: bool = False, at: tuple[int, int] | None =
     top = widget.winfo_toplevel()
     pump_until(top, lambda: widget.winfo_viewable(), 10, f"{widget} to be on screen")
     x, y = _center(widget, *(at or (None, None)))
+    screen = (widget.winfo_screenwidth(), widget.winfo_screenheight())
+    assert 0 <= x < screen[0] and 0 <= y < screen[1], f"{widget} is off the screen at {x},{y}: move its window"
 
     def on_top() -> bool:  # the pointer would land on this widget, not on a window in front of it
         found = widget.winfo_containing(x, y)
@@ -68,8 +70,28 @@ def click(widget: tk.Misc, *, double: bool = False, at: tuple[int, int] | None =
         top.lift()  # as a person brings the window to the front first
         pump_until(top, on_top, 10, f"{widget} to be in front")
     repeat = ["--repeat", "2", "--delay", "80"] if double else []
-    xdo("mousemove", "--sync", str(x), str(y), "click", *repeat, "1")
+    # Wait until Tk has handled the click (xdotool returns once the X server has it, not Tk):
+    # a tag at the end of the widget's bindtags sees each release after the widget's own bindings.
+    releases: list[int] = []
+    tag = f"clicked{id(releases)}"
+    widget.bind_class(tag, "<ButtonRelease-1>", lambda _e: releases.append(1))
+    widget.bindtags((*widget.bindtags(), tag))
+    try:
+        move_pointer(x, y)
+        xdo("click", *repeat, "1")
+        pump_until(top, lambda: len(releases) >= (2 if double else 1), 10, f"Tk to get the click on {widget}")
+    finally:
+        if widget.winfo_exists():
+            widget.bindtags(tuple(t for t in widget.bindtags() if t != tag))
+        widget.unbind_class(tag, "<ButtonRelease-1>")
     widget.update()
+
+
+def move_pointer(x: int, y: int) -> None:
+    """Move the pointer and wait until it is there (``--sync`` would wait for ever if it already is)."""
+    where = dict(item.split("=", 1) for item in xdo("getmouselocation", "--shell").split())
+    if (int(where["X"]), int(where["Y"])) != (x, y):
+        xdo("mousemove", "--sync", str(x), str(y))
 
 
 def press(button: ttk.Button, root: tk.Misc, what: str = "") -> None:
@@ -110,8 +132,12 @@ def active_window(top: tk.Misc, root: tk.Misc) -> str:
         except AssertionError:
             return None
 
-    if not active():
-        click(top.winfo_toplevel(), at=(4, 4))
+    if not active():  # click the window's top-left corner (whatever widget is there), as a person would
+        window = top.winfo_toplevel()
+        window.update_idletasks()
+        x, y = window.winfo_rootx() + 4, window.winfo_rooty() + 4
+        corner = window.winfo_containing(x, y) or window
+        click(corner, at=(x - corner.winfo_rootx(), y - corner.winfo_rooty()))
     return str(pump_until(root, active, 10, f"{wanted!r} to be the active window"))
 
 
@@ -137,7 +163,8 @@ def close_by_wm(top: tk.Misc, root: tk.Misc) -> None:
     x, y, width = int(geometry["X"]), int(geometry["Y"]), int(geometry["WIDTH"])
     title_height = top.winfo_rooty() - y
     assert title_height > 8, "the window has no title bar: is the window manager running?"
-    xdo("mousemove", "--sync", str(x + width - 11), str(y + title_height // 2), "click", "1")
+    move_pointer(x + width - 11, y + title_height // 2)
+    xdo("click", "1")
 
 
 # -- screenshots --------------------------------------------------------------------------

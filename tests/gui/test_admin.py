@@ -20,7 +20,7 @@ import pytest
 from chinwag.admin import AdminWindow
 from chinwag.config import Settings
 from tests.gui.conftest import DialogWatcher, Windows, can_screenshot, pump_until, screenshot
-from tests.gui.input import needs_wm, press, resize
+from tests.gui.input import needs_wm, needs_xdotool, press, resize
 from tests.helpers import Processes, RedisServer, free_port
 
 
@@ -79,6 +79,7 @@ def port_open(port: int) -> bool:
         return False
 
 
+@needs_xdotool
 def test_admin_runs_the_server_and_logs_clients(
     tk_root: tk.Tk, admins: Admins, windows: Windows, tmp_path: Path
 ) -> None:
@@ -87,7 +88,7 @@ def test_admin_runs_the_server_and_logs_clients(
     assert str(admin.stop_button.cget("state")) == "disabled"
     port = free_port()
     admin.port_var.set(str(port))
-    admin.run_button.invoke()
+    press(admin.run_button, tk_root)
     assert admin.server_state == "starting"  # Run Server returned at once
     pump_until(tk_root, lambda: admin.server_state == "running", 30, "the server to run")
     assert admin.status_text().startswith(f"Server running on ws://127.0.0.1:{port}")
@@ -113,7 +114,7 @@ def test_admin_runs_the_server_and_logs_clients(
         admin.top.lift()
         assert screenshot(admin.top, "chinwag-admin.png", tmp_path).stat().st_size > 10_000
 
-    admin.stop_button.invoke()
+    press(admin.stop_button, tk_root)
     pump_until(tk_root, lambda: admin.server_state == "stopped", 30, "the server to stop")
     assert admin.status_text() == "Server stopped. Press Run Server to start it again."
     assert not port_open(port)
@@ -124,7 +125,7 @@ def test_admin_runs_the_server_and_logs_clients(
     pump_until(tk_root, lambda: bob.state != "connected", 10, "bob to notice")
 
     # And it runs again from the same window (same data directory: accounts kept).
-    admin.run_button.invoke()
+    press(admin.run_button, tk_root)
     pump_until(tk_root, lambda: admin.server_state == "running", 30, "the server to run again")
     pump_until(tk_root, lambda: carol.state == "connected", 20, "carol to reconnect by herself")
     pump_until(tk_root, lambda: admin.log_contents().count("carol connected") == 2, 10, "carol's second connect")
