@@ -98,6 +98,21 @@ def test_admin_controls_fit_at_its_minimum_size(tk_root: tk.Tk, tmp_path: Path) 
         admin.bridge.join(5)
 
 
+def test_screenshot_of_the_admin_window_at_its_minimum_size(tk_root: tk.Tk, tmp_path: Path) -> None:
+    why = can_compare(tk_root)
+    if why:
+        pytest.skip(why)
+    top = tk.Toplevel(tk_root)
+    admin = AdminWindow(top)
+    try:
+        resize(admin.top, tk_root, 200, 200)
+        matches_reference(top, "admin-minimum.png", tmp_path)
+    finally:
+        admin.close()
+        pump_until(tk_root, lambda: admin.closed, 10, "the admin window to close")
+        admin.bridge.join(5)
+
+
 def test_a_line_typed_while_reconnecting_is_shown_pending_then_sent(
     tk_root: tk.Tk, redis_server: RedisServer, processes: Processes, windows: Windows
 ) -> None:
