@@ -26,7 +26,7 @@ from tkinter import ttk
 from typing import TYPE_CHECKING
 
 from client.bridge import Bridge
-from client.chat import ChatClient
+from client.chat import ChatClient, Disconnected
 from client.files import upload
 from client.gui_files import FileView
 from client.gui_model import Conversation, Pending, dm_key, group_key, now_ms, reason, sort_key
@@ -220,7 +220,8 @@ class Conversations:
             return
         exc = fut.exception()
         if exc is not None:
-            why = exc.message if isinstance(exc, ChatError) else reason(exc)
+            why = (exc.message if isinstance(exc, ChatError) else "the connection was closed"
+                   if isinstance(exc, Disconnected) else reason(exc))
             conv.failed(line.token, why)
             if not self.message_var.get():
                 self.message_var.set(line.body)  # give the text back so it can be sent again

@@ -29,7 +29,7 @@ from tkinter import ttk
 from typing import TYPE_CHECKING, Any
 
 from client.gui_layout import ME_FG, MUTED_FG, FormDialog, tree_rows
-from client.gui_model import group_key, now_ms, reason
+from client.gui_model import now_ms, reason
 from protocol import frames as f
 from protocol.errors import ChatError
 from protocol.names import name_key
@@ -81,7 +81,6 @@ class GroupsPanel:
             button.grid(row=1 + index // 3, column=index % 3, sticky="ew", pady=(6, 0),
                         padx=(0 if index % 3 == 0 else 4, 0))
             self.buttons[key] = button
-        ttk.Style(box).configure("Tool.TButton", padding=(4, 3))
         self.update_buttons()
 
     # -- what it shows (tests) -------------------------------------------------------
@@ -344,7 +343,3 @@ class GroupsPanel:
         if row.owner:
             bits.append(f"owner {row.owner}")
         return f"Group {row.name}" + (f" \u2014 {', '.join(bits)}" if bits else "")
-
-    def group_name(self, name: str) -> str:
-        row = self.rows.get(group_key(name)[1:])
-        return row.name if row is not None else name.removeprefix("#")

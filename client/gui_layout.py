@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import signal
 import tkinter as tk
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from tkinter import ttk
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -96,6 +96,7 @@ def apply_style(top: tk.Misc) -> None:
     style.map("Accent.TButton", background=[("disabled", "#c7d2fe"), ("active", "#1d4ed8")],
               foreground=[("disabled", "#eef2ff")], bordercolor=[("disabled", "#c7d2fe")],
               lightcolor=[("disabled", "#c7d2fe")], darkcolor=[("disabled", "#c7d2fe")])
+    style.configure("Tool.TButton", padding=(4, 3))  # small buttons, three to a row (Groups)
     style.configure("Treeview", background=PANE_BG, fieldbackground=PANE_BG, rowheight=24, font="ChinwagText")
     style.map("Treeview", background=[("selected", "#dbeafe")], foreground=[("selected", "#111827")])
 
@@ -104,21 +105,20 @@ class FlowBar(ttk.Frame):
     """Controls laid out left to right, wrapping onto further lines when they do not fit the width.
 
     Each item is one widget (often a small frame holding a label and its
-    entry) created as a child of this bar; they keep their order.  Items
-    flagged ``right`` go after the others, right-aligned on the last line.
+    entry) created as a child of this bar; they keep their order.
     """
 
     def __init__(self, parent: tk.Misc, *, gap: int = 12, line_gap: int = 6, **kwargs: Any) -> None:
         super().__init__(parent, style="App.TFrame", **kwargs)
-        self.items: list[tuple[tk.Widget, bool]] = []
+        self.items: list[tk.Widget] = []
         self.gap = gap
         self.line_gap = line_gap
         self._width = 0
         self._pending: str | None = None
         self.bind("<Configure>", self._on_configure, add="+")
 
-    def add(self, widget: tk.Widget, right: bool = False) -> tk.Widget:
-        self.items.append((widget, right))
+    def add(self, widget: tk.Widget) -> tk.Widget:
+        self.items.append(widget)
         widget.bind("<Configure>", lambda _e: self._later(), add="+")  # its natural size is known
         self._later()
         return widget
@@ -138,7 +138,7 @@ class FlowBar(ttk.Frame):
         if width <= 1:
             width = 10_000  # not mapped yet: one line, and a Configure event will follow
         x = y = line_height = 0
-        for widget, _right in self.items:
+        for widget in self.items:
             w, h = widget.winfo_reqwidth(), widget.winfo_reqheight()
             if x > 0 and x + w > width:
                 x, y = 0, y + line_height + self.line_gap
@@ -400,44 +400,3 @@ def run_mainloop(root: tk.Tk) -> None:
 def report_callback_exception(exc: type[BaseException], value: BaseException, tb: Any) -> None:
     """Tk callback errors go to the log, never to a traceback dialog or a dead window."""
     log.error("error in a Tk callback", exc_info=(exc, value, tb))
-
-
-def widgets_outside(top: tk.Misc, kinds: Sequence[type[tk.Misc]] = (ttk.Button, ttk.Entry, ttk.Checkbutton,
-                                                                    ttk.Label)) -> list[str]:
-    """Controls of ``top`` a user at this window size could not see or use: placed by a geometry
-    manager but not wholly inside the window, squeezed below their natural width, or unmapped for
-    lack of room (pack and grid unmap what gets no space).  Empty when everything fits."""
-    top.update_idletasks()
-    x0, y0 = top.winfo_rootx(), top.winfo_rooty()
-    x1, y1 = x0 + top.winfo_width(), y0 + top.winfo_height()
-    bad: list[str] = []
-    stack: list[tk.Misc] = [top]
-    while stack:
-        widget = stack.pop()
-        if isinstance(widget, tk.Toplevel) and widget is not top:
-            continue  # another window (a dialog)
-        stack.extend(widget.winfo_children())
-        if not isinstance(widget, tuple(kinds)) or not widget.winfo_manager():
-            continue  # not a control, or deliberately not shown
-        if isinstance(widget.master, tk.Text):
-            continue  # Save buttons inside a conversation scroll with it
-        master = widget.master
-        if not widget.winfo_ismapped():
-            if master is not None and master.winfo_ismapped():
-                bad.append(f"{widget} ({_label(widget)}) has no room and is not shown")
-            continue
-        wx, wy = widget.winfo_rootx(), widget.winfo_rooty()
-        ww, wh = widget.winfo_width(), widget.winfo_height()
-        inside = x0 <= wx and y0 <= wy and wx + ww <= x1 and wy + wh <= y1
-        squeezed = ww < widget.winfo_reqwidth() - 2 or wh < widget.winfo_reqheight() - 2
-        if not inside or squeezed:
-            bad.append(f"{widget} ({_label(widget)}) at {wx - x0},{wy - y0} size {ww}x{wh} of "
-                       f"{widget.winfo_reqwidth()}x{widget.winfo_reqheight()} (window {x1 - x0}x{y1 - y0})")
-    return bad
-
-
-def _label(widget: tk.Misc) -> str:
-    try:
-        return str(widget.cget("text")) or str(widget.cget("textvariable")) or type(widget).__name__
-    except tk.TclError:
-        return type(widget).__name__

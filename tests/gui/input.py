@@ -217,3 +217,47 @@ def matches_reference(window: tk.Misc, name: str, tmp_path: Path) -> None:
         f"{name}: {different:.0f} of {total} pixels differ from the reference (more than {MAX_DIFFERENT:.0%}); "
         f"see {shot} and {diff}. If the design changed on purpose: CHINWAG_UPDATE_SCREENSHOTS=1 "
         "python -m pytest tests/gui -k screenshot")
+
+
+# -- geometry -----------------------------------------------------------------------------
+
+
+def widgets_outside(top: tk.Misc, kinds: tuple[type[tk.Misc], ...] = (ttk.Button, ttk.Entry, ttk.Checkbutton,
+                                                                    ttk.Label)) -> list[str]:
+    """Controls of ``top`` a user at this window size could not see or use: placed by a geometry
+    manager but not wholly inside the window, squeezed below their natural width, or unmapped for
+    lack of room (pack and grid unmap what gets no space).  Empty when everything fits."""
+    top.update_idletasks()
+    x0, y0 = top.winfo_rootx(), top.winfo_rooty()
+    x1, y1 = x0 + top.winfo_width(), y0 + top.winfo_height()
+    bad: list[str] = []
+    stack: list[tk.Misc] = [top]
+    while stack:
+        widget = stack.pop()
+        if isinstance(widget, tk.Toplevel) and widget is not top:
+            continue  # another window (a dialog)
+        stack.extend(widget.winfo_children())
+        if not isinstance(widget, tuple(kinds)) or not widget.winfo_manager():
+            continue  # not a control, or deliberately not shown
+        if isinstance(widget.master, tk.Text):
+            continue  # Save buttons inside a conversation scroll with it
+        master = widget.master
+        if not widget.winfo_ismapped():
+            if master is not None and master.winfo_ismapped():
+                bad.append(f"{widget} ({_label(widget)}) has no room and is not shown")
+            continue
+        wx, wy = widget.winfo_rootx(), widget.winfo_rooty()
+        ww, wh = widget.winfo_width(), widget.winfo_height()
+        inside = x0 <= wx and y0 <= wy and wx + ww <= x1 and wy + wh <= y1
+        squeezed = ww < widget.winfo_reqwidth() - 2 or wh < widget.winfo_reqheight() - 2
+        if not inside or squeezed:
+            bad.append(f"{widget} ({_label(widget)}) at {wx - x0},{wy - y0} size {ww}x{wh} of "
+                       f"{widget.winfo_reqwidth()}x{widget.winfo_reqheight()} (window {x1 - x0}x{y1 - y0})")
+    return bad
+
+
+def _label(widget: tk.Misc) -> str:
+    try:
+        return str(widget.cget("text")) or str(widget.cget("textvariable")) or type(widget).__name__
+    except tk.TclError:
+        return type(widget).__name__

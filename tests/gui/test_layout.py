@@ -3,7 +3,7 @@
 * At the smallest size the window manager allows, and at the default size,
   every button, entry and label of chinwag-tk and chinwag-admin is wholly
   inside the window and not squeezed below its natural width (measured from
-  the real geometry, :func:`client.gui_layout.widgets_outside`).
+  the real geometry, :func:`tests.gui.input.widgets_outside`).
 * A line typed while reconnecting shows at once as "sending…", then as sent;
   the online list admits it does not know who is online; the open
   conversation stays highlighted after the reconnect; a line that can no
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from chinwag.admin import AdminWindow
-from client.gui_layout import CHAT_MIN_SIZE, CHAT_SIZE, widgets_outside
+from client.gui_layout import CHAT_MIN_SIZE, CHAT_SIZE
 from tests.gui.conftest import Windows, pump_until
 from tests.gui.input import (
     can_compare,
@@ -35,6 +35,7 @@ from tests.gui.input import (
     press,
     resize,
     type_into,
+    widgets_outside,
 )
 from tests.helpers import Processes, RedisServer
 
