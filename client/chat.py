@@ -19,39 +19,43 @@ request still unanswered with its original ``ref`` (the server acks a retried
 send with the original id instead of storing it twice).  Messages are handed
 on at most once: one whose id is not above the last one of its stream is
 counted in ``duplicates`` and dropped.
+
+What the client knows and decides (positions, dedupe, matching replies to
+requests, who is online, group membership) is the sans-I/O
+:class:`protocol.client_state.ClientState`; this class is its asyncio adapter:
+sockets, reconnects with backoff, the reader task, futures and timeouts.
+Failures to get an answer raise the :class:`client.errors.ClientError` tree.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import secrets
 import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import broadcast
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from chinwag.backoff import Backoff
+from protocol import client_state as cs
 from protocol import frames as f
 from protocol.errors import ChatError, CloseCode, LoginError, RateLimited, Unavailable, UsernameTaken
 from protocol.files import FileRef
-from protocol.names import id_tuple
+
+from .errors import ClientError, ConnectFailed, Disconnected, RequestTimeout, connect_failed
+
+__all__ = ["ChatClient", "ClientError", "Closed", "Disconnected", "Event", "StateChanged"]
 
 log = logging.getLogger("chinwag.client")
 
-# Closes after which reconnecting would be wrong: we asked for it, the server
-# refused our login, or a newer connection of ours took the name over.
-_FINAL_CLOSES = frozenset((CloseCode.NORMAL, CloseCode.LOGIN_FAILED, CloseCode.TAKEN_OVER))
-
-
-class Disconnected(ConnectionError):
-    """The connection closed (for good) before the reply arrived."""
+# What opening a socket raises when it fails (wrapped into ConnectFailed).
+_CONNECT_ERRORS = (OSError, WebSocketException, TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +86,6 @@ Event = (
 )
 
 
-@dataclass(slots=True)
-class _Request:
-    frame: bytes
-    future: asyncio.Future[Any]
-
-
 class ChatClient:
     def __init__(
         self,
@@ -113,39 +111,70 @@ class ChatClient:
         # wss:// certificates are always verified: by the system's CAs, or by ca_file instead.
         self.ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.takeover_patience = 30.0  # seconds a reconnect keeps trying while our name looks taken
-        self.user: str | None = None
+        # Positions, dedupe, requests by ref, who is online, groups: decided there, without I/O.
+        self.core: cs.ClientState[asyncio.Future[Any]] = cs.ClientState(secrets.token_hex(4))
         self.node: str | None = None
         self.url: str | None = None
-        # Who is online: everyone, or, when the server capped its list (online_total is not None),
-        # its first page plus everyone seen coming online since.  who() pages through everyone.
-        self.online: set[str] = set()
-        self.online_total: int | None = None  # the server's count when it last sent a capped list
-        self.positions: dict[str, str] = {}  # stream -> last message id seen
-        self.session: str | None = None  # token that takes our name back after a drop
         self.state = "idle"
         self.reconnects = 0
-        self.duplicates = 0
         self.closed: Closed | None = None
-        self.welcome: f.Welcome | None = None
         self._password: str | None = None
         self._ws: ClientConnection | None = None
         self._ready = False  # logged in on the current socket: requests may be written
         self._reader: asyncio.Task[None] | None = None
         self._reconnector: asyncio.Task[None] | None = None
-        self._pending: dict[str, _Request] = {}
-        self._upload_hooks: dict[str, Callable[[Any], None]] = {}  # upload id -> gets its ref-less replies
         self._login: asyncio.Future[f.Welcome] | None = None
         self._events: asyncio.Queue[Event] = asyncio.Queue()
-        self._refs = itertools.count(1)
-        self._ref_prefix = secrets.token_hex(4)  # refs stay unique across reconnects and clients
         self._closing = False
         self._url_index = 0
+
+    # -- the core's state, as attributes ----------------------------------------
+
+    @property
+    def user(self) -> str | None:
+        return self.core.user
+
+    @property
+    def welcome(self) -> f.Welcome | None:
+        return self.core.welcome
+
+    @property
+    def session(self) -> str | None:
+        """Token that takes our name back after a drop (settable: a new client can take a session over)."""
+        return self.core.session
+
+    @session.setter
+    def session(self, token: str | None) -> None:
+        self.core.session = token
+
+    @property
+    def positions(self) -> dict[str, str]:
+        """Stream -> last message id seen (settable: a new client can resume where another stopped)."""
+        return self.core.positions
+
+    @positions.setter
+    def positions(self, positions: dict[str, str]) -> None:
+        self.core.positions = positions
+
+    @property
+    def online(self) -> set[str]:
+        """Who is online: everyone, or, when the server capped its list (``online_total`` is not None),
+        its first page plus everyone seen coming online since.  :meth:`who` pages through everyone."""
+        return self.core.online
+
+    @property
+    def online_total(self) -> int | None:
+        return self.core.online_total
+
+    @property
+    def duplicates(self) -> int:
+        return self.core.duplicates
 
     # -- connection ---------------------------------------------------------
 
     @classmethod
     async def open(cls, urls: str | Sequence[str], user: str, password: str, **kwargs: Any) -> ChatClient:
-        """Connect (first reachable URL) and log in; raises the login's ChatError."""
+        """Connect (first reachable URL) and log in; raises the login's ChatError, or a ClientError."""
         client = cls(urls, **kwargs)
         await client.connect()
         try:
@@ -156,14 +185,14 @@ class ChatClient:
         return client
 
     async def connect(self) -> None:
-        """Open a socket to the first URL that answers (each tried once)."""
-        error: BaseException | None = None
+        """Open a socket to the first URL that answers (each tried once); ConnectFailed if none does."""
+        error: ConnectFailed | None = None
         for _ in range(len(self.urls)):
             url = self.urls[self._url_index % len(self.urls)]
             try:
                 await self._open_socket(url)
                 return
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
+            except ConnectFailed as exc:
                 error = exc
                 self._url_index += 1
         assert error is not None
@@ -208,7 +237,7 @@ class ChatClient:
         (Redis away) or ``rate_limited`` (after the wait it asks for) until
         ``request_timeout``; the server stores it once.
         """
-        frame = f.Send(to=to, body=body, file=file, ref=ref or self._ref())
+        frame = f.Send(to=to, body=body, file=file, ref=ref or self.core.next_ref())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout
         backoff = Backoff(base=0.1, cap=1.0)
@@ -235,32 +264,32 @@ class ChatClient:
 
     async def who_page(self, cursor: str | None = None, limit: int | None = None) -> f.Online:
         """One page of who is online: the first, or the one after ``cursor`` (a previous page's ``next``)."""
-        reply = await self._request(f.Who(cursor=cursor, limit=limit, ref=self._ref()))
+        reply = await self._request(f.Who(cursor=cursor, limit=limit, ref=self.core.next_ref()))
         assert isinstance(reply, f.Online)
         return reply
 
     async def history(self, conv: str, before: str | None = None, limit: int = 50) -> list[f.Message]:
-        reply = await self._request(f.HistoryRequest(conv=conv, before=before, limit=limit, ref=self._ref()))
+        reply = await self._request(f.HistoryRequest(conv=conv, before=before, limit=limit,
+                                                     ref=self.core.next_ref()))
         assert isinstance(reply, f.History)
         return reply.messages
 
     async def ping(self) -> None:
-        await self._request(f.Ping(ref=self._ref()))
+        await self._request(f.Ping(ref=self.core.next_ref()))
 
     async def group(
         self, op: str, group: str, *, user: str | None = None, invite_only: bool | None = None
     ) -> f.GroupInfo:
         """A group operation: create, join, leave, members, invite, remove, set (see docs/protocol.md)."""
-        frame = f.Group(op=op, group=group.removeprefix("#"), user=user, invite_only=invite_only, ref=self._ref())
+        frame = f.Group(op=op, group=group.removeprefix("#"), user=user, invite_only=invite_only,
+                        ref=self.core.next_ref())
         reply = await self._request(frame)
         assert isinstance(reply, f.GroupInfo)
-        if reply.position is not None:  # a reconnect resumes this group from where we joined it
-            self.positions.setdefault(f"#{reply.group}", reply.position)
         return reply
 
     async def groups(self) -> list[f.GroupSummary]:
         """The groups this user is a member of."""
-        reply = await self._request(f.Groups(ref=self._ref()))
+        reply = await self._request(f.Groups(ref=self.core.next_ref()))
         assert isinstance(reply, f.GroupList)
         return reply.groups
 
@@ -276,7 +305,7 @@ class ChatClient:
         Like every request it is re-sent with the same ref after a reconnect.
         """
         if frame.ref is None:
-            frame.ref = self._ref()
+            frame.ref = self.core.next_ref()
         return await self._request(frame, timeout)
 
     async def send_binary(self, data: bytes) -> None:
@@ -292,11 +321,12 @@ class ChatClient:
     def watch_upload(self, upload: str, hook: Callable[[Any], None]) -> Callable[[], None]:
         """Route the replies to an upload's chunks (``chunk_ack``, ``uploaded``, ``error`` with that
         ``upload``) to ``hook``, which also gets ``None`` whenever the socket closes.  Returns the unhook."""
-        self._upload_hooks[upload] = hook
+        uploads = self.core.uploads
+        uploads[upload] = hook
 
         def unhook() -> None:
-            if self._upload_hooks.get(upload) is hook:
-                del self._upload_hooks[upload]
+            if uploads.get(upload) is hook:
+                del uploads[upload]
 
         return unhook
 
@@ -319,7 +349,10 @@ class ChatClient:
         options: dict[str, Any] = {}
         if url.startswith("wss:") and self.ssl_context is not None:
             options["ssl"] = self.ssl_context  # else websockets verifies against the system CAs
-        ws = await connect(url, open_timeout=self.open_timeout, compression=None, max_size=2**22, **options)
+        try:
+            ws = await connect(url, open_timeout=self.open_timeout, compression=None, max_size=2**22, **options)
+        except _CONNECT_ERRORS as exc:
+            raise connect_failed(url, exc) from exc
         self._ws = ws
         self._ready = False
         self.url = url
@@ -327,29 +360,27 @@ class ChatClient:
         self._reader = asyncio.create_task(self._read(ws), name="chinwag-client-reader")
 
     async def _do_login(self, user: str, password: str) -> f.Welcome:
-        """Log in on the current socket, resuming where we were if we were anywhere."""
+        """Log in on the current socket, resuming where we were if we were anywhere.
+
+        The reader applies the welcome (the core merges it) and writes the
+        requests still unanswered before it resolves ``_login``.
+        """
         assert self._ws is not None
         self._login = asyncio.get_running_loop().create_future()
-        resume = dict(self.positions) if self.positions else None
-        login = f.Login(v=f.PROTOCOL_VERSION, user=user, password=password, session=self.session, resume=resume,
-                        presence=self.presence)
+        login = self.core.login(user, password, self.presence)
         try:
-            await self._ws.send(f.encode(login), text=True)
-        except ConnectionClosed as exc:
-            raise Disconnected(str(exc)) from None
-        welcome = await asyncio.wait_for(self._login, self.request_timeout)  # cancelled on timeout
-        self.welcome = welcome
-        self.user = welcome.user
+            try:
+                await self._ws.send(f.encode(login), text=True)
+            except ConnectionClosed as exc:
+                raise Disconnected(str(exc)) from None
+            try:
+                welcome = await asyncio.wait_for(self._login, self.request_timeout)  # cancelled on timeout
+            except TimeoutError:
+                raise RequestTimeout(f"no welcome within {self.request_timeout:g}s") from None
+        except BaseException:
+            self.core.login_abandoned()
+            raise
         self.node = welcome.node
-        self.session = welcome.session
-        self.online = set(welcome.online)
-        self.online_total = welcome.online_total  # None: that is everyone
-        for stream, position in welcome.positions.items():
-            if stream not in self.positions or id_tuple(position) > id_tuple(self.positions[stream]):
-                self.positions[stream] = position
-        self._ready = True
-        for request in list(self._pending.values()):  # unanswered on the old socket: again, same ref
-            self._write(request.frame)
         return welcome
 
     async def _reconnect(self) -> None:
@@ -379,7 +410,7 @@ class ChatClient:
                 await self._drop_socket()
                 self._finish(Closed(CloseCode.LOGIN_FAILED, exc.code.value))
                 return
-            except (OSError, InvalidHandshake, TimeoutError, ChatError, Disconnected) as exc:
+            except (ClientError, ChatError) as exc:
                 log.info("reconnect to %s failed (%s); retrying", url, type(exc).__name__)
                 await self._drop_socket()
                 continue
@@ -398,14 +429,14 @@ class ChatClient:
         """Reader saw its socket close: reconnect, or end the client."""
         if ws is not self._ws:
             return  # an old socket we already replaced
-        for hook in list(self._upload_hooks.values()):  # chunks in flight on it will never be answered
+        for hook in list(self.core.uploads.values()):  # chunks in flight on it will never be answered
             hook(None)
         self._ready = False
         code = ws.close_code
         if self._login is not None and not self._login.done():
             self._login.set_exception(Disconnected(f"connection closed ({code})"))
             return  # whoever is logging in handles it
-        if self.state == "connected" and self.reconnect and not self._closing and code not in _FINAL_CLOSES:
+        if self.state == "connected" and self.reconnect and not self._closing and cs.reconnects_after(code):
             self._reconnector = asyncio.create_task(self._reconnect(), name="chinwag-client-reconnect")
             return
         if self.state in ("connected", "idle"):
@@ -417,17 +448,14 @@ class ChatClient:
         self.state = "closed"
         self.closed = closed
         error = Disconnected(f"connection closed ({closed.code})")
-        for request in self._pending.values():
-            if not request.future.done():
-                request.future.set_exception(error)
+        for request in self.core.pending.values():
+            if not request.waiter.done():
+                request.waiter.set_exception(error)
         if self._login is not None and not self._login.done():
             self._login.set_exception(error)
         self._events.put_nowait(closed)
 
     # -- internals: requests and frames -----------------------------------------
-
-    def _ref(self) -> str:
-        return f"{self._ref_prefix}-{next(self._refs)}"
 
     def _write(self, data: bytes) -> None:
         """Write now (synchronously) if logged in; otherwise the next login writes it.
@@ -442,13 +470,17 @@ class ChatClient:
         if self.closed is not None and self.state == "closed":
             raise Disconnected("client is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        request = _Request(f.encode(frame), fut)
-        self._pending[frame.ref] = request
+        ref = frame.ref
+        data = self.core.request(frame, fut)
         try:
-            self._write(request.frame)
+            self._write(data)
             return await asyncio.wait_for(fut, timeout or self.request_timeout)
+        except TimeoutError:
+            if fut.done() and not fut.cancelled():
+                raise  # a TimeoutError the reply itself carried
+            raise RequestTimeout(f"no reply within {timeout or self.request_timeout:g}s") from None
         finally:
-            self._pending.pop(frame.ref, None)
+            self.core.finished(ref)
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -467,59 +499,27 @@ class ChatClient:
             self._on_socket_closed(ws)
 
     def _dispatch(self, frame: f.ServerFrame | dict[str, Any]) -> None:
-        ref = getattr(frame, "ref", None)
-        upload = getattr(frame, "upload", None)
-        if ref is None and upload is not None and upload in self._upload_hooks:
-            self._upload_hooks[upload](frame)  # a reply to a binary chunk: no ref, matched by upload id
-            return
-        if isinstance(frame, f.Welcome):
+        """Carry out what the core decided about a frame."""
+        outcome = self.core.receive(frame)
+        if outcome == cs.EVENT:
+            self._events.put_nowait(frame)  # type: ignore[arg-type]
+        elif outcome == cs.REPLY:
+            fut = self.core.pending[cast(str, frame.ref)].waiter  # type: ignore[union-attr]
+            if not fut.done():
+                if isinstance(frame, f.Error):
+                    fut.set_exception(frame.to_exception())
+                else:
+                    fut.set_result(frame)
+        elif outcome == cs.WELCOMED:
+            assert isinstance(frame, f.Welcome)
             if self._login is not None and not self._login.done():
+                self._ready = True
+                for data in self.core.resend():  # unanswered on the old socket: again, same ref
+                    self._write(data)
                 self._login.set_result(frame)
-            return
-        if isinstance(frame, f.Error):
-            if ref is not None and ref in self._pending:
-                _resolve(self._pending[ref].future, error=frame.to_exception())
-            elif self._login is not None and not self._login.done():
+        elif outcome == cs.LOGIN_FAILED:
+            assert isinstance(frame, f.Error)
+            if self._login is not None and not self._login.done():
                 self._login.set_exception(frame.to_exception())
-            else:
-                self._events.put_nowait(frame)
-            return
-        if ref is not None:
-            if ref in self._pending:
-                _resolve(self._pending[ref].future, result=frame)
-            return  # a reply to a request already answered or abandoned
-        if isinstance(frame, f.Message):
-            if not self._first_time(frame):
-                return
-        elif isinstance(frame, f.Presence):
-            if frame.status == "online":
-                self.online.add(frame.user)
-            else:
-                self.online.discard(frame.user)
-        elif isinstance(frame, f.PresenceBatch):
-            self.online.update(frame.online)
-            self.online.difference_update(frame.offline)
-        elif isinstance(frame, f.Online):  # unsolicited snapshot after the server resynchronised
-            self.online = set(frame.users)
-            self.online_total = frame.total
-        if isinstance(frame, f.Message | f.Presence | f.PresenceBatch | f.Online | f.GroupEvent | dict):
-            self._events.put_nowait(frame)
-
-    def _first_time(self, message: f.Message) -> bool:
-        """Advance the stream position; False for a message at or before it (a duplicate)."""
-        stream = message.to if message.to[:1] in ("*", "#") else f.STREAM_DM  # "*", "#group" or our inbox
-        seen = self.positions.get(stream)
-        if seen is not None and id_tuple(message.id) <= id_tuple(seen):
-            self.duplicates += 1
-            return False
-        self.positions[stream] = message.id
-        return True
-
-
-def _resolve(fut: asyncio.Future[Any], result: Any = None, error: ChatError | None = None) -> None:
-    if fut.done():
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(result)
+        elif outcome == cs.UPLOAD:
+            self.core.uploads[cast(str, frame.upload)](frame)  # type: ignore[union-attr]
