@@ -9,9 +9,11 @@ Two families reach a caller of :class:`~client.chat.ChatClient` and
   connection ended, no reply in time, or a download that went wrong::
 
     ClientError                    base: the client could not get an answer
-    ├── ConnectFailed              no socket: refused, unreachable, no WebSocket, bad URL (the cause chained)
+    ├── ConnectFailed              no connection: unreachable (the socket's error chained as the cause)
     │   ├── ConnectRefused         ... nothing listens there (also a ConnectionRefusedError)
-    │   └── ConnectTimeout         ... no answer while connecting (also a TimeoutError)
+    │   ├── ConnectTimeout         ... no answer while connecting (also a TimeoutError)
+    │   ├── HandshakeFailed        ... something answered, but not as a WebSocket server
+    │   └── BadURL                 ... not a ws:// or wss:// URL
     ├── Disconnected               the connection closed for good before the reply
     ├── RequestTimeout             no reply in time (also a TimeoutError)
     └── FileTransferError          a download failed: HTTP error, wrong size or hash; nothing was saved
@@ -24,6 +26,8 @@ server.
 """
 
 from __future__ import annotations
+
+from websockets.exceptions import InvalidURI
 
 
 class ClientError(Exception):
@@ -50,6 +54,14 @@ class ConnectTimeout(ConnectFailed, TimeoutError):
     """The server did not complete the connection (TCP, TLS, WebSocket handshake) in time."""
 
 
+class HandshakeFailed(ConnectFailed):
+    """The server answered, but refused or botched the WebSocket handshake (e.g. HTTP 404, not a gateway)."""
+
+
+class BadURL(ConnectFailed):
+    """The server address is not a ws:// or wss:// URL."""
+
+
 class Disconnected(ClientError, ConnectionError):
     """The connection closed (for good) before the reply arrived."""
 
@@ -64,10 +76,12 @@ class FileTransferError(ClientError):
 
 def connect_failed(url: str, exc: BaseException) -> ConnectFailed:
     """The :class:`ConnectFailed` for what opening a socket to ``url`` raised (raise it ``from exc``)."""
+    why = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
-        return ConnectTimeout(url, f"no answer from {url} in time")
+        return ConnectTimeout(url, "no answer in time")
     if isinstance(exc, OSError):
-        why = exc.strerror or str(exc) or type(exc).__name__
-        cls = ConnectRefused if isinstance(exc, ConnectionRefusedError) else ConnectFailed
-        return cls(url, why)
-    return ConnectFailed(url, str(exc) or type(exc).__name__)
+        why = exc.strerror or why
+        return ConnectRefused(url, why) if isinstance(exc, ConnectionRefusedError) else ConnectFailed(url, why)
+    if isinstance(exc, InvalidURI):
+        return BadURL(url, why)
+    return HandshakeFailed(url, why)  # any other WebSocketException: the handshake went wrong
