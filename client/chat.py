@@ -36,15 +36,15 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import broadcast
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from chinwag.backoff import Backoff
-from protocol import client_state as cs
 from protocol import frames as f
+from protocol.client_state import EVENT, LOGIN_FAILED, REPLY, UPLOAD, WELCOMED, ClientState, reconnects_after
 from protocol.errors import ChatError, CloseCode, LoginError, RateLimited, Unavailable, UsernameTaken
 from protocol.files import FileRef
 
@@ -112,7 +112,7 @@ class ChatClient:
         self.ssl_context = ssl.create_default_context(cafile=ca_file) if ca_file else None
         self.takeover_patience = 30.0  # seconds a reconnect keeps trying while our name looks taken
         # Positions, dedupe, requests by ref, who is online, groups: decided there, without I/O.
-        self.core: cs.ClientState[asyncio.Future[Any]] = cs.ClientState(secrets.token_hex(4))
+        self.core: ClientState[asyncio.Future[Any]] = ClientState(secrets.token_hex(4))
         self.node: str | None = None
         self.url: str | None = None
         self.state = "idle"
@@ -436,7 +436,7 @@ class ChatClient:
         if self._login is not None and not self._login.done():
             self._login.set_exception(Disconnected(f"connection closed ({code})"))
             return  # whoever is logging in handles it
-        if self.state == "connected" and self.reconnect and not self._closing and cs.reconnects_after(code):
+        if self.state == "connected" and self.reconnect and not self._closing and reconnects_after(code):
             self._reconnector = asyncio.create_task(self._reconnect(), name="chinwag-client-reconnect")
             return
         if self.state in ("connected", "idle"):
@@ -501,25 +501,25 @@ class ChatClient:
     def _dispatch(self, frame: f.ServerFrame | dict[str, Any]) -> None:
         """Carry out what the core decided about a frame."""
         outcome = self.core.receive(frame)
-        if outcome == cs.EVENT:
+        if outcome == EVENT:  # the common cases first: this runs for every frame
             self._events.put_nowait(frame)  # type: ignore[arg-type]
-        elif outcome == cs.REPLY:
-            fut = self.core.pending[cast(str, frame.ref)].waiter  # type: ignore[union-attr]
+        elif outcome == REPLY:
+            fut = self.core.pending[frame.ref].waiter  # type: ignore[union-attr,index]
             if not fut.done():
                 if isinstance(frame, f.Error):
                     fut.set_exception(frame.to_exception())
                 else:
                     fut.set_result(frame)
-        elif outcome == cs.WELCOMED:
+        elif outcome == WELCOMED:
             assert isinstance(frame, f.Welcome)
             if self._login is not None and not self._login.done():
                 self._ready = True
                 for data in self.core.resend():  # unanswered on the old socket: again, same ref
                     self._write(data)
                 self._login.set_result(frame)
-        elif outcome == cs.LOGIN_FAILED:
+        elif outcome == LOGIN_FAILED:
             assert isinstance(frame, f.Error)
             if self._login is not None and not self._login.done():
                 self._login.set_exception(frame.to_exception())
-        elif outcome == cs.UPLOAD:
-            self.core.uploads[cast(str, frame.upload)](frame)  # type: ignore[union-attr]
+        elif outcome == UPLOAD:
+            self.core.uploads[frame.upload](frame)  # type: ignore[union-attr,index]
