@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,14 +22,14 @@ def msg(mid: str, to: str = "@me", sender: str = "bob") -> f.Message:
     return f.Message(id=mid, from_=sender, to=to, body="x", ts=int(mid.split("-")[0]))
 
 
-def welcome(online: list[str] | None = None, positions: dict[str, str] | None = None, **extra: object) -> f.Welcome:
+def welcome(online: list[str] | None = None, positions: dict[str, str] | None = None, **extra: Any) -> f.Welcome:
     return f.Welcome(user="me", online=online or [], v=1, session="tok", positions=positions or {}, **extra)
 
 
-def logged_in(**kwargs: object) -> cs.ClientState[str]:
+def logged_in(**kwargs: Any) -> cs.ClientState[str]:
     core = state()
     core.login("me", "pw", f.PRESENCE_BATCHED)
-    assert core.receive(welcome(**kwargs)) == cs.WELCOMED  # type: ignore[arg-type]
+    assert core.receive(welcome(**kwargs)) == cs.WELCOMED
     return core
 
 
