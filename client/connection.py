@@ -179,14 +179,7 @@ class Connection:
     def watch_upload(self, upload: str, hook: Callable[[Any], None]) -> Callable[[], None]:
         """Route the replies to an upload's chunks (``chunk_ack``, ``uploaded``, ``error`` with that
         ``upload``) to ``hook``, which also gets ``None`` whenever the socket closes.  Returns the unhook."""
-        uploads = self.core.uploads
-        uploads[upload] = hook
-
-        def unhook() -> None:
-            if uploads.get(upload) is hook:
-                del uploads[upload]
-
-        return unhook
+        return self.core.watch_upload(upload, hook)
 
     # -- events -------------------------------------------------------------
 

@@ -124,6 +124,17 @@ class ClientState(Generic[W]):
         self.pending[frame.ref] = Pending(data, waiter)
         return data
 
+    def watch_upload(self, upload: str, hook: Callable[[Any], None]) -> Callable[[], None]:
+        """Give the ref-less replies to an upload's chunks to ``hook`` (outcome :data:`UPLOAD`); returns the unhook."""
+        uploads = self.uploads
+        uploads[upload] = hook
+
+        def unhook() -> None:
+            if uploads.get(upload) is hook:
+                del uploads[upload]
+
+        return unhook
+
     def finished(self, ref: str) -> None:
         """The request was answered, timed out or was given up: a later reply to it is dropped."""
         self.pending.pop(ref, None)

@@ -154,6 +154,30 @@ def test_unanswered_requests_are_resent_after_a_reconnect_with_their_ref() -> No
     assert len(set(refs)) == 3 and all(r.startswith("abcd-") for r in refs)
 
 
+@given(st.lists(st.tuples(st.sampled_from(["send", "ack", "give_up", "reconnect"]), st.integers(0, 9)),
+                max_size=40))
+def test_resend_is_every_request_neither_answered_nor_given_up_in_order(steps: list[tuple[str, int]]) -> None:
+    core = logged_in()
+    sent: dict[str, bytes] = {}  # what the model expects pending, in the order sent
+    refs: list[str] = []
+    for op, n in steps:
+        if op == "send":
+            ref = core.next_ref()
+            refs.append(ref)
+            sent[ref] = core.request(f.Send(to="@bob", body=str(n), ref=ref), ref)
+        elif op in ("ack", "give_up") and refs:
+            ref = refs[n % len(refs)]
+            if op == "ack":  # the adapter resolves the waiter on REPLY, then the request is finished
+                assert core.receive(f.Ack(id=f"{n + 1}-0", ts=1, ref=ref)) == (cs.REPLY if ref in sent else cs.IGNORE)
+            core.finished(ref)
+            sent.pop(ref, None)
+        elif op == "reconnect":
+            core.login("me", "pw", f.PRESENCE_BATCHED)
+            assert core.receive(welcome()) == cs.WELCOMED
+            assert core.resend() == list(sent.values())
+    assert core.resend() == list(sent.values())
+
+
 def test_an_abandoned_login_ignores_a_late_welcome() -> None:
     core = state()
     core.login("me", "pw", f.PRESENCE_BATCHED)
@@ -164,9 +188,12 @@ def test_an_abandoned_login_ignores_a_late_welcome() -> None:
 
 def test_upload_replies_are_routed_by_upload_id() -> None:
     core = logged_in()
-    core.uploads["u1"] = lambda frame: None
+    unhook = core.watch_upload("u1", lambda frame: None)
     assert core.receive(f.ChunkAck(upload="u1", offset=10)) == cs.UPLOAD
     assert core.receive(f.ChunkAck(upload="u2", offset=10)) == cs.IGNORE
+    assert core.receive(f.Error(code="not_found", message="no upload", upload="u1")) == cs.UPLOAD
+    unhook()
+    assert core.receive(f.ChunkAck(upload="u1", offset=10)) == cs.IGNORE
 
 
 def test_reconnect_only_after_closes_that_are_not_final() -> None:
