@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from protocol import frames as f
+from protocol.client_state import known_offline
 from protocol.errors import ChatError
 from protocol.files import FileRef, human_size, is_sha256
-from protocol.names import BROADCAST, name_key
+from protocol.names import BROADCAST
 
 from .chat import ChatClient, Closed
 from .cli_commands import (
@@ -186,11 +187,8 @@ class Console:
         if to == BROADCAST or to.startswith("#"):
             return
         self.out(format_message(f.Message(id=ack.id, from_=self.me, to=to, body=body, ts=ack.ts), self.me, self.tz))
-        key = name_key(to[1:])
-        # Only a complete list can tell that someone is offline (a capped one is its first page).
-        if self.chat.online_total is None and not any(name_key(u) == key for u in self.chat.online):
-            name = clean(to[1:])
-            self.out(f"* {name} is offline; they get the message when they log in")
+        if known_offline(to[1:], self.chat.online, self.chat.online_total):
+            self.out(f"* {clean(to[1:])} is offline; they get the message when they log in")
 
     async def pump(self) -> Closed:
         """Print pushed events until the connection ends; returns how it ended."""

@@ -68,6 +68,14 @@ def reconnects_after(code: int | None) -> bool:
     return code not in FINAL_CLOSES
 
 
+def known_offline(name: str, online: set[str], online_total: int | None) -> bool:
+    """Whether ``name`` is surely offline: only a complete list can tell (a capped one is its first page)."""
+    if online_total is not None:
+        return False
+    key = name_key(name)
+    return not any(name_key(user) == key for user in online)
+
+
 def stream_of(message: f.Message) -> str:
     """The stream a pushed message belongs to: ``"*"``, ``"#group"``, or ``"dm"`` (our inbox)."""
     to = message.to

@@ -270,3 +270,9 @@ def test_unknown_frame_types_are_handed_on_as_dicts() -> None:
     core = logged_in()
     assert core.receive({"type": "future_thing", "x": 1}) == cs.EVENT
     assert core.receive(f.Pong()) == cs.IGNORE
+
+
+def test_only_a_complete_online_list_tells_who_is_offline() -> None:
+    assert cs.known_offline("Carol", {"alice", "bob"}, None)
+    assert not cs.known_offline("BOB", {"alice", "bob"}, None)  # names compare case-insensitively
+    assert not cs.known_offline("carol", {"alice", "bob"}, 5000)  # capped: carol may be on a later page
