@@ -106,8 +106,10 @@ async def test_redis_restart_loses_no_acknowledged_message(cluster: Cluster) -> 
         await load.wait_acked(100)
         early = len(load.sent[load.users[1]])  # DMs to users[1] acknowledged before the restart
         redis = cluster.containers("redis")[0]
+        started = cluster.inspect(redis)["State"]["StartedAt"]
         # `docker compose restart redis`: SIGTERM, Redis writes its AOF and exits; the volume keeps it.
         await asyncio.to_thread(cluster.podman, "restart", "-t", "30", redis, timeout=120)
+        assert cluster.inspect(redis)["State"]["StartedAt"] != started  # really a new redis-server
         await load.wait_acked(load.acked + 100)
         verdict = await load.stop()
     except BaseException:
