@@ -58,7 +58,7 @@ import redis.asyncio as redis_async
 
 from chinwag import keys
 from client import ChatClient
-from client.chat import Disconnected
+from client.errors import ClientError
 from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound, NotMember
 from protocol.names import id_tuple
@@ -285,7 +285,7 @@ class Run:
             except (NotMember, NotFound):
                 sent.refused = True  # removed meanwhile: not stored
                 return
-            except (TimeoutError, Disconnected, ChatError):
+            except (ClientError, TimeoutError, ChatError):
                 if user.client.state == "closed":
                     self.problems.append(f"{user.name}'s client closed for good: {user.client.closed}")
                     return
@@ -325,7 +325,7 @@ class Run:
                 return await actor.client.group(op, group, user=target)
             except (Forbidden, NotMember):
                 raise
-            except (TimeoutError, Disconnected, ChatError):
+            except (ClientError, TimeoutError, ChatError):
                 if time.monotonic() > deadline or actor.client.state == "closed":
                     return None
                 await asyncio.sleep(0.2)
@@ -521,8 +521,8 @@ class Run:
 
     def _describe(self, user: User) -> str:
         c = user.client
-        return (f"{user.name}: {c.state} on {c.url} ({c.node}), {len(c._pending)} pending "
-                f"{list(c._pending)[:3]}, doing {user.doing}")
+        return (f"{user.name}: {c.state} on {c.url} ({c.node}), {len(c.core.pending)} pending "
+                f"{list(c.core.pending)[:3]}, doing {user.doing}")
 
     async def _converge(self, cluster: Cluster, heal_at: float) -> None:
         deadline = heal_at + CONVERGE
@@ -554,7 +554,7 @@ class Run:
             probes.append(sent)
             try:
                 sent.ack = (await user.client.send("*", body, ref=f"{self.cfg.seed}-{body}")).id
-            except (ChatError, TimeoutError, Disconnected) as exc:
+            except (ChatError, ClientError, TimeoutError) as exc:
                 self.problems.append(f"probe from {user.name} failed after healing: {exc!r}")
         await until("probes delivered (subscriptions live)", self._all_delivered)
 
