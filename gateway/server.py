@@ -705,8 +705,7 @@ class Gateway:
             state = await self.relay.join(
                 session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
         elif op == "leave":
-            upto: Any = await self.redis.get(keys.LAST_ID)  # everything up to here was stored while a member
-            await lease.deliver_before_leaving(self, session, gkey, upto.decode() if upto else None)
+            await lease.deliver_before_leaving(self, session, gkey)  # what it stored while we were a member
             await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
