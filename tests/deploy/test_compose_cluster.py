@@ -40,6 +40,13 @@ def test_every_container_passes_its_healthcheck(cluster: Cluster) -> None:
     assert gateway["Config"]["Healthcheck"]["Test"][0] == "CMD"  # the compose file's, over the image's
 
 
+def test_containers_resolve_names_only_inside_the_project_network(cluster: Cluster) -> None:
+    # Podman lists the host's nameservers after aardvark-dns unless told
+    # otherwise, and HAProxy queries every listed server: DNS would leave the
+    # test's network (harness.Cluster.create_network).
+    assert cluster.foreign_nameservers() == {}
+
+
 async def test_clients_through_haproxy_chat_across_gateways(cluster: Cluster) -> None:
     clients = [await _open(cluster, f"chat{i}") for i in range(3)]
     try:
