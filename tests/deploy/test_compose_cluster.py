@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from client import ChatClient
-from client.chat import ChatError
 from protocol import frames as f
+from protocol.errors import ChatError
 from tests.deploy.harness import ROOT, Cluster, run
 from tests.deploy.load import ChatLoad
 from tests.helpers import wait_for_event, wait_until
