@@ -43,15 +43,15 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from chinwag import keys
-from chinwag.backoff import Backoff
-from chinwag.config import Settings
-from chinwag.embedded import EmbeddedRedis
-from chinwag.logs import setup_logging
-from chinwag.redis import connect_redis
 from chinwag.server import serve
 from client.bridge import Bridge
 from client.gui import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
+from common import keys
+from common.backoff import Backoff
+from common.config import Settings
+from common.embedded import EmbeddedRedis
+from common.logs import setup_logging
+from common.redis import connect_redis
 from presence.registry import Registry
 from protocol.names import name_key
 

@@ -37,8 +37,8 @@ from typing import Any
 import psutil
 
 from chinwag.cluster import Cluster
-from chinwag.runtime import loop_factory
 from client.chat import ChatClient
+from common.runtime import loop_factory
 from protocol import frames as f
 from protocol.errors import Unavailable
 

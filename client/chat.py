@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import broadcast
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
 from protocol import frames as f
 from protocol.errors import ChatError, CloseCode, LoginError, RateLimited, Unavailable, UsernameTaken
 from protocol.files import FileRef

@@ -36,9 +36,9 @@ from typing import Any
 
 from websockets.exceptions import InvalidURI, WebSocketException
 
-from chinwag.runtime import run
 from client.chat import ChatClient, Closed, Disconnected, Event, StateChanged
 from client.files import FileTransferError, download, file_of, send_file
+from common.runtime import run
 from protocol import frames as f
 from protocol.errors import (
     BadPassword,

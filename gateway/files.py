@@ -41,10 +41,10 @@ from redis.exceptions import RedisError
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from chinwag import keys
-from chinwag.config import Settings
-from chinwag.metrics import Counter
-from chinwag.metrics import Registry as Metrics
+from common import keys
+from common.config import Settings
+from common.metrics import Counter
+from common.metrics import Registry as Metrics
 from presence.registry import token_hash
 from protocol import frames as f
 from protocol.errors import (

@@ -53,7 +53,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import RedisError
 
-from chinwag import keys
+from common import keys
 from protocol.errors import ChatError, Forbidden, NotFound
 from protocol.names import id_tuple
 

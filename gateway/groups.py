@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
 from protocol.errors import Forbidden, GroupExists, NotFound, NotMember
 
 # Builds a group_event frame in `ev` from: event name, user display name, by (or '').

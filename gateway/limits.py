@@ -102,7 +102,7 @@ class SharedIpLimiter:
     The script runs through ``pipeline`` (the gateway's auto-pipelined
     connection: a reconnect storm costs a few writes, not a pool checkout
     each); ``redis`` only registers it.  ``key`` names an address's bucket
-    (chinwag/keys.py); ``healthy`` says whether Redis is worth asking (else the
+    (common/keys.py); ``healthy`` says whether Redis is worth asking (else the
     local bucket answers at once); ``timeout`` bounds the wait for Redis on the
     connection path.
     """

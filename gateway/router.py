@@ -25,7 +25,7 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import parse_url
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
 from protocol.errors import Unavailable
 
 log = logging.getLogger("chinwag.router")

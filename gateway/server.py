@@ -39,15 +39,15 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Origin
 
-from chinwag import keys
-from chinwag.backoff import Backoff
-from chinwag.config import Settings
-from chinwag.http import Route, serve_http
-from chinwag.logs import setup_logging
-from chinwag.metrics import CONTENT_TYPE
-from chinwag.metrics import Registry as Metrics
-from chinwag.redis import connect_redis
-from chinwag.runtime import cancel_and_wait, run_service
+from common import keys
+from common.backoff import Backoff
+from common.config import Settings
+from common.http import Route, serve_http
+from common.logs import setup_logging
+from common.metrics import CONTENT_TYPE
+from common.metrics import Registry as Metrics
+from common.redis import connect_redis
+from common.runtime import cancel_and_wait, run_service
 from presence.registry import Claim, NoLease, Registry, token_hash
 from protocol import frames as f
 from protocol.errors import (

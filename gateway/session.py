@@ -21,7 +21,7 @@ from collections.abc import Callable
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
-from chinwag.metrics import Counter
+from common.metrics import Counter
 from protocol.names import id_tuple
 
 from .connection import set_write_bound

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
 from protocol.errors import NotFound, NotMember, RateLimited
 from protocol.names import id_tuple
 

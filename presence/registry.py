@@ -5,7 +5,7 @@ exactly one winner, and a presence event is published in the same atomic step
 as the change it reports.  Scripts take the time from Redis (``TIME``), so
 gateways with skewed clocks agree on lease expiry.
 
-Data (see chinwag.keys): ``cw:online:z`` is the online display names (a sorted set, paged by
+Data (see common.keys): ``cw:online:z`` is the online display names (a sorted set, paged by
 name with ZRANGEBYLEX, so no answer has to carry everyone);
 ``cw:sess:<key>`` says which gateway holds a name, with its session token;
 ``cw:gw:<node>:users`` lists the names one gateway holds; ``cw:gateways`` maps
@@ -24,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
 
 _NOW = """
 local t = redis.call('TIME')

@@ -21,14 +21,14 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from chinwag.backoff import Backoff
-from chinwag.config import Settings
-from chinwag.http import serve_http
-from chinwag.logs import setup_logging
-from chinwag.metrics import CONTENT_TYPE
-from chinwag.metrics import Registry as Metrics
-from chinwag.redis import connect_redis
-from chinwag.runtime import cancel_and_wait, run_service
+from common.backoff import Backoff
+from common.config import Settings
+from common.http import serve_http
+from common.logs import setup_logging
+from common.metrics import CONTENT_TYPE
+from common.metrics import Registry as Metrics
+from common.redis import connect_redis
+from common.runtime import cancel_and_wait, run_service
 
 from .registry import Registry
 

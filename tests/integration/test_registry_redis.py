@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from chinwag import keys
+from common import keys
 from gateway.store import Store
 from presence.registry import Claim, NoLease, OnlinePage, Registry
 from protocol import frames as f

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import fakeredis
 import pytest
 
-from chinwag import keys
+from common import keys
 from presence.registry import Claim, NoLease, OnlinePage, Registry, token_hash
 
 

@@ -15,7 +15,7 @@ import fakeredis
 import msgspec
 import pytest
 
-from chinwag import keys
+from common import keys
 from gateway.store import Store, Stored
 from protocol import frames as f
 from protocol.names import id_tuple, is_message_id
