@@ -46,12 +46,14 @@ from redis.exceptions import RedisError
 from chinwag.server import serve
 from client.bridge import Bridge
 from client.gui import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
+from client.tk_support import reason as _reason
+from client.tk_support import report_callback_exception as _report_callback_exception
 from common import keys
 from common.backoff import Backoff
 from common.config import Settings
 from common.embedded import EmbeddedRedis
 from common.logs import setup_logging
-from common.redis import connect_redis
+from common.redis import connect_redis, redacted_url
 from presence.registry import Registry
 from protocol.names import name_key
 
@@ -128,7 +130,7 @@ class AdminWindow:
         self.bridge.start()
         logging.getLogger("chinwag").addHandler(self._log_handler)
         if redis_url:
-            self._set_server_state("stopped", f"Attached to {_redacted(redis_url)}. "
+            self._set_server_state("stopped", f"Attached to {redacted_url(redis_url)}. "
                                               "Run Server adds a node to this cluster.")
             self._start_monitor(redis_url)
         else:
@@ -158,7 +160,7 @@ class AdminWindow:
         self.online_var = tk.StringVar(top, "")
         ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel").pack(side="right")
 
-        where = f"Cluster at {_redacted(self.redis_url)}" if self.redis_url else "Gateways"
+        where = f"Cluster at {redacted_url(self.redis_url)}" if self.redis_url else "Gateways"
         gw_box = ttk.Labelframe(outer, text=where, padding=8)
         gw_box.grid(row=1, column=0, sticky="ew")
         gw_box.columnconfigure(0, weight=1)
@@ -548,7 +550,7 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
                 if first:
                     who = ", ".join(online) if online else "nobody"
                     post(partial(window._monitor_note, "info",
-                                 f"Watching {_redacted(redis_url)}: {len(online)} online ({who})"))
+                                 f"Watching {redacted_url(redis_url)}: {len(online)} online ({who})"))
                 elif down:
                     post(partial(window._monitor_note, "info", "Redis connection restored"))
                 first = down = False
@@ -638,25 +640,6 @@ class _WindowLogHandler(logging.Handler):
         self._post(partial(self._window._monitor_note, "warning", f"{record.levelname.lower()}: {text}"))
 
 
-def _reason(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    text = str(exc).strip()
-    return text or type(exc).__name__
-
-
-def _redacted(url: str | None) -> str:
-    """A Redis URL without its password, for showing on screen."""
-    if not url:
-        return ""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user + ':***' if ':' in creds else creds}@{host}"
-    return url
-
-
 # -- program ---------------------------------------------------------------------------------
 
 
@@ -695,10 +678,6 @@ def main(argv: list[str] | None = None) -> None:
         run_mainloop(root)
     finally:
         app.shutdown(settings.shutdown_timeout + 10)
-
-
-def _report_callback_exception(exc: type[BaseException], value: BaseException, tb: Any) -> None:
-    log.error("error in a Tk callback", exc_info=(exc, value, tb))
 
 
 if __name__ == "__main__":

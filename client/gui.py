@@ -51,6 +51,8 @@ from client.bridge import Bridge
 from client.chat import ChatClient, Closed, Event, StateChanged
 from client.files import file_of, upload
 from client.gui_files import FileView, describe
+from client.tk_support import reason as _reason
+from client.tk_support import report_callback_exception as _report_callback_exception
 from protocol import frames as f
 from protocol.errors import (
     BadPassword,
@@ -183,15 +185,6 @@ def login_failure(exc: BaseException, user: str, url: str) -> tuple[DialogKind, 
                 f"Cannot reach the chat server at {url}.\n\n{reason}\n\n"
                 "Check the address and that the server is running.")
     return ("error", "Connection Failed", f"Could not connect to {url}: {_reason(exc)}")
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "The server did not answer in time."
-    if isinstance(exc, ConnectionRefusedError):
-        return "The connection was refused (nothing is listening on that port)."
-    text = str(exc).strip()
-    return text[:1].upper() + text[1:] if text else type(exc).__name__
 
 
 # -- model --------------------------------------------------------------------
@@ -1173,11 +1166,6 @@ def run_mainloop(root: tk.Tk) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _report_callback_exception(exc: type[BaseException], value: BaseException, tb: Any) -> None:
-    """Tk callback errors go to the log, never to a traceback dialog or a dead window."""
-    log.error("error in a Tk callback", exc_info=(exc, value, tb))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from common import keys
+from common.redis import REDIS_ERRORS
+from common.runtime import retrieve
 from protocol.errors import ChatError, Forbidden, NotFound
 from protocol.names import id_tuple
 
@@ -67,7 +68,6 @@ _MESSAGE = b'{"type":"message"'
 _MARK = b'{"type":"_mark","n":"'
 _MAX_PARKED = 10_000  # frames buffered for one pending join (a join takes one round trip)
 _events = msgspec.json.Decoder(dict[str, object])
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
 
@@ -215,9 +215,9 @@ class GroupRelay:
         self.detach(session, gkey)
         try:
             return await decide()
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             if name is not None:
-                with contextlib.suppress(*_REDIS_ERRORS, ChatError):
+                with contextlib.suppress(*REDIS_ERRORS, ChatError):
                     _, since = await self.groups.membership(session.key, [gkey])
                     if gkey in since and gkey not in session.groups:
                         await self.open(session, gkey, None)
@@ -307,7 +307,7 @@ class GroupRelay:
         sub = self._subs.get(gkey)
         if sub is None:
             sub = asyncio.ensure_future(self.router.subscribe(keys.group_channel(gkey), self._handler(gkey)))
-            sub.add_done_callback(_retrieve)
+            sub.add_done_callback(retrieve)
             self._subs[gkey] = sub
         try:
             await asyncio.shield(sub)
@@ -396,7 +396,7 @@ class GroupRelay:
                 await self.flush_cursors()
             except asyncio.CancelledError:
                 raise
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("could not save group positions (%s); retrying", type(exc).__name__)
             except Exception:
                 log.exception("saving group positions failed")
@@ -407,6 +407,3 @@ def cursors_of(session: Session) -> dict[str, str]:
     return {g: f"{mid[0]}-{mid[1]}" for g, mid in session.last_group.items() if g in session.groups}
 
 
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()

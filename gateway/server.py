@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import BusyLoadingError, ResponseError
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -42,12 +42,10 @@ from websockets.typing import Origin
 from common import keys
 from common.backoff import Backoff
 from common.config import Settings
-from common.http import Route, serve_http
-from common.logs import setup_logging
-from common.metrics import CONTENT_TYPE
-from common.metrics import Registry as Metrics
-from common.redis import connect_redis
-from common.runtime import cancel_and_wait, run_service
+from common.http import Route, health_routes, serve_http
+from common.metrics import Metrics
+from common.redis import REDIS_ERRORS, connect_redis, redacted_url
+from common.runtime import cancel_and_wait, retrieve, service_main
 from presence.registry import Claim, NoLease, Registry, token_hash
 from protocol import frames as f
 from protocol.errors import (
@@ -82,7 +80,6 @@ from .store import Replay, Store, frame_id
 
 log = logging.getLogger("chinwag.gateway")
 
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _control = msgspec.json.Decoder(dict[str, object])
 _presence_decoder = msgspec.json.Decoder(f.Presence)
 _WS_LOG = logging.getLogger("websockets.server")
@@ -202,7 +199,7 @@ class Gateway:
             # names whose sockets are gone: free them before taking the lease over.
             if freed := await self.registry.release_gateway(self.node_id):
                 log.warning("freed %d names left by a previous run of %s", len(freed), self.node_id)
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             log.warning("Redis unreachable at start; serving anyway and retrying in the background")
         self._spawn(self.router.run(), "router")
         self._spawn(self.accounts.backfill_skeletons(), "skeleton-backfill")
@@ -243,7 +240,7 @@ class Gateway:
             self.node_id,
             self.settings.host,
             self.port,
-            _redacted(self.settings.redis_url or ""),
+            redacted_url(self.settings.redis_url),
         )
 
     @property
@@ -251,14 +248,7 @@ class Gateway:
         return self.router.healthy and self.redis_ok and not self.stopping
 
     def health_routes(self) -> dict[str, Route]:
-        def readyz() -> tuple[int, str, bytes]:
-            return (200, "text/plain", b"ready\n") if self.ready else (503, "text/plain", b"not ready\n")
-
-        return {
-            "/healthz": lambda: (200, "text/plain", b"ok\n"),
-            "/readyz": readyz,
-            "/metrics": lambda: (200, CONTENT_TYPE, self.metrics.render()),
-        }
+        return health_routes(lambda: self.ready, self.metrics.render)
 
     @property
     def port(self) -> int:
@@ -280,7 +270,7 @@ class Gateway:
         try:
             freed = await asyncio.wait_for(self.registry.release_gateway(self.node_id), 3)
             log.info("released %d names", len(freed))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not release names (%s); the presence service will reap them", type(exc).__name__)
         if self.server is not None:
             try:
@@ -328,7 +318,7 @@ class Gateway:
                 await asyncio.sleep(self.settings.lease_ttl / 3)
             except asyncio.CancelledError:
                 raise
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 if self.redis_ok:
                     log.warning("Redis unreachable (%s); answering sends with 'unavailable'", type(exc).__name__)
                 self.redis_ok = False
@@ -378,12 +368,9 @@ class Gateway:
         path = request.path.split("?", 1)[0]
         if path.startswith("/files/"):
             return await self.files.http_download(request)
-        if path == "/healthz":
-            return _text(http.HTTPStatus.OK, "ok\n")
-        if path == "/readyz":
-            if self.ready:
-                return _text(http.HTTPStatus.OK, "ready\n")
-            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "not ready\n")
+        if path in ("/healthz", "/readyz"):  # the probes answer on the WebSocket port too
+            status, _, body = self.health_routes()[path]()
+            return _text(http.HTTPStatus(status), body.decode())
         return None
 
     # -- connections --------------------------------------------------------
@@ -502,7 +489,7 @@ class Gateway:
             except BaseException:
                 self.joining.discard(session)
                 raise
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise _redis_failure(exc) from None
         recovered = {f.STREAM_DM: dms.recovered} if f.STREAM_DM in resume else {}
         if broadcasts is not None:
@@ -547,7 +534,7 @@ class Gateway:
         if dms.frames:
             try:
                 await self.store.advance_delivered(key, dms.frames[-1][0])
-            except _REDIS_ERRORS:
+            except REDIS_ERRORS:
                 log.warning("could not record delivery for %s; replay may repeat", name)
         log.info(
             "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, _peer(ws),
@@ -617,7 +604,7 @@ class Gateway:
                         log.warning("%s kept sending while rate limited; closing", session.name)
                         await ws.close(CloseCode.RATE_ABUSE, "rate limit abuse")
                         return
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 failure = _redis_failure(exc)
                 failure.ref = frame.ref if frame is not None else None
                 self._reply_error(ws, failure, session)
@@ -760,7 +747,7 @@ class Gateway:
         if owned and cursors:
             try:  # where a later login without resume positions picks each group up
                 await self.groups.save_cursors(session.key, cursors)
-            except _REDIS_ERRORS:
+            except REDIS_ERRORS:
                 log.warning("could not save group positions of %s", session.name)
         if not self._forget(session):  # taken over on this very gateway: the new session owns it all
             return
@@ -771,7 +758,7 @@ class Gateway:
     async def _release(self, session: Session) -> None:
         try:
             await self.registry.release(session.key, self.node_id, session.token)
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             self._to_release[(session.key, session.token)] = None
 
     def _reply_error(self, ws: ServerConnection, exc: ChatError, session: Session | None = None) -> None:
@@ -869,7 +856,7 @@ class Gateway:
             while True:
                 try:
                     recovered = await self._catch_up(sessions)
-                except _REDIS_ERRORS as exc:
+                except REDIS_ERRORS as exc:
                     if loop.time() > deadline:
                         log.error("gave up catching up after reconnect (%s); clients resume on their next login",
                                   type(exc).__name__)
@@ -963,7 +950,7 @@ class Gateway:
                     pong = cast("asyncio.Future[float]", await ws.ping())
                 except ConnectionClosed:
                     continue
-                pong.add_done_callback(_retrieve)
+                pong.add_done_callback(retrieve)
                 waiting[ws] = pong
 
     async def _sweep_buffers(self) -> None:
@@ -1006,12 +993,6 @@ async def _cut_off(ws: ServerConnection, code: int = CloseCode.SLOW_CONSUMER, re
             ws.transport.abort()
 
 
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """A pong that never came fails with ConnectionClosed when its socket goes: that is expected."""
-    if not fut.cancelled():
-        fut.exception()
-
-
 def _redis_failure(exc: BaseException) -> ChatError:
     """Redis away (or still loading) is ``unavailable``; Redis refusing a command is our bug."""
     if isinstance(exc, ResponseError) and not isinstance(exc, BusyLoadingError):
@@ -1047,13 +1028,6 @@ def _peer(ws: ServerConnection) -> str:
     return peer
 
 
-def _redacted(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
-
-
 async def serve_until(settings: Settings, stop: asyncio.Event, ready: Callable[[Gateway], None] | None = None) -> None:
     """Run a gateway until ``stop`` is set (the embedded server shares this)."""
     gateway = Gateway(settings)
@@ -1067,15 +1041,7 @@ async def serve_until(settings: Settings, stop: asyncio.Event, ready: Callable[[
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_args(
-        "gateway", argv, prog="chinwag-gateway",
-        description="Chinwag WebSocket gateway: one stateless node of a chat cluster.",
-    )
-    setup_logging(settings.log_level, settings.log_json)
-    if not settings.redis_url:
-        raise SystemExit("chinwag-gateway needs --redis-url (or REDIS_URL)")
-
-    run_service(lambda stop: serve_until(settings, stop))
+    service_main("gateway", argv, "Chinwag WebSocket gateway: one stateless node of a chat cluster.", serve_until)
 
 
 if __name__ == "__main__":

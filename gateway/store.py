@@ -321,10 +321,6 @@ class Store:
         rows.reverse()
         return [msgspec.Raw(fields[b"f"]) for _, fields in rows]
 
-    async def inbox_after(self, key: str, after: str, limit: int = 10_000) -> list[tuple[str, bytes]]:
-        """Inbox entries strictly after ``after``, oldest first: (id, frame)."""
-        return await self.stream_after(keys.inbox_stream(key), after, limit)
-
     async def stream_after(self, stream: str, after: str, limit: int = 10_000) -> list[tuple[str, bytes]]:
         """Stream entries strictly after ``after``, oldest first: (id, frame)."""
         rows: list[Any] = await self.redis.xrange(stream, f"({after}", "+", count=limit) or []
