@@ -55,6 +55,8 @@ import msgspec
 from common import keys
 from common.redis import REDIS_ERRORS
 from common.runtime import retrieve
+from protocol import control
+from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound
 from protocol.names import id_tuple
 
@@ -64,8 +66,6 @@ from .session import Session
 
 log = logging.getLogger("chinwag.groups")
 
-_MESSAGE = b'{"type":"message"'
-_MARK = b'{"type":"_mark","n":"'
 _MAX_PARKED = 10_000  # frames buffered for one pending join (a join takes one round trip)
 _events = msgspec.json.Decoder(dict[str, object])
 
@@ -79,7 +79,7 @@ class _Pending:
 
     def __init__(self, nonce: str | None) -> None:
         # No nonce (login, re-attach): no marker comes; membership was read after subscribing.
-        self.marker = _MARK + nonce.encode() + b'"}' if nonce else b""
+        self.marker = control.mark(nonce) if nonce else b""
         self.marked = not nonce
         self.frames: list[bytes] = []  # after the marker, in arrival order
         self.admit: tuple[str, tuple[int, int]] | None = None  # (display name, first position) once Redis said yes
@@ -189,7 +189,7 @@ class GroupRelay:
         for frame in p.frames:  # published after the membership began
             if gkey not in session.groups:
                 break  # removed again within them
-            if frame.startswith(_MESSAGE):
+            if frame.startswith(f.MESSAGE_PREFIX):
                 session.deliver_group(gkey, frame)
             else:
                 self._event(session, gkey, frame, _leaver(frame))
@@ -259,10 +259,10 @@ class GroupRelay:
         def deliver(frame: bytes) -> None:
             members = self.members.get(gkey)
             if members:
-                if frame.startswith(_MESSAGE):
+                if frame.startswith(f.MESSAGE_PREFIX):
                     for session in members:  # deliver_group never changes membership
                         session.deliver_group(gkey, frame)
-                elif not frame.startswith(_MARK):
+                elif not frame.startswith(control.MARK_PREFIX):
                     leaver = _leaver(frame)
                     for session in list(members):
                         self._event(session, gkey, frame, leaver)
@@ -290,7 +290,7 @@ class GroupRelay:
                 if p.admit is not None:
                     self._promote(session, gkey, p)
             return  # before the marker: published before the membership existed
-        if frame.startswith(_MARK):
+        if frame.startswith(control.MARK_PREFIX):
             return
         if len(p.frames) < _MAX_PARKED:
             p.frames.append(frame)

@@ -47,6 +47,7 @@ from common.metrics import Metrics
 from common.redis import REDIS_ERRORS, connect_redis, redacted_url
 from common.runtime import cancel_and_wait, retrieve, service_main
 from presence.registry import Claim, NoLease, Registry, token_hash
+from protocol import control
 from protocol import frames as f
 from protocol.errors import (
     AlreadyLoggedIn,
@@ -63,6 +64,7 @@ from protocol.errors import (
     UsernameTaken,
 )
 from protocol.files import is_chunk
+from protocol.frames import frame_id
 from protocol.names import group_name, id_tuple, login_name, normalize_name, parse_address
 
 from .accounts import Accounts
@@ -76,11 +78,10 @@ from .pipeline import AutoPipeline
 from .request_rate import RequestLimiter
 from .router import Router
 from .session import Session
-from .store import Replay, Store, frame_id
+from .store import Replay, Store
 
 log = logging.getLogger("chinwag.gateway")
 
-_control = msgspec.json.Decoder(dict[str, object])
 _presence_decoder = msgspec.json.Decoder(f.Presence)
 _WS_LOG = logging.getLogger("websockets.server")
 
@@ -564,20 +565,20 @@ class Gateway:
     def _on_control(self, data: bytes) -> None:
         """Messages for this gateway alone: a session was taken over elsewhere."""
         try:
-            msg = _control.decode(data)
-        except msgspec.DecodeError:
+            msg = control.decode(data)
+        except msgspec.DecodeError:  # ValidationError included
             log.error("bad control message: %.200r", data)
             return
-        if "part" in msg:  # no longer in a group (removed, or left on another session): stop delivery now
-            self.relay.part(str(msg.get("user")), str(msg["part"]), self.sessions)
+        if isinstance(msg, control.Part):  # no longer in a group (removed, or left on another session)
+            self.relay.part(msg.user, msg.group, self.sessions)
             return
-        if "notify" in msg:  # e.g. an invitation, for a user who is not (yet) in the group
-            member = self.sessions.get(str(msg["notify"]))
+        if isinstance(msg, control.Notify):  # e.g. an invitation, for a user who is not (yet) in the group
+            member = self.sessions.get(msg.user)
             if member is not None:
-                member.push(msgspec.json.encode(msg.get("frame")))
+                member.push(bytes(msg.frame))
             return
-        session = self._by_token.get(str(msg.get("token", "")))
-        if session is not None and session.key == msg.get("kick"):
+        session = self._by_token.get(msg.token)
+        if session is not None and session.key == msg.user:
             log.info("session of %s taken over by a new connection; closing the old one", session.name)
             self._drop_live(session.ws)
             self.relay.detach_all(session)  # group membership moved with the name

@@ -22,9 +22,9 @@ from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
 from common.metrics import Counter
+from protocol.frames import frame_id
 
 from .connection import set_write_bound
-from .store import frame_id
 
 log = logging.getLogger("chinwag.session")
 
