@@ -12,6 +12,12 @@ each local user's inbox after the last id it wrote, holding live frames back
 meanwhile; every message stored while the gateway was cut off still arrives,
 once and in order.
 
+``Gateway`` wires the concerns, each in a module of its own (docs/architecture.md):
+admission.py (the handshake: per-IP limits, TLS, origins, probes), dispatch.py
+(a logged-in connection's requests), fanout.py (the live set and presence),
+keepalive.py (pings, slow consumers), group_relay.py (group delivery), and here
+the login, the lease, and recovery after a pub/sub outage.
+
 Lifecycle (like uvicorn): SIGTERM stops accepting, closes sockets with 1001,
 releases every name this gateway holds in one atomic step, and drains for at
 most ``shutdown_timeout`` seconds.
@@ -20,24 +26,16 @@ most ``shutdown_timeout`` seconds.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import secrets
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import BusyLoadingError, ResponseError
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.http11 import Request, Response
-from websockets.protocol import State
-from websockets.typing import Origin
 
 from common import keys
 from common.backoff import Backoff
@@ -45,34 +43,33 @@ from common.config import Settings
 from common.http import Route, health_routes, serve_http
 from common.metrics import Metrics
 from common.redis import REDIS_ERRORS, connect_redis, redacted_url
-from common.runtime import cancel_and_wait, retrieve, service_main
+from common.runtime import cancel_and_wait, service_main
 from presence.registry import Claim, NoLease, Registry, token_hash
 from protocol import control
 from protocol import frames as f
 from protocol.errors import (
-    AlreadyLoggedIn,
     ChatError,
     CloseCode,
-    Internal,
     LoginError,
     NotLoggedIn,
-    NotMember,
     RateLimited,
     Unavailable,
-    UnknownUser,
     UnsupportedVersion,
     UsernameTaken,
 )
-from protocol.files import is_chunk
 from protocol.frames import frame_id
-from protocol.names import group_name, id_tuple, login_name, normalize_name, parse_address
+from protocol.names import group_name, id_tuple, login_name
 
 from .accounts import Accounts
-from .client_ip import ClientAddressConnection, TrustedProxies, client_ip
+from .admission import Admission
+from .client_ip import TrustedProxies, client_ip, peer
 from .connection import bounded_connection
+from .dispatch import Dispatcher, redis_failure, reply_error
+from .fanout import Fanout
 from .files import FileService
 from .group_relay import GroupRelay, cursors_of
-from .groups import Groups, GroupState
+from .groups import Groups
+from .keepalive import cut_off, keepalive, sweep_buffers
 from .limits import SharedIpLimiter
 from .pipeline import AutoPipeline
 from .request_rate import RequestLimiter
@@ -82,7 +79,6 @@ from .store import Replay, Store
 
 log = logging.getLogger("chinwag.gateway")
 
-_presence_decoder = msgspec.json.Decoder(f.Presence)
 _WS_LOG = logging.getLogger("websockets.server")
 
 
@@ -133,11 +129,6 @@ class Gateway:
         self.groups = Groups(self.redis)
         self.relay = GroupRelay(self.router, self.groups, self._spawn)  # local members and their delivery
         self.requests = RequestLimiter(self.redis, settings.rate_requests, settings.rate_request_burst, self.pipeline)
-        self.live: set[ServerConnection] = set()  # logged in and past replay: broadcasts go here
-        self.presence_each: set[ServerConnection] = set()  # live, login.presence "each"
-        self.presence_batched: set[ServerConnection] = set()  # live, login.presence "batched"
-        self._presence_pending: dict[str, str] = {}  # user -> latest status, for the next presence_batch
-        self._presence_timer: asyncio.TimerHandle | None = None
         self.server: Server | None = None
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -171,6 +162,16 @@ class Gateway:
         m.gauge("chinwag_pubsub_channels", "Redis channels subscribed", lambda: self.router.channels)
         m.gauge("chinwag_ready", "1 when Redis is reachable and subscriptions are live", lambda: float(self.ready))
         self.files = FileService(settings, self.redis, metrics=m, errors=self.m_errors)  # blobs in settings.blob_path
+        # The concerns the gateway wires together, each in its own module.
+        self.fanout = Fanout(settings.presence_batch, lambda: self.joining, self.m_out)
+        self.dispatcher = Dispatcher(
+            settings, self.parser, self.redis, self.store, self.registry, self.groups, self.relay, self.files,
+            self.requests, self.m_in, self.m_out, self.m_errors, self.m_publish,
+        )
+        self.admission = Admission(
+            settings, self.ip_connections, lambda: self.server, self.files.http_download, self.health_routes,
+            self.m_errors,
+        )
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -204,12 +205,13 @@ class Gateway:
             log.warning("Redis unreachable at start; serving anyway and retrying in the background")
         self._spawn(self.router.run(), "router")
         self._spawn(self.accounts.backfill_skeletons(), "skeleton-backfill")
-        self._spawn(self._sweep_buffers(), "buffer-sweep")
+        self._spawn(sweep_buffers(self.settings.max_write_buffer, self.sessions.values, self._on_slow),
+                    "buffer-sweep")
         if self.settings.ping_interval > 0:
-            self._spawn(self._keepalive(), "keepalive")
+            self._spawn(keepalive(self.settings.ping_interval, self._connections, self._spawn), "keepalive")
         self._spawn(self.relay.run_cursor_flusher(self.settings.group_cursor_interval), "group-cursors")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self._on_broadcast)
-        self.router.set_handler(keys.PRESENCE_CHANNEL, self._fan_out)
+        self.router.set_handler(keys.PRESENCE_CHANNEL, self.fanout.on_presence)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self._start_recovery
         self.router.on_lost = self._hold_everything
@@ -218,9 +220,9 @@ class Gateway:
             self._handle,
             self.settings.host,
             self.settings.port,
-            ssl=self._tls_context(),
-            origins=self._origins(),
-            process_request=self._http,
+            ssl=self.admission.tls_context(),
+            origins=self.admission.origins(),
+            process_request=self.admission.process_request,
             # Bounded writes and control frames (connection.py); a POST gets 405, not a silent close (handshake.py).
             # It also notes the client's address (client_ip.py) before _handle empties the headers.
             create_connection=bounded_connection(
@@ -279,8 +281,7 @@ class Gateway:
             except TimeoutError:
                 log.warning("drain timed out after %.1fs", self.settings.shutdown_timeout)
         await cancel_and_wait(self._tasks)
-        if self._presence_timer is not None:
-            self._presence_timer.cancel()
+        self.fanout.close()
         self.accounts.close()
         await self.pipeline.aclose()
         await self.redis.aclose()
@@ -339,41 +340,6 @@ class Gateway:
             await self.registry.release(key, self.node_id, token)
             del self._to_release[(key, token)]
 
-    # -- HTTP ---------------------------------------------------------------
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.settings.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        return context
-
-    def _origins(self) -> list[Origin | None] | None:
-        """Browsers must come from an allowed Origin; other clients send none and are let in."""
-        if not self.settings.allowed_origins:
-            return None
-        allowed = [Origin(o.strip()) for o in self.settings.allowed_origins.split(",") if o.strip()]
-        return [None, *allowed]
-
-    async def _http(self, conn: ServerConnection, request: Request) -> Response | None:
-        if wait := await self.ip_connections.take(_ip(conn)):
-            self.m_errors.inc("ip_connections")
-            response = _text(http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address\n")
-            response.headers["Retry-After"] = str(max(1, round(wait)))
-            return response
-        # ``connections`` counts open sockets only, not the one still in its handshake.
-        if self.server is not None and len(self.server.connections) >= self.settings.max_connections:
-            self.m_errors.inc("max_connections")
-            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
-        path = request.path.split("?", 1)[0]
-        if path.startswith("/files/"):
-            return await self.files.http_download(request)
-        if path in ("/healthz", "/readyz"):  # the probes answer on the WebSocket port too
-            status, _, body = self.health_routes()[path]()
-            return _text(http.HTTPStatus(status), body.decode())
-        return None
-
     # -- connections --------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -393,7 +359,7 @@ class Gateway:
                 return
             session = await self._login(ws)
             if session is not None:
-                await self._serve(session)
+                await self.dispatcher.serve(session)
         except ConnectionClosed:
             pass
         except Exception:
@@ -491,7 +457,7 @@ class Gateway:
                 self.joining.discard(session)
                 raise
         except REDIS_ERRORS as exc:
-            raise _redis_failure(exc) from None
+            raise redis_failure(exc) from None
         recovered = {f.STREAM_DM: dms.recovered} if f.STREAM_DM in resume else {}
         if broadcasts is not None:
             recovered[f.STREAM_BROADCAST] = broadcasts.recovered
@@ -529,7 +495,7 @@ class Gateway:
             raise
         self.joining.discard(session)
         session.go_live()
-        self._add_live(session)
+        self.fanout.add(session)
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
         if dms.frames:
@@ -538,7 +504,7 @@ class Gateway:
             except REDIS_ERRORS:
                 log.warning("could not record delivery for %s; replay may repeat", name)
         log.info(
-            "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, _peer(ws),
+            "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, peer(ws),
             " taking over its session" if claim.took_over else "", len(dms.frames),
             len(broadcasts.frames) if broadcasts else 0,
             "" if all(recovered.values()) else "; history no longer reaches the resume point",
@@ -580,124 +546,11 @@ class Gateway:
         session = self._by_token.get(msg.token)
         if session is not None and session.key == msg.user:
             log.info("session of %s taken over by a new connection; closing the old one", session.name)
-            self._drop_live(session.ws)
+            self.fanout.drop(session.ws)
             self.relay.detach_all(session)  # group membership moved with the name
             self._close_later(session.ws, CloseCode.TAKEN_OVER, "session taken over")
 
-    async def _serve(self, session: Session) -> None:
-        ws = session.ws
-        while True:  # not ``async for``: its generator frame is memory every idle socket would hold
-            raw = await ws.recv()  # ConnectionClosed ends the loop (_handle)
-            if is_chunk(raw):  # a binary upload chunk (protocol/files.py); answered, never raises
-                session.push(await self.files.on_chunk(session, raw))
-                continue
-            frame: f.ClientFrame | None = None
-            try:
-                frame = self.parser.parse(raw)
-                reply = await self._dispatch(session, frame)
-            except ChatError as exc:
-                if exc.ref is None and frame is not None:
-                    exc.ref = frame.ref
-                self._reply_error(ws, exc, session)
-                if isinstance(exc, RateLimited):
-                    session.limited += 1
-                    if session.limited >= self.settings.rate_abuse_limit:
-                        log.warning("%s kept sending while rate limited; closing", session.name)
-                        await ws.close(CloseCode.RATE_ABUSE, "rate limit abuse")
-                        return
-            except REDIS_ERRORS as exc:
-                failure = _redis_failure(exc)
-                failure.ref = frame.ref if frame is not None else None
-                self._reply_error(ws, failure, session)
-            else:
-                if not isinstance(frame, f.Ping):  # free pings must not reset the abuse count
-                    session.limited = 0
-                self.m_out.inc("reply")
-                session.push(reply)
-
-    async def _dispatch(self, session: Session, frame: f.ClientFrame) -> bytes:
-        if isinstance(frame, f.Send):
-            address = parse_address(frame.to)
-            file_json = await self.files.check_ref(frame.file) if frame.file is not None else b""
-            started = time.perf_counter()
-            if address.kind == "user":
-                stored = await self.store.send_dm(
-                    session.name_json, session.key, address.key, frame.body, frame.ref, file_json
-                )
-                if stored is None:
-                    raise UnknownUser(f"no user named {address.name!r}")
-                self.m_in.inc("dm")
-            elif address.kind == "group":
-                stored = await self.store.send_group(
-                    session.name_json, session.key, address.key, frame.body, frame.ref, file_json
-                )
-                self.m_in.inc("group")
-            else:
-                stored = await self.store.send_broadcast(
-                    session.name_json, session.key, frame.body, frame.ref, file_json
-                )
-                self.m_in.inc("broadcast")
-            self.m_publish.observe(time.perf_counter() - started)
-            return f.encode(f.Ack(id=stored.id, ts=stored.ts, ref=frame.ref, duplicate=stored.duplicate))
-        if isinstance(frame, f.Ping):
-            return f.encode(f.Pong(ref=frame.ref))
-        await self.requests.take(session.key)  # every other request kind: the user's request budget
-        if isinstance(frame, f.Who):
-            cap = self.settings.online_page
-            page = await self.registry.online_page(frame.cursor, min(frame.limit or cap, cap))
-            return f.encode(f.Online(users=page.names, total=page.total, next=page.next, ref=frame.ref))
-        if isinstance(frame, f.HistoryRequest):
-            address = parse_address(frame.conv)
-            if address.kind == "group":
-                if not await self.groups.is_member(address.key, session.key):
-                    raise NotMember()
-                stream = keys.group_stream(address.key)
-            elif address.kind == "user":
-                stream = keys.dm_stream(session.key, address.key)
-            else:
-                stream = keys.BROADCAST_STREAM
-            messages = await self.store.history(stream, frame.before, frame.limit)
-            return f.encode(f.HistoryPage(conv=frame.conv, messages=messages, ref=frame.ref))
-        if isinstance(frame, f.Group):
-            return await self._group_op(session, frame)
-        if isinstance(frame, f.Groups):
-            summaries = [f.GroupSummary(g.name, g.owner, g.invite_only) for g in await self.groups.of_user(session.key)]
-            return f.encode(f.GroupList(groups=summaries, ref=frame.ref))
-        if isinstance(frame, f.Upload):
-            return await self.files.start_upload(session, frame)
-        raise AlreadyLoggedIn()
-
-    # -- groups -------------------------------------------------------------
-
-    async def _group_op(self, session: Session, frame: f.Group) -> bytes:
-        """One ``group`` op.  Membership changes are decided in Redis before delivery changes here;
-        gateway/group_relay.py says in what order and why no frame reaches a non-member."""
-        gname, gkey = group_name(frame.group)
-        op = frame.op
-        if op == "create":
-            async def create(nonce: str) -> tuple[GroupState, bool]:
-                return await self.groups.create(
-                    gkey, gname, session.key, session.name, bool(frame.invite_only), nonce), True
-
-            state = await self.relay.join(session, gkey, create)
-        elif op == "join":
-            state = await self.relay.join(
-                session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
-        elif op == "leave":
-            await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
-            return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
-        elif op in ("invite", "remove"):
-            target, tkey = normalize_name((frame.user or "").removeprefix("@"))
-            account: Any = await self.redis.hget(keys.account(tkey), "name")
-            if account is None:
-                raise UnknownUser(f"no user named {target!r}")
-            state = await self.groups.owner_op(op, gkey, session.key, session.name, tkey, account.decode())
-        elif op == "set":
-            state = await self.groups.owner_op(op, gkey, session.key, session.name, invite_only=bool(frame.invite_only))
-        else:  # members
-            state = await self.groups.state(gkey, session.key)
-        return f.encode(f.GroupInfo(op=op, group=state.name, owner=state.owner, invite_only=state.invite_only,
-                                    members=state.members, position=state.position, ref=frame.ref))
+    # -- groups at login, logout ---------------------------------------------
 
     async def _join_groups_at_login(
         self, session: Session, resume: dict[str, str]
@@ -740,7 +593,7 @@ class Gateway:
         return out
 
     async def _logout(self, session: Session) -> None:
-        self._drop_live(session.ws)
+        self.fanout.drop(session.ws)
         self.joining.discard(session)
         owned = self.sessions.get(session.key) is session
         cursors = cursors_of(session)
@@ -765,53 +618,9 @@ class Gateway:
     def _reply_error(self, ws: ServerConnection, exc: ChatError, session: Session | None = None) -> None:
         """The one place a ChatError becomes an error frame on the wire."""
         self.m_errors.inc(exc.code.value)
-        _write_error(ws, exc, session)
+        reply_error(ws, exc, self.m_errors, session)
 
-    # -- fan-out ------------------------------------------------------------
-
-    def _add_live(self, session: Session) -> None:
-        self.live.add(session.ws)
-        if session.presence == f.PRESENCE_EACH:
-            self.presence_each.add(session.ws)
-        elif session.presence == f.PRESENCE_BATCHED:
-            self.presence_batched.add(session.ws)
-
-    def _drop_live(self, ws: ServerConnection) -> None:
-        self.live.discard(ws)
-        self.presence_each.discard(ws)
-        self.presence_batched.discard(ws)
-
-    def _fan_out(self, frame: bytes) -> None:
-        """Presence events: serialised once, written to every socket that wants each one; coalesced
-        for ``batched`` logins, which get one ``presence_batch`` per window however busy logins are."""
-        if self.presence_each:
-            broadcast(self.presence_each, frame, text=True)
-            self.m_out.inc("presence", amount=len(self.presence_each))
-        if self.presence_batched:
-            try:
-                event = _presence_decoder.decode(frame)
-            except msgspec.DecodeError:
-                log.error("unreadable presence event %r", frame[:200])
-            else:
-                self._presence_pending[event.user] = event.status  # the latest status wins
-                if self._presence_timer is None:
-                    loop = asyncio.get_running_loop()
-                    self._presence_timer = loop.call_later(self.settings.presence_batch, self._flush_presence)
-        for session in self.joining:
-            if session.presence != f.PRESENCE_OFF:
-                session.hold(frame)
-
-    def _flush_presence(self) -> None:
-        self._presence_timer = None
-        pending, self._presence_pending = self._presence_pending, {}
-        if not pending or not self.presence_batched:
-            return
-        batch = f.PresenceBatch(
-            online=[user for user, status in pending.items() if status == "online"],
-            offline=[user for user, status in pending.items() if status != "online"],
-        )
-        broadcast(self.presence_batched, f.encode(batch), text=True)
-        self.m_out.inc("presence_batch", amount=len(self.presence_batched))
+    # -- broadcasts and recovery ---------------------------------------------
 
     def _on_broadcast(self, frame: bytes) -> None:
         if self._broadcast_held is not None:
@@ -823,8 +632,7 @@ class Gateway:
         mid = frame_id(frame)
         if mid > self.last_broadcast:  # older or equal: already fanned out by replay or live
             self.last_broadcast = mid
-            broadcast(self.live, frame, text=True)
-            self.m_out.inc("broadcast", amount=len(self.live))
+            self.m_out.inc("broadcast", amount=self.fanout.broadcast(frame))
             for session in self.joining:
                 session.hold_broadcast(frame)
 
@@ -915,118 +723,34 @@ class Gateway:
                 recovered += 1
         page = await self.registry.online_page(None, self.settings.online_page)  # clients page on with `who`
         online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
-        broadcast(self.live, online, text=True)
+        self.fanout.broadcast(online)
         return recovered
 
-    async def _keepalive(self) -> None:
-        """Ping every open socket each ``ping_interval``; close those whose last ping went unanswered.
-
-        websockets' own keepalive is a task per connection, a kilobyte or more each;
-        this is one task and one future per connection between sweeps."""
-        interval = self.settings.ping_interval
-        waiting: dict[ServerConnection, asyncio.Future[float]] = {}
-        backed_up: set[ServerConnection] = set()
-
-        def drop(ws: ServerConnection, what: str) -> None:  # what: a format of (peer, interval)
-            log.info(what + "; closing", _peer(ws), interval)
-            self._spawn(_cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
-
-        while True:
-            await asyncio.sleep(interval)
-            for ws, pong in waiting.items():
-                if not pong.done() and ws.state is State.OPEN:
-                    drop(ws, "no pong from %s within %.0fs")
-            waiting.clear()
-            if self.server is None:
-                continue
-            was_backed_up, backed_up = backed_up, set()
-            for ws in self.server.connections:
-                if ws.paused:  # its writes are backed up: a ping would wait behind them
-                    if ws in was_backed_up:
-                        drop(ws, "%s has not read for %.0fs")
-                    else:
-                        backed_up.add(ws)
-                    continue
-                try:
-                    pong = cast("asyncio.Future[float]", await ws.ping())
-                except ConnectionClosed:
-                    continue
-                pong.add_done_callback(retrieve)
-                waiting[ws] = pong
-
-    async def _sweep_buffers(self) -> None:
-        """Catch clients that only receive fan-out frames (never checked per write) and stopped reading."""
-        while True:
-            await asyncio.sleep(0.5)
-            limit = self.settings.max_write_buffer
-            for session in list(self.sessions.values()):
-                transport = session.ws.transport
-                if transport is not None and transport.get_write_buffer_size() > limit:
-                    self._on_slow(session)
-
     def _on_slow(self, session: Session) -> None:
-        if session.ws in self.live:
-            self._drop_live(session.ws)
+        if session.ws in self.fanout.live:
+            self.fanout.drop(session.ws)
             log.warning("%s is not reading; closing as slow consumer", session.name)
             self.m_slow.inc()
-            self._spawn(_cut_off(session.ws), "cut-off")
+            self._spawn(cut_off(session.ws), "cut-off")
 
     def _on_dropped(self, ws: ServerConnection, reason: str, detail: str) -> None:
         """A socket was aborted for sending without reading or for a ping flood (gateway/connection.py)."""
-        log.warning("%s %s; dropped", _peer(ws), detail)
+        log.warning("%s %s; dropped", peer(ws), detail)
         if reason == "write_bound":
             self.m_slow.inc()
         else:
             self.m_errors.inc(reason)
 
+    def _connections(self) -> list[ServerConnection]:
+        return list(self.server.connections) if self.server is not None else []
+
     def _close_later(self, ws: ServerConnection, code: int, reason: str) -> None:
         self._spawn(ws.close(code, reason), "close")
-
-
-async def _cut_off(ws: ServerConnection, code: int = CloseCode.SLOW_CONSUMER, reason: str = "slow consumer") -> None:
-    """Close with ``code`` if the peer still reads at all, else drop it: its backlog is not ours to keep."""
-    try:
-        await asyncio.wait_for(ws.close(code, reason), 2)
-    except TimeoutError:
-        pass
-    finally:
-        if ws.transport is not None:
-            ws.transport.abort()
-
-
-def _redis_failure(exc: BaseException) -> ChatError:
-    """Redis away (or still loading) is ``unavailable``; Redis refusing a command is our bug."""
-    if isinstance(exc, ResponseError) and not isinstance(exc, BusyLoadingError):
-        log.error("Redis refused a command", exc_info=exc)
-        return Internal()
-    return Unavailable()
-
-
-def _write_error(ws: ServerConnection, exc: ChatError, session: Session | None = None) -> None:
-    data = f.encode(f.error_frame(exc, exc.ref))
-    if session is not None:
-        session.push(data)
-    else:
-        broadcast((ws,), data, text=True)
-
-
-def _text(status: http.HTTPStatus, body: str) -> Response:
-    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
-    return Response(status.value, status.phrase, headers, body.encode())
 
 
 def _ip(ws: ServerConnection) -> str:
     """The client's address: the TCP peer's, or a trusted proxy's X-Forwarded-For (gateway/client_ip.py)."""
     return client_ip(ws)
-
-
-def _peer(ws: ServerConnection) -> str:
-    """For logs: ``ip:port``, or ``client via proxy:port`` behind a trusted proxy."""
-    addr = ws.remote_address
-    peer = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-    if isinstance(ws, ClientAddressConnection) and ws.proxy:
-        return f"{ws.client_ip} via {peer}"
-    return peer
 
 
 async def serve_until(settings: Settings, stop: asyncio.Event, ready: Callable[[Gateway], None] | None = None) -> None:
