@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from chinwag.cluster import Cluster
+from chinwag.cluster import Cluster, free_base_port
 from client import ChatClient
 from protocol import frames as f
 
@@ -49,22 +48,6 @@ async def one_round(url: str, missed: int, round_no: int) -> float:
     return elapsed
 
 
-def _free_port() -> int:
-    """A free loopback port whose neighbour 100 above (the gateway's HTTP port) is free too, most likely."""
-    for _ in range(50):
-        with socket.socket() as a, socket.socket() as b:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            if port + 100 > 65535:
-                continue
-            try:
-                b.bind(("127.0.0.1", port + 100))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free pair of loopback ports")
-
-
 async def main_async(missed: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Production password hashing: the reconnect pays for a real argon2id verify.
@@ -72,7 +55,7 @@ async def main_async(missed: int, rounds: int) -> None:
             "CHINWAG_ARGON2_MEMORY_KIB": "19456", "CHINWAG_ARGON2_TIME_COST": "2",
             "CHINWAG_RATE_MESSAGES": "0",  # the sender replays a backlog as fast as it can
         }
-        cluster = Cluster(gateways=1, base_port=_free_port(), data_dir=Path(tmp), log_level="WARNING",
+        cluster = Cluster(gateways=1, base_port=free_base_port("127.0.0.1", 1), data_dir=Path(tmp), log_level="WARNING",
                           appendonly=False, extra_env=env)
         try:
             cluster.up()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,6 +32,21 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_base_port(host: str, count: int) -> int:
+    """A port p with p..p+count-1 and their HTTP ports (+100) all free right now (bounded tries)."""
+    for _ in range(200):
+        base = 20000 + secrets.randbelow(30000)
+        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range found")
 
 
 @dataclass

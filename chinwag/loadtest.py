@@ -25,7 +25,6 @@ import importlib
 import json
 import math
 import secrets
-import socket
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 import psutil
 
-from chinwag.cluster import Cluster
+from chinwag.cluster import Cluster, free_base_port
 from client.chat import ChatClient
 from common.runtime import loop_factory
 from protocol import frames as f
@@ -52,32 +51,6 @@ LOAD_ENV = {
     "CHINWAG_LOG_LEVEL": "WARNING",
 }
 PASSWORD = "loadtest-pw"
-
-
-class LoadCluster(Cluster):
-    """A Cluster whose nodes also get the load-test settings (Cluster._env passes only a few keys)."""
-
-    extra_env: dict[str, str] = {}
-
-    def _env(self) -> dict[str, str]:
-        env = super()._env()
-        env.update(self.extra_env)
-        return env
-
-
-def _free_base_port(host: str, count: int) -> int:
-    """A port p with p..p+count-1 and their HTTP ports (+100) all free right now (bounded tries)."""
-    for _ in range(200):
-        base = 20000 + secrets.randbelow(30000)
-        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range found")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
@@ -582,10 +555,9 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], LoadTest]:
     try:
         if args.start_cluster:
             tmp = tempfile.TemporaryDirectory(prefix="chinwag-loadtest-")
-            LoadCluster.extra_env = dict(LOAD_ENV)
-            base_port = _free_base_port("127.0.0.1", args.start_cluster)
-            cluster = LoadCluster(gateways=args.start_cluster, base_port=base_port, data_dir=Path(tmp.name),
-                                  log_level="WARNING")
+            base_port = free_base_port("127.0.0.1", args.start_cluster)
+            cluster = Cluster(gateways=args.start_cluster, base_port=base_port, data_dir=Path(tmp.name),
+                              log_level="WARNING", extra_env=dict(LOAD_ENV))
             await asyncio.to_thread(cluster.up)
             urls = cluster.urls()
         else:
