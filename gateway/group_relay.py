@@ -58,11 +58,12 @@ from common.runtime import retrieve
 from protocol import control
 from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound
-from protocol.names import id_tuple
+from protocol.names import group_name, id_tuple
 
 from .groups import Groups, GroupState
 from .router import Router
 from .session import Session
+from .store import Replay, Store
 
 log = logging.getLogger("chinwag.groups")
 
@@ -400,6 +401,47 @@ class GroupRelay:
                 log.warning("could not save group positions (%s); retrying", type(exc).__name__)
             except Exception:
                 log.exception("saving group positions failed")
+
+
+async def join_groups_at_login(
+    relay: GroupRelay, groups: Groups, store: Store, session: Session, resume: dict[str, str]
+) -> dict[str, tuple[str, str, Replay, bool]]:
+    """Subscribe to each of the user's groups, confirm the memberships, then read each stream.
+
+    Returns ``"#Name" -> (group key, start id, replay, resumed)``.  A group
+    starts at the client's resume point, else where this user's sessions
+    stopped reading it (saved as it advances), else now (nothing old is
+    pushed to a fresh member); never before the membership began.  The
+    memberships are read again after subscribing, in one step with the
+    newest id, so a removal in between is seen either there or as a
+    ``part`` that cancels the pending one.
+    """
+    mine = await groups.of_user(session.key)
+    if not mine:
+        return {}
+    wanted = {group_name(stream)[1]: pos for stream, pos in resume.items() if stream.startswith("#")}
+    cursors = await groups.cursors(session.key)
+    await relay.open_many(session, [g.key for g in mine])
+    try:
+        now, since = await groups.membership(session.key, [g.key for g in mine])
+    except BaseException:
+        relay.detach_all(session)
+        raise
+    out: dict[str, tuple[str, str, Replay, bool]] = {}
+    for g in mine:
+        if g.key not in since:  # left or removed meanwhile
+            relay.abandon(session, g.key)
+            continue
+        start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
+        if not relay.admit(session, g.key, g.name, start):  # live frames from now on, held
+            continue
+        replay = await store.replay(keys.group_stream(g.key), start)
+        # Up to ``now`` only: the membership held then; anything later came (or comes) live,
+        # where a removal in between is seen in order.
+        upto = id_tuple(now)
+        frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
+        out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
+    return out
 
 
 def cursors_of(session: Session) -> dict[str, str]:

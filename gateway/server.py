@@ -58,7 +58,7 @@ from protocol.errors import (
     UsernameTaken,
 )
 from protocol.frames import frame_id
-from protocol.names import group_name, id_tuple, login_name
+from protocol.names import id_tuple, login_name
 
 from .accounts import Accounts
 from .admission import Admission
@@ -67,7 +67,7 @@ from .connection import bounded_connection
 from .dispatch import Dispatcher, redis_failure, reply_error
 from .fanout import Fanout
 from .files import FileService
-from .group_relay import GroupRelay, cursors_of
+from .group_relay import GroupRelay, cursors_of, join_groups_at_login
 from .groups import Groups
 from .keepalive import cut_off, keepalive, sweep_buffers
 from .limits import SharedIpLimiter
@@ -75,7 +75,7 @@ from .pipeline import AutoPipeline
 from .request_rate import RequestLimiter
 from .router import Router
 from .session import Session
-from .store import Replay, Store
+from .store import Store
 
 log = logging.getLogger("chinwag.gateway")
 
@@ -446,7 +446,7 @@ class Gateway:
                     dms = await self.store.replay(keys.inbox_stream(key), dm_from)
                     bc_from = resume.get(f.STREAM_BROADCAST)
                     broadcasts = await self.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
-                    group_replays = await self._join_groups_at_login(session, resume)
+                    group_replays = await join_groups_at_login(self.relay, self.groups, self.store, session, resume)
                     invitations = await self.groups.invitations(key)
                 except BaseException:
                     self.relay.detach_all(session)
@@ -551,46 +551,6 @@ class Gateway:
             self._close_later(session.ws, CloseCode.TAKEN_OVER, "session taken over")
 
     # -- groups at login, logout ---------------------------------------------
-
-    async def _join_groups_at_login(
-        self, session: Session, resume: dict[str, str]
-    ) -> dict[str, tuple[str, str, Replay, bool]]:
-        """Subscribe to each of the user's groups, confirm the memberships, then read each stream.
-
-        Returns ``"#Name" -> (group key, start id, replay, resumed)``.  A group
-        starts at the client's resume point, else where this user's sessions
-        stopped reading it (saved as it advances), else now (nothing old is
-        pushed to a fresh member); never before the membership began.  The
-        memberships are read again after subscribing, in one step with the
-        newest id, so a removal in between is seen either there or as a
-        ``part`` that cancels the pending one.
-        """
-        mine = await self.groups.of_user(session.key)
-        if not mine:
-            return {}
-        wanted = {group_name(stream)[1]: pos for stream, pos in resume.items() if stream.startswith("#")}
-        cursors = await self.groups.cursors(session.key)
-        await self.relay.open_many(session, [g.key for g in mine])
-        try:
-            now, since = await self.groups.membership(session.key, [g.key for g in mine])
-        except BaseException:
-            self.relay.detach_all(session)
-            raise
-        out: dict[str, tuple[str, str, Replay, bool]] = {}
-        for g in mine:
-            if g.key not in since:  # left or removed meanwhile
-                self.relay.abandon(session, g.key)
-                continue
-            start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
-            if not self.relay.admit(session, g.key, g.name, start):  # live frames from now on, held
-                continue
-            replay = await self.store.replay(keys.group_stream(g.key), start)
-            # Up to ``now`` only: the membership held then; anything later came (or comes) live,
-            # where a removal in between is seen in order.
-            upto = id_tuple(now)
-            frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
-            out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
-        return out
 
     async def _logout(self, session: Session) -> None:
         self.fanout.drop(session.ws)
