@@ -41,7 +41,6 @@ from common import keys
 from common.backoff import Backoff
 from common.config import Settings
 from common.http import Route, health_routes, serve_http
-from common.metrics import Metrics
 from common.redis import REDIS_ERRORS, connect_redis, redacted_url
 from common.runtime import cancel_and_wait, service_main
 from presence.registry import Claim, NoLease, Registry, token_hash
@@ -71,6 +70,7 @@ from .group_relay import GroupRelay, cursors_of, join_groups_at_login
 from .groups import Groups
 from .keepalive import cut_off, keepalive, sweep_buffers
 from .limits import SharedIpLimiter
+from .metrics import GatewayMetrics
 from .pipeline import AutoPipeline
 from .request_rate import RequestLimiter
 from .router import Router
@@ -140,27 +140,14 @@ class Gateway:
         self._lease_task: asyncio.Task[Any] | None = None
         self._recovery: asyncio.Task[Any] | None = None
         self.http: asyncio.Server | None = None
-        self.metrics = Metrics()
-        m = self.metrics
-        self.m_accepted = m.counter("chinwag_connections_total", "WebSocket connections accepted")
-        m.gauge("chinwag_connections", "Logged-in connections on this gateway", lambda: len(self.sessions))
-        self.m_logins = m.counter("chinwag_logins_total", "Login attempts by result", ("result",))
-        self.m_in = m.counter("chinwag_messages_in_total", "Messages accepted from clients by kind", ("kind",))
-        self.m_out = m.counter("chinwag_messages_out_total", "Messages written to clients by kind", ("kind",))
-        self.m_errors = m.counter("chinwag_errors_total", "Error frames sent, by code", ("code",))
-        self.m_publish = m.histogram("chinwag_redis_publish_seconds", "Duration of the store-and-publish Lua call")
-        self.m_replayed = m.counter("chinwag_replayed_messages_total", "Messages replayed from streams", ("reason",))
-        self.m_slow = m.counter("chinwag_slow_consumers_total", "Clients cut off for not reading")
-        m.gauge(
-            "chinwag_redis_reconnects_total", "Reconnects of the pub/sub connection", lambda: self.router.reconnects,
-            kind="counter",
+        gm = GatewayMetrics.create(
+            connections=lambda: len(self.sessions), reconnects=lambda: self.router.reconnects,
+            pipelined_commands=lambda: self.pipeline.commands, pipelined_writes=lambda: self.pipeline.batches,
+            channels=lambda: self.router.channels, ready=lambda: float(self.ready),
         )
-        m.gauge("chinwag_redis_pipelined_commands_total", "Send-path commands written to Redis",
-                lambda: self.pipeline.commands, kind="counter")
-        m.gauge("chinwag_redis_pipelined_writes_total", "Writes that carried them (commands / writes = batching)",
-                lambda: self.pipeline.batches, kind="counter")
-        m.gauge("chinwag_pubsub_channels", "Redis channels subscribed", lambda: self.router.channels)
-        m.gauge("chinwag_ready", "1 when Redis is reachable and subscriptions are live", lambda: float(self.ready))
+        self.metrics, m = gm.registry, gm.registry
+        self.m_accepted, self.m_logins, self.m_in, self.m_out = gm.accepted, gm.logins, gm.messages_in, gm.messages_out
+        self.m_errors, self.m_publish, self.m_replayed, self.m_slow = gm.errors, gm.publish, gm.replayed, gm.slow
         self.files = FileService(settings, self.redis, metrics=m, errors=self.m_errors)  # blobs in settings.blob_path
         # The concerns the gateway wires together, each in its own module.
         self.fanout = Fanout(settings.presence_batch, lambda: self.joining, self.m_out)
