@@ -218,7 +218,7 @@ class Gateway:
             ),
             compression="deflate" if self.settings.compression else None,
             max_size=self.settings.hard_frame_bytes,
-            ping_interval=None,  # one _keepalive task pings every socket, not a task per socket
+            ping_interval=None,  # one keepalive task (keepalive.py) pings every socket, not a task per socket
             open_timeout=10,
             close_timeout=5,
         )
