@@ -20,7 +20,8 @@ with its user count and the whole cluster's connect/disconnect log (Run
 Server then adds one more node to that cluster).
 
 Threads follow :mod:`client.bridge`: network and server work run on the
-bridge's loop thread; widgets are touched only by callables it posts back.
+bridge's loop thread (:mod:`chinwag.admin_node`); widgets are touched only by
+callables it posts back.
 """
 
 from __future__ import annotations
@@ -29,57 +30,44 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import datetime as dt
-import json
 import logging
-import socket
 import sys
 import tkinter as tk
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from tkinter import messagebox, ttk
-from typing import Any, Literal
+from typing import Literal
 
-from redis.exceptions import RedisError
-
-from chinwag.server import serve
+from chinwag.admin_node import (
+    _PORT_ERRORS,
+    GatewayRow,
+    _clock,
+    _in_use,
+    _monitor,
+    _run_node,
+    _WindowLogHandler,
+)
 from client.bridge import Bridge
-from client.gui import BG, MUTED_FG, PANE_BG, STATE_FG, app_frame, run_mainloop
-from client.tk_support import reason as _reason
-from client.tk_support import report_callback_exception as _report_callback_exception
-from common import keys
-from common.backoff import Backoff
+from client.gui_layout import (
+    BG,
+    MUTED_FG,
+    PANE_BG,
+    STATE_FG,
+    FlowBar,
+    FollowText,
+    app_frame,
+    labelled,
+    report_callback_exception,
+    run_mainloop,
+)
+from client.gui_model import error_text
 from common.config import Settings
-from common.embedded import EmbeddedRedis
 from common.logs import setup_logging
-from common.redis import connect_redis, redacted_url
-from presence.registry import Registry
-from protocol.names import name_key
+from common.redis import redacted_url
 
 log = logging.getLogger("chinwag.admin")
 
-REFRESH_SECONDS = 1.0  # how often the gateway table is re-read from Redis
-READY_TIMEOUT = 30.0  # a node that is not ready by then is reported as failed
 LOG_LIMIT = 5000  # lines kept in the log pane
-NAMES_SHOWN = 20  # user names listed per gateway in the table
 
 ServerState = Literal["stopped", "starting", "running", "stopping"]
-Post = Callable[[Callable[[], None]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayRow:
-    """One gateway as the table shows it."""
-
-    node: str
-    users: int
-    names: list[str]  # who is on it (name keys), when there are few enough to list
-    lease_left: float  # seconds until its lease expires unless renewed
-
-
-def _clock() -> str:
-    return dt.datetime.now().strftime("%H:%M:%S")
 
 
 def parse_port(text: str) -> int:
@@ -124,6 +112,7 @@ class AdminWindow:
         self._monitor_finish: asyncio.Event | None = None
         self._monitor: concurrent.futures.Future[None] | None = None
         self._grace_timer: str | None = None
+        self._ran = False  # the node was up (ready) at some point: a failure then "stopped" it
         self._log_handler = _WindowLogHandler(self.bridge.post, self)
         self._build()
         self.top.protocol("WM_DELETE_WINDOW", self.close)
@@ -143,22 +132,18 @@ class AdminWindow:
         title = "Chinwag Server" if not self.redis_url else "Chinwag Cluster"
         outer = app_frame(top, title, "860x600", (620, 420), grow_row=2)
 
-        bar = ttk.Frame(outer, style="App.TFrame")
+        bar = FlowBar(outer)  # wraps when narrow: Stop Server used to fall off the right edge
         bar.grid(row=0, column=0, sticky="ew", pady=(0, 10))
         self.host_var = tk.StringVar(top, self.settings.host)
         self.port_var = tk.StringVar(top, str(self.settings.port))
-        ttk.Label(bar, text="IP address", style="App.TLabel").pack(side="left")
-        self.host_entry = ttk.Entry(bar, textvariable=self.host_var, width=18)
-        self.host_entry.pack(side="left", padx=(6, 14))
-        ttk.Label(bar, text="Port", style="App.TLabel").pack(side="left")
-        self.port_entry = ttk.Entry(bar, textvariable=self.port_var, width=7)
-        self.port_entry.pack(side="left", padx=(6, 14))
+        self.host_entry = labelled(bar, "IP address", lambda p: ttk.Entry(p, textvariable=self.host_var, width=18))
+        self.port_entry = labelled(bar, "Port", lambda p: ttk.Entry(p, textvariable=self.port_var, width=7))
         self.run_button = ttk.Button(bar, text="Run Server", command=self.run_server, style="Accent.TButton")
-        self.run_button.pack(side="left")
+        bar.add(self.run_button)
         self.stop_button = ttk.Button(bar, text="Stop Server", command=self.stop_server)
-        self.stop_button.pack(side="left", padx=(8, 0))
+        bar.add(self.stop_button)
         self.online_var = tk.StringVar(top, "")
-        ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel").pack(side="right")
+        bar.add(ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel"))
 
         where = f"Cluster at {redacted_url(self.redis_url)}" if self.redis_url else "Gateways"
         gw_box = ttk.Labelframe(outer, text=where, padding=8)
@@ -186,6 +171,7 @@ class AdminWindow:
                                 highlightbackground="#d0d4da", padx=10, pady=8, spacing1=2, cursor="arrow")
         scroll = ttk.Scrollbar(log_box, orient="vertical", command=self.log_text.yview)
         self.log_text.configure(yscrollcommand=scroll.set)
+        self.log_follow = FollowText(self.log_text, scroll)  # keeps the newest line in view, also after resizing
         self.log_text.grid(row=0, column=0, sticky="nsew")
         scroll.grid(row=0, column=1, sticky="ns")
         self.log_text.tag_configure("time", foreground=MUTED_FG, font="ChinwagSmall")
@@ -306,6 +292,7 @@ class AdminWindow:
             return
         embedded = "" if self.redis_url else f" (embedded Redis at {settings.redis_url})"
         self.local_node = settings.node_id
+        self._ran = True
         if self.server_state == "starting":
             self._set_server_state("running", f"Server running on {self.node_url}{embedded}")
         self._log("info", f"Server running on {self.node_url}, gateway {settings.node_id}")
@@ -317,13 +304,24 @@ class AdminWindow:
         if self._closing:
             self._finish_close()
             return
+        ran, self._ran = self._ran, False
         exc = None if fut.cancelled() else fut.exception()
         if exc is not None:
-            log.error("chat server failed", exc_info=exc)
-            reason = _reason(exc)
-            self._log("warning", f"Server stopped: {reason}")
-            self._set_server_state("stopped", f"Server not running: {reason}")
-            self._error("Server Error", f"The chat server on {self.node_url} stopped:\n\n{reason}")
+            why = error_text(exc)
+            if isinstance(exc, OSError) and exc.errno in _PORT_ERRORS:
+                log.warning("cannot run the chat server on %s: %s", self.node_url, why)  # no traceback
+            else:
+                log.error("chat server failed", exc_info=exc)
+            if ran:
+                self._log("warning", f"Server stopped: {why}")
+                self._set_server_state("stopped", f"Server not running: {why}")
+                self._error("Server Error", f"The chat server on {self.node_url} stopped:\n\n{why}")
+            else:
+                self._log("warning", f"Server not started: {why}")
+                self._set_server_state("stopped", f"Server not started: {why}")
+                hint = "\n\nChoose another port, or stop the program using it." if _in_use(exc) else ""
+                self._error("Server Not Started", f"The chat server could not start on {self.node_url}:"
+                                                  f"\n\n{why}.{hint}")
         else:
             self._log("info", "Server stopped")
             self._set_server_state("stopped", "Server stopped. Press Run Server to start it again.")
@@ -380,7 +378,7 @@ class AdminWindow:
         self._monitor = None
         if not fut.cancelled() and fut.exception() is not None:
             log.error("cluster monitor failed", exc_info=fut.exception())
-            self._monitor_note("warning", f"Monitoring stopped: {_reason(fut.exception())}")
+            self._monitor_note("warning", f"Monitoring stopped: {error_text(fut.exception())}")
 
     # -- status and log -----------------------------------------------------------------------
 
@@ -401,7 +399,6 @@ class AdminWindow:
 
     def _log_line(self, when: str, parts: list[tuple[str, str]]) -> None:
         widget = self.log_text
-        at_end = widget.yview()[1] >= 0.999
         widget.configure(state="normal")
         widget.insert("end", f"{when}  ", ("time",))
         for text, tag in parts:
@@ -411,8 +408,7 @@ class AdminWindow:
         if lines > LOG_LIMIT:
             widget.delete("1.0", f"{lines - LOG_LIMIT}.0")
         widget.configure(state="disabled")
-        if at_end:
-            widget.see("end")
+        self.log_follow.follow()
 
     def _error(self, title: str, text: str) -> None:
         """An error dialog, shown after the current callback so the queue keeps draining."""
@@ -423,221 +419,6 @@ class AdminWindow:
                 messagebox.showerror(title, text, parent=self.top)
 
         self.top.after(0, pop_up)
-
-
-# -- loop thread ---------------------------------------------------------------------------
-
-
-async def _run_node(settings: Settings, stop: asyncio.Event, post: Post, window: AdminWindow,
-                    *, with_monitor: bool) -> None:
-    """Run one node until ``stop``: embedded Redis (unless joining a cluster), gateway, reaper.
-
-    When ``with_monitor`` the presence monitor runs inside this coroutine: it is
-    subscribed before the gateway accepts anyone (so the log misses no connect,
-    not even of clients that were waiting to reconnect), still sees the offline
-    events the gateway publishes while stopping, and is finished before the
-    embedded Redis goes away.
-    """
-    loop = asyncio.get_running_loop()
-    before = asyncio.all_tasks()
-    embedded: EmbeddedRedis | None = None
-    monitor: asyncio.Task[None] | None = None
-    finish = asyncio.Event()
-    try:
-        await _check_port_free(settings.host, settings.port)  # fail fast, before starting Redis
-        if settings.redis_url is None:
-            embedded = EmbeddedRedis(settings.data_dir)
-            # Blocks this (background) loop briefly while redis-server starts; nothing
-            # else runs here yet, and doing it inline means a cancel cannot leak it.
-            settings = settings.with_(redis_url=embedded.start())
-        if with_monitor:
-            assert settings.redis_url is not None
-            watching = asyncio.Event()
-            monitor = asyncio.create_task(_monitor(settings.redis_url, finish, post, window, watching))
-            with contextlib.suppress(TimeoutError):  # a slow Redis delays the log, not the server
-                await asyncio.wait_for(watching.wait(), 5)
-        serving = asyncio.create_task(serve(settings, stop), name="chinwag-node")
-        deadline = loop.time() + READY_TIMEOUT
-        while True:
-            with contextlib.suppress(TimeoutError):  # give it a moment to start, or to fail
-                await asyncio.wait_for(asyncio.shield(serving), 0.05)
-            if serving.done():
-                await serving  # raises why it stopped (e.g. the port is in use)
-                return  # stopped before it was ready
-            if await _ready(settings.host, settings.port):
-                break
-            if loop.time() > deadline:
-                raise TimeoutError(f"the server was not ready within {READY_TIMEOUT:.0f} s")
-        post(partial(window._node_started, settings))
-        await serving
-    finally:
-        if monitor is not None:
-            finish.set()
-            try:
-                await asyncio.wait_for(monitor, 5)
-            except (Exception, asyncio.CancelledError):
-                log.exception("monitor did not finish cleanly")
-        # serve() leaves the gateway's background tasks behind when it fails to start
-        # (e.g. the port is taken); cancel whatever this node started and left running.
-        me = asyncio.current_task()
-        leftovers = [t for t in asyncio.all_tasks() - before if t is not me and not t.done()]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.gather(*leftovers, return_exceptions=True)
-        if embedded is not None:
-            post(partial(window._monitor_note, "info", "Stopping the embedded Redis"))
-            # Blocking, on this background loop, with nothing else left running on it.
-            embedded.stop()
-
-
-async def _check_port_free(host: str, port: int) -> None:
-    """Raise the OSError the server would get binding ``host:port`` (e.g. it is in use)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-
-
-async def _ready(host: str, port: int) -> bool:
-    """True once the node answers ``GET /readyz`` with 200 (listening and Redis is live)."""
-    target = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(target, port), 1.0)
-    except (OSError, TimeoutError):
-        return False
-    try:
-        writer.write(b"GET /readyz HTTP/1.1\r\nHost: chinwag\r\nConnection: close\r\n\r\n")
-        status = await asyncio.wait_for(reader.readline(), 2.0)
-        return status.split(b" ")[1:2] == [b"200"]
-    except (OSError, TimeoutError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-
-async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: AdminWindow,
-                   watching: asyncio.Event | None = None) -> None:
-    """Watch a Chinwag Redis until ``finish``: presence events as log lines, gateways as a table.
-
-    Survives Redis outages (logged once each, retried with backoff); when
-    ``finish`` is set it drains the presence events already sent, then ends.
-    """
-    loop = asyncio.get_running_loop()
-    redis = connect_redis(redis_url, max_connections=4)
-    registry = Registry(redis)
-    holders: dict[str, str] = {}  # name key -> gateway, learnt when the user came online
-    backoff = Backoff(base=0.2, cap=5.0)
-    first = True
-    down = False
-    try:
-        while not finish.is_set():
-            pubsub = redis.pubsub()
-            try:
-                await pubsub.subscribe(keys.PRESENCE_CHANNEL)
-                online = await registry.online()
-                for user in online:
-                    node = await registry.holder(name_key(user))
-                    if node:
-                        holders[name_key(user)] = node
-                if first:
-                    who = ", ".join(online) if online else "nobody"
-                    post(partial(window._monitor_note, "info",
-                                 f"Watching {redacted_url(redis_url)}: {len(online)} online ({who})"))
-                elif down:
-                    post(partial(window._monitor_note, "info", "Redis connection restored"))
-                first = down = False
-                backoff.reset()
-                if watching is not None:
-                    watching.set()
-                next_poll = 0.0
-                while True:
-                    if loop.time() >= next_poll:
-                        rows, count = await _gateways(registry)
-                        post(partial(window._show_gateways, rows, count))
-                        next_poll = loop.time() + REFRESH_SECONDS
-                    if finish.is_set():
-                        break
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if message is not None:
-                        await _on_presence(message, registry, holders, post, window)
-                # Finishing: what was published before now is already on its way; show it.
-                while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)) is not None:
-                    await _on_presence(message, registry, holders, post, window)
-            except (RedisError, OSError, TimeoutError) as exc:
-                if not down:
-                    post(partial(window._monitor_note, "warning",
-                                 f"Lost the Redis connection ({type(exc).__name__}); retrying"))
-                    down = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finish.wait(), backoff.next_delay())
-            finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-    finally:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await redis.aclose()
-
-
-async def _on_presence(message: dict[str, Any], registry: Registry, holders: dict[str, str], post: Post,
-                       window: AdminWindow) -> None:
-    when = _clock()
-    try:
-        event = json.loads(message["data"])
-        user, status = str(event["user"]), str(event["status"])
-    except (ValueError, KeyError, TypeError):
-        log.warning("unreadable presence event: %.200r", message.get("data"))
-        return
-    key = name_key(user)
-    if status == "online":
-        node = await registry.holder(key)
-        if node:
-            holders[key] = node
-    else:
-        node = holders.pop(key, None)
-    post(partial(window._presence, when, user, status, node))
-
-
-async def _gateways(registry: Registry) -> tuple[list[GatewayRow], int]:
-    redis = registry.redis
-    leases = await registry.gateways()
-    seconds, micros = await redis.time()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    rows = []
-    for node in sorted(leases):
-        users = int(await redis.scard(keys.gateway_users(node)))
-        names: list[str] = []
-        if users:  # a page of names is plenty for a glance; SSCAN keeps big gateways cheap
-            _, page = await redis.sscan(keys.gateway_users(node), 0, count=NAMES_SHOWN)
-            names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in page)[:NAMES_SHOWN]
-        rows.append(GatewayRow(node, users, names, (leases[node] - now_ms) / 1000))
-    online = int(await redis.zcard(keys.ONLINE))
-    return rows, online
-
-
-class _WindowLogHandler(logging.Handler):
-    """Warnings from the in-process server (``chinwag.*`` loggers) also go to the log pane."""
-
-    def __init__(self, post: Post, window: AdminWindow) -> None:
-        super().__init__(logging.WARNING)
-        self._post = post
-        self._window = window
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            text = record.getMessage()
-        except Exception:
-            return
-        if record.name == log.name:
-            return  # the window's own messages are already in the pane
-        self._post(partial(self._window._monitor_note, "warning", f"{record.levelname.lower()}: {text}"))
 
 
 # -- program ---------------------------------------------------------------------------------
@@ -669,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     except tk.TclError as exc:
         print(f"chinwag-admin: cannot open a window ({exc}); is DISPLAY set?", file=sys.stderr)
         raise SystemExit(1) from None
-    root.report_callback_exception = _report_callback_exception
+    root.report_callback_exception = report_callback_exception
     settings = base.with_(host=args.host, port=args.port, data_dir=args.data_dir)
     app = AdminWindow(root, settings=settings, redis_url=args.redis_url)
     if args.run:

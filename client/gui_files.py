@@ -11,8 +11,8 @@ file id, so re-rendering a conversation does not fetch them again.
 
 Wiring into :class:`client.gui.ChatWindow` (three lines)::
 
-    self.file_view = FileView(self.bridge, lambda: self.client, notify=self._flash)   # in __init__
-    # where a message is written into a pane (_insert_message), after the body:
+    self.file_view = FileView(self.bridge, lambda: self.client, notify=self.flash)   # in __init__
+    # where a message is written into a pane (client.gui_panes.insert_message), after the body:
     if (ref := file_of(msg)) is not None:
         self.file_view.insert(text, ref)
 

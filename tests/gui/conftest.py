@@ -1,11 +1,21 @@
-"""GUI test fixtures: a private Xvfb display, a Tk root per test, screenshots.
+"""GUI test fixtures: a private Xvfb display with a window manager, a Tk root per test, screenshots.
 
-The ``xvfb`` session fixture always starts its own ``Xvfb`` (deterministic: no
-window manager, a fixed 1280x800 screen, nothing else on it) using
-``-displayfd`` so Xvfb itself picks a free display number and says when it is
-ready.  Without Xvfb it falls back to an existing ``DISPLAY``; with neither the
-GUI tests are skipped with the reason.  A Python built without Tk skips the
-whole folder (and says so in the report header).
+The ``xvfb`` session fixture always starts its own ``Xvfb`` (a fixed 1280x800
+screen, nothing else on it) using ``-displayfd`` so Xvfb itself picks a free
+display number and says when it is ready, then a small window manager
+(openbox, as .ci/run installs it) so windows get title bars with a close
+button, focus follows clicks, and resizing honours the windows' minimum
+sizes as on a desktop.  openbox runs with its stock configuration (its own
+``XDG_CONFIG_HOME``, so nothing of the machine's user leaks in) and says it is
+up through ``--startup``.  Without Xvfb it falls back to an existing
+``DISPLAY``; with neither the GUI tests are skipped with the reason.  A
+Python built without Tk skips the whole folder (and says so in the report
+header).
+
+Pixels are made repeatable: every Tk window of the tests uses the DejaVu Sans
+font (fonts-dejavu-core, installed by .ci/run), whatever the machine's
+default font is.  The real-input helpers (click, type, keys, the window
+manager's close button, resizing) live in :mod:`tests.gui.input`.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import os
 import select
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +46,7 @@ else:
     NO_TK = ""
 
 SCREENSHOT_DIR = ROOT / "docs" / "img"
+README_SHOTS = frozenset(("chinwag-tk.png", "chinwag-admin.png", "chinwag-admin-cluster.png"))  # in README.md
 
 
 def pytest_report_header() -> str | None:
@@ -66,9 +78,17 @@ def xvfb() -> Iterator[str]:
     display = f":{number}"
     saved = os.environ.get("DISPLAY")
     os.environ["DISPLAY"] = display
+    wm = _start_window_manager(display)
     try:
         yield display
     finally:
+        if wm is not None:
+            wm.terminate()
+            try:
+                wm.wait(10)
+            except subprocess.TimeoutExpired:
+                wm.kill()
+                wm.wait(5)
         if saved is None:
             os.environ.pop("DISPLAY", None)
         else:
@@ -79,6 +99,34 @@ def xvfb() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+WM_READY_TIMEOUT = 20.0
+
+
+def _start_window_manager(display: str) -> subprocess.Popen[bytes] | None:
+    """openbox on ``display``, once it manages windows (None if it is not installed)."""
+    binary = shutil.which("openbox")
+    if binary is None:
+        return None
+    home = Path(tempfile.mkdtemp(prefix="chinwag-wm-"))
+    ready = home / "ready"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XDG_")}
+    env.update(DISPLAY=display, XDG_CONFIG_HOME=str(home), XDG_CACHE_HOME=str(home), HOME=str(home))
+    proc = subprocess.Popen([binary, "--sm-disable", "--startup", f"touch {ready}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + WM_READY_TIMEOUT
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(5)
+            raise RuntimeError(f"openbox did not start within {WM_READY_TIMEOUT}s (status {proc.poll()})")
+        time.sleep(0.05)
+    return proc
+
+
+HAVE_WM = shutil.which("openbox") is not None
+TEST_FONT = "DejaVu Sans"
 
 
 def _read_display_number(fd: int, proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -103,6 +151,12 @@ def tk_root(xvfb: str) -> Iterator[tk.Tk]:
     """A hidden Tk root; each program window is a Toplevel of it, destroyed at the end."""
     root = tk.Tk()
     root.withdraw()
+    from tkinter import font
+
+    if TEST_FONT in font.families(root):  # same pixels on every machine with fonts-dejavu-core
+        for name in font.names(root):
+            if name.startswith("Tk"):
+                font.nametofont(name, root=root).configure(family=TEST_FONT)
     yield root
     try:
         root.update()
@@ -140,7 +194,7 @@ def screenshot(window: tk.Misc, name: str, tmp_dir: Path) -> Path:
     frame = window.winfo_toplevel().wm_frame()
     subprocess.run(["import", "-window", frame, str(target)], check=True, timeout=20,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if os.environ.get("CHINWAG_SCREENSHOTS") == "1":
+    if os.environ.get("CHINWAG_SCREENSHOTS") == "1" and name in README_SHOTS:
         SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(target, SCREENSHOT_DIR / name)
     return target
@@ -217,14 +271,22 @@ class Windows:
 
     def open(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
         top = tk.Toplevel(self.root)
-        top.geometry(f"+{at[0]}+{at[1]}")
+        window_size = (960, 700)  # the default size and a title bar: keep it on the screen, to be clicked
+        x = max(0, min(at[0], top.winfo_screenwidth() - window_size[0]))
+        y = max(0, min(at[1], top.winfo_screenheight() - window_size[1]))
+        top.geometry(f"+{x}+{y}")
         window = ChatWindow(top, server=url.removeprefix("ws://"), user=user, password=password)
         self.opened.append(window)
         return window
 
     def login(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
+        from tests.gui.input import press  # (it builds on this module)
+
         window = self.open(url, user, password, at)
-        window.connect_button.invoke()
+        if HAVE_XDOTOOL:
+            press(window.connect_button, self.root)  # a real click
+        else:
+            window.connect_button.invoke()
         pump_until(self.root, lambda: window.state == "connected", 15, f"{user} to connect")
         return window
 

@@ -8,6 +8,7 @@ log pane and the gateway table show what happened.
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import tkinter as tk
@@ -19,6 +20,7 @@ import pytest
 from chinwag.admin import AdminWindow
 from common.config import Settings
 from tests.gui.conftest import DialogWatcher, Windows, can_screenshot, pump_until, screenshot
+from tests.gui.input import needs_wm, needs_xdotool, press, resize
 from tests.helpers import Processes, RedisServer, free_port
 
 
@@ -77,6 +79,7 @@ def port_open(port: int) -> bool:
         return False
 
 
+@needs_xdotool
 def test_admin_runs_the_server_and_logs_clients(
     tk_root: tk.Tk, admins: Admins, windows: Windows, tmp_path: Path
 ) -> None:
@@ -85,7 +88,7 @@ def test_admin_runs_the_server_and_logs_clients(
     assert str(admin.stop_button.cget("state")) == "disabled"
     port = free_port()
     admin.port_var.set(str(port))
-    admin.run_button.invoke()
+    press(admin.run_button, tk_root)
     assert admin.server_state == "starting"  # Run Server returned at once
     pump_until(tk_root, lambda: admin.server_state == "running", 30, "the server to run")
     assert admin.status_text().startswith(f"Server running on ws://127.0.0.1:{port}")
@@ -111,7 +114,7 @@ def test_admin_runs_the_server_and_logs_clients(
         admin.top.lift()
         assert screenshot(admin.top, "chinwag-admin.png", tmp_path).stat().st_size > 10_000
 
-    admin.stop_button.invoke()
+    press(admin.stop_button, tk_root)
     pump_until(tk_root, lambda: admin.server_state == "stopped", 30, "the server to stop")
     assert admin.status_text() == "Server stopped. Press Run Server to start it again."
     assert not port_open(port)
@@ -122,26 +125,61 @@ def test_admin_runs_the_server_and_logs_clients(
     pump_until(tk_root, lambda: bob.state != "connected", 10, "bob to notice")
 
     # And it runs again from the same window (same data directory: accounts kept).
-    admin.run_button.invoke()
+    press(admin.run_button, tk_root)
     pump_until(tk_root, lambda: admin.server_state == "running", 30, "the server to run again")
     pump_until(tk_root, lambda: carol.state == "connected", 20, "carol to reconnect by herself")
     pump_until(tk_root, lambda: admin.log_contents().count("carol connected") == 2, 10, "carol's second connect")
 
 
-def test_admin_reports_a_port_in_use(tk_root: tk.Tk, admins: Admins, tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        admin = admins.open(settings=node_settings(tmp_path).with_(port=port))
-        watcher = DialogWatcher(admin.top)
-        admin.run_button.invoke()
-        pump_until(tk_root, lambda: watcher.seen, 30, "the error dialog")
-        watcher.stop()
-    assert watcher.seen[0][0] == "Server Error"
-    assert admin.server_state == "stopped"
-    assert admin.status_text().startswith("Server not running:")
-    assert str(admin.run_button.cget("state")) == "normal"
+@needs_wm
+def test_a_second_admin_on_a_busy_port_says_it_did_not_start(
+    tk_root: tk.Tk, admins: Admins, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two admin windows, one port: the second says, in words, that its server never started."""
+    port = free_port()
+    first = admins.open(settings=node_settings(tmp_path).with_(port=port))
+    press(first.run_button, tk_root)
+    pump_until(tk_root, lambda: first.server_state == "running", 30, "the first server to run")
+    second = admins.open(settings=node_settings(tmp_path / "second").with_(port=port))
+    second.top.geometry("+200+120")
+    watcher = DialogWatcher(second.top)
+    caplog.set_level(logging.INFO)
+    press(second.run_button, tk_root)
+    pump_until(tk_root, lambda: watcher.seen, 30, "the error dialog")
+    watcher.stop()
+    title, text, _ = watcher.seen[0]
+    assert title == "Server Not Started"
+    assert f"port {port} on 127.0.0.1 is already in use by another program" in text
+    assert "stopped" not in text and "Errno" not in text
+    assert second.status_text() == f"Server not started: port {port} on 127.0.0.1 is already in use by another program"
+    assert "Server not started" in second.log_contents() and "Errno" not in second.log_contents()
+    assert "normal" == str(second.run_button.cget("state"))
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert not tracebacks, f"tracebacks logged: {[r.getMessage() for r in tracebacks]}"
+    assert first.server_state == "running"  # the first is unharmed
+
+
+@needs_wm
+def test_the_log_keeps_following_after_the_window_is_enlarged_and_restored(
+    tk_root: tk.Tk, admins: Admins, tmp_path: Path
+) -> None:
+    admin = admins.open(settings=node_settings(tmp_path))
+    text = admin.log_text
+
+    def last_line_visible() -> bool:
+        return text.bbox("end-1c linestart - 1 line") is not None
+
+    pump_until(tk_root, lambda: text.winfo_viewable(), 10, "the log on screen")
+    for number in range(40):
+        admin._log("info", f"line {number}")
+        tk_root.update()
+    pump_until(tk_root, last_line_visible, 10, "the newest line in view")
+    width, height = admin.top.winfo_width(), admin.top.winfo_height()
+    resize(admin.top, tk_root, 1200, 780)  # enlarged (as maximising does) ...
+    resize(admin.top, tk_root, width, height)  # ... and restored
+    admin._log("info", "a new entry after the resize")
+    pump_until(tk_root, last_line_visible, 10, "the new entry in view")
+    assert "a new entry after the resize" in text.get("end-1c linestart - 1 line", "end")
 
 
 def test_admin_attaches_to_a_cluster(

@@ -18,6 +18,7 @@ from client.gui_files import FileView, can_preview, describe, photo_from_bytes, 
 from protocol import frames as f
 from protocol.files import FileRef
 from tests.gui.conftest import Windows, pump_until
+from tests.gui.input import click, needs_xdotool, press
 from tests.helpers import Processes, RedisServer
 
 
@@ -149,6 +150,7 @@ def embedded_buttons(window: ChatWindow) -> list[ttk.Button]:
     return [text.nametowidget(name) for name in text.window_names()]
 
 
+@needs_xdotool
 def test_a_picture_sent_from_one_window_shows_inline_in_the_other_and_saves(
     tk_root: tk.Tk, gateway_url: str, windows: Windows, tmp_path: Path
 ) -> None:
@@ -165,7 +167,7 @@ def test_a_picture_sent_from_one_window_shows_inline_in_the_other_and_saves(
     asked: list[str] = []
     alice.ask_open_file = lambda: asked.append("open") or str(picture)
     assert str(alice.send_file_button.cget("text")) == "Send file\u2026"
-    alice.send_file_button.invoke()
+    press(alice.send_file_button, tk_root)
     assert asked == ["open"]
 
     # bob's chat pane: the file line, its Save button, then the picture itself.
@@ -191,7 +193,7 @@ def test_a_picture_sent_from_one_window_shows_inline_in_the_other_and_saves(
     saved = tmp_path / "saved"
     saved.mkdir()
     bob.file_view.ask_folder = lambda: str(saved)
-    button.invoke()
+    click(button)
     pump_until(tk_root, lambda: bob.notice_text().startswith("Saved"), 15, "the save")
     assert bob.notice_text() == f"Saved {saved / 'pic.png'}"
     assert (saved / "pic.png").read_bytes() == data
@@ -202,16 +204,17 @@ def test_a_picture_sent_from_one_window_shows_inline_in_the_other_and_saves(
     assert len(text.image_names()) == 1 and len(embedded_buttons(bob)) == 1
 
 
+@needs_xdotool
 def test_send_file_needs_a_selected_user_and_a_cancelled_dialog_sends_nothing(
     tk_root: tk.Tk, gateway_url: str, windows: Windows
 ) -> None:
     alice = windows.login(gateway_url, "alice")
     asked: list[str] = []
     alice.ask_open_file = lambda: asked.append("open") or None
-    alice.send_file_button.invoke()
-    assert asked == [] and alice.notice_text() == "Select someone in Online clients to send a file to."
+    press(alice.send_file_button, tk_root)
+    assert asked == [] and alice.notice_text() == "Select someone in Online clients, or a group, to send a file to."
     alice.select_peer("bob")
-    alice.send_file_button.invoke()
+    press(alice.send_file_button, tk_root)
     assert asked == ["open"]  # cancelled: nothing sent
     assert "File:" not in alice.chat_contents()
 
@@ -229,17 +232,17 @@ def test_re_rendering_while_a_picture_loads_places_it_once_under_its_line(
         return data
 
     window.file_view.fetcher = fetcher
-    conv = window._conversation("alice", "alice")
-    window.peer = "alice"
+    window.select_peer("alice")
+    conv = window.conversations["@alice"]
     conv.add(f.Message(id="1-0", from_="alice", to="@bob", body="look", ts=1, file=ref))
-    window._render_chat()
+    window.render_chat()
     # A file in the broadcast pane meanwhile (so the next rendering's preview mark gets another name),
     # then the chat pane is re-rendered while its picture is still being fetched.
     other = ref_for(b"%PDF-1.4", "doc.pdf", "application/pdf")
     window._add_broadcast(f.Message(id="1-1", from_="carol", to="*", body="", ts=1, file=other))
-    window._render_chat()
+    window.render_chat()
     conv.add(f.Message(id="2-0", from_="alice", to="@bob", body="nice, right?", ts=2))
-    window._render_chat()
+    window.render_chat()
     window.bridge.call_soon(release.set)
     text = window.chat_text
     pump_until(tk_root, lambda: text.image_names(), 10, "the picture")
