@@ -34,14 +34,11 @@ from protocol import frames as f
 from protocol.errors import ChatError, NotFound, Unavailable
 from protocol.files import DEFAULT_MIME, FileRef, check_mime, encode_chunk, is_sha256
 
-from .chat import ChatClient, Disconnected
+from .chat import ChatClient
+from .errors import Disconnected, FileTransferError, RequestTimeout
 
 Progress = Callable[[int, int], None]  # (bytes done, total)
 DOWNLOAD_PART_BYTES = 4 * 1024 * 1024
-
-
-class FileTransferError(Exception):
-    """A download failed (HTTP error, wrong size or hash); nothing was saved under the file's name."""
 
 
 def guess_mime(name: str) -> str:
@@ -79,7 +76,7 @@ async def upload(
     """Upload a file; returns its reference for :func:`send_file` (or ``send`` with ``file``).
 
     Raises the server's ChatError when it refuses (``too_large``,
-    ``quota_exceeded``, ``bad_hash``, ...), TimeoutError if no byte got
+    ``quota_exceeded``, ``bad_hash``, ...), RequestTimeout if no byte got
     through for ``resume_timeout`` seconds (reconnects included), and
     Disconnected if the chat client closed for good.
     """
@@ -123,7 +120,7 @@ async def upload(
                     last_progress = loop.time()
                     backoff.reset()
                 elif loop.time() - last_progress > resume_timeout:
-                    raise TimeoutError(f"upload of {name} made no progress for {resume_timeout:g}s")
+                    raise RequestTimeout(f"upload of {name} made no progress for {resume_timeout:g}s")
     finally:
         if unhook is not None:
             unhook()

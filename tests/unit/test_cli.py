@@ -9,25 +9,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.http11 import Response
 
-from client.chat import Closed, Disconnected, Event
-from client.cli import (
+from client.chat import Closed, Event
+from client.cli import build_parser, main, resolve_password
+from client.cli_commands import (
     DEFAULT_HISTORY,
-    EXIT_CONNECTION,
-    EXIT_LOGIN,
-    EXIT_OK,
     CommandError,
     GroupOp,
     Help,
-    History,
     ListGroups,
+    ListOnline,
     Msg,
     Quit,
     Say,
-    Session,
+    ShowHistory,
     To,
-    Who,
-    build_parser,
+    parse_line,
+)
+from client.cli_console import Console
+from client.cli_format import (
+    EXIT_CONNECTION,
+    EXIT_LOGIN,
+    EXIT_OK,
     clean,
     clock,
     describe_login_failure,
@@ -40,13 +46,20 @@ from client.cli import (
     format_message,
     format_target,
     format_who,
-    main,
-    parse_line,
     prompt_text,
-    resolve_password,
 )
+from client.errors import ClientError, Disconnected, RequestTimeout, connect_failed
 from protocol import frames as f
-from protocol.errors import BadPassword, Forbidden, InvalidUsername, NotMember, RateLimited, UnknownUser, UsernameTaken
+from protocol.errors import (
+    BadPassword,
+    ChatError,
+    Forbidden,
+    InvalidUsername,
+    NotMember,
+    RateLimited,
+    UnknownUser,
+    UsernameTaken,
+)
 
 # 2024-01-02 12:01:02.345 UTC
 TS = int(dt.datetime(2024, 1, 2, 12, 1, 2, 345000, tzinfo=dt.UTC).timestamp() * 1000)
@@ -76,16 +89,16 @@ UTC = dt.UTC
         ("/to *", To("*")),
         ("/to", To(None)),
         ("/to   ", To(None)),
-        ("/who", Who()),
-        ("/WHO", Who()),
-        ("/who  ", Who()),
-        ("/history bob", History("@bob", DEFAULT_HISTORY)),
-        ("/history bob 5", History("@bob", 5)),
-        ("/history * 100", History("*", 100)),
-        ("/history all", History("*", DEFAULT_HISTORY)),
-        ("/history ALL 3", History("*", 3)),
-        ("/history @all", History("@all", DEFAULT_HISTORY)),
-        ("/history", History(None, DEFAULT_HISTORY)),
+        ("/who", ListOnline()),
+        ("/WHO", ListOnline()),
+        ("/who  ", ListOnline()),
+        ("/history bob", ShowHistory("@bob", DEFAULT_HISTORY)),
+        ("/history bob 5", ShowHistory("@bob", 5)),
+        ("/history * 100", ShowHistory("*", 100)),
+        ("/history all", ShowHistory("*", DEFAULT_HISTORY)),
+        ("/history ALL 3", ShowHistory("*", 3)),
+        ("/history @all", ShowHistory("@all", DEFAULT_HISTORY)),
+        ("/history", ShowHistory(None, DEFAULT_HISTORY)),
         ("/help", Help()),
         ("/?", Help()),
         ("/quit", Quit()),
@@ -94,8 +107,8 @@ UTC = dt.UTC
         ("/msg #devs hello group", Msg("#devs", "hello group")),
         ("/msg #Devs  two  spaces", Msg("#Devs", "two  spaces")),
         ("/to #devs", To("#devs")),
-        ("/history #devs", History("#devs", DEFAULT_HISTORY)),
-        ("/history #devs 5", History("#devs", 5)),
+        ("/history #devs", ShowHistory("#devs", DEFAULT_HISTORY)),
+        ("/history #devs 5", ShowHistory("#devs", 5)),
         ("/create devs", GroupOp("create", "#devs", invite_only=False)),
         ("/create #devs", GroupOp("create", "#devs", invite_only=False)),
         ("/create devs invite", GroupOp("create", "#devs", invite_only=True)),
@@ -378,13 +391,21 @@ def test_format_error() -> None:
         (BadPassword(), EXIT_LOGIN, "! Wrong Password: the password for alice is not correct"),
         (InvalidUsername(), EXIT_LOGIN, "! Invalid Username:"),
         (RateLimited(), EXIT_CONNECTION, "! Login Failed: too many requests; slow down (rate_limited)"),
-        (ConnectionRefusedError(111, "Connection refused"), EXIT_CONNECTION,
+        # What ChatClient.open raises when no socket opens: the socket's error wrapped (see client/errors.py).
+        (connect_failed("ws://h:1", ConnectionRefusedError(111, "Connection refused")), EXIT_CONNECTION,
          "! Cannot Connect: ws://h:1 is unreachable (Connection refused)"),
-        (TimeoutError(), EXIT_CONNECTION, "! Cannot Connect: no answer from ws://h:1"),
+        (connect_failed("ws://h:1", OSError(-2, "Name or service not known")), EXIT_CONNECTION,
+         "! Cannot Connect: ws://h:1 is unreachable (Name or service not known)"),
+        (connect_failed("ws://h:1", TimeoutError()), EXIT_CONNECTION, "! Cannot Connect: no answer from ws://h:1"),
+        (connect_failed("ws://h:1", InvalidURI("h:1", "not a ws URL")), EXIT_CONNECTION,
+         "! Cannot Connect: ws://h:1 is not a ws:// or wss:// URL"),
+        (connect_failed("ws://h:1", InvalidStatus(Response(404, "Not Found", Headers()))), EXIT_CONNECTION,
+         "! Cannot Connect: ws://h:1 did not accept a WebSocket connection (server rejected WebSocket connection: "
+         "HTTP 404)"),
         (Disconnected("gone"), EXIT_CONNECTION, "! Cannot Connect: ws://h:1 closed the connection during login"),
     ],
 )
-def test_describe_login_failure(exc: BaseException, status: int, fragment: str) -> None:
+def test_describe_login_failure(exc: ChatError | ClientError, status: int, fragment: str) -> None:
     line, got = describe_login_failure(exc, "alice", "ws://h:1")
     assert got == status
     assert line.startswith(fragment)
@@ -442,7 +463,7 @@ def test_main_usage_errors(
 
 
 class FakeChat:
-    """Just enough of ChatClient for Session: records sends, replays scripted events."""
+    """Just enough of ChatClient for Console: records sends, replays scripted events."""
 
     def __init__(self, online: tuple[str, ...] = ("alice", "bob")) -> None:
         self.user = "alice"
@@ -510,7 +531,7 @@ async def run_script(lines: list[str], chat: FakeChat | None = None) -> tuple[in
     chat = chat or FakeChat()
     out: list[str] = []
     err: list[str] = []
-    session = Session(chat, out=out.append, err=err.append, tz=UTC)  # type: ignore[arg-type]
+    session = Console(chat, out=out.append, err=err.append, tz=UTC)  # type: ignore[arg-type]
     status = await session.converse(scripted(lines))
     return status, out, err, chat
 
@@ -552,7 +573,7 @@ async def test_session_prints_events_and_reports_a_lost_connection() -> None:
     chat.queue.put_nowait(Closed(1001, "bye"))
     out: list[str] = []
     err: list[str] = []
-    session = Session(chat, out=out.append, err=err.append, tz=UTC)  # type: ignore[arg-type]
+    session = Console(chat, out=out.append, err=err.append, tz=UTC)  # type: ignore[arg-type]
     never = asyncio.get_running_loop().create_future()
 
     async def read_line() -> str | None:
@@ -596,3 +617,38 @@ async def test_session_runs_group_commands() -> None:
         "[12:01:02] <alice→#devs> newer",
         "* #devs: you left",
     ]
+
+
+class LostChat(FakeChat):
+    """A client whose connection ends for good (no reconnect) at the first send."""
+
+    async def send(self, to: str, body: str) -> f.Ack:
+        await asyncio.sleep(0)
+        self.sent.append((to, body))
+        if self.closed is None:
+            self.closed = Closed(1001, "going away")
+            self.queue.put_nowait(self.closed)
+        raise Disconnected("connection closed (1001)")
+
+
+async def test_a_connection_lost_for_good_ends_the_script_with_its_status() -> None:
+    """Disconnected ends the session (it is a ConnectionError, so it used to be caught as a local file error:
+    one "! file_error" line per remaining command, then exit 0, and 4 from run_client)."""
+    status, out, err, chat = await run_script(["/msg bob one", "/msg bob two", "/who"], LostChat())
+    assert status == EXIT_CONNECTION
+    assert not any("file_error" in line for line in out)
+    assert err == ["! disconnected: the server closed the connection (1001 going away): going away"]
+    assert chat.sent == [("@bob", "one")]  # nothing after the loss is attempted
+
+
+class SlowChat(FakeChat):
+    """A client whose requests get no reply in time, and whose downloads fail."""
+
+    async def who(self) -> list[str]:
+        raise RequestTimeout("no reply within 10s")
+
+
+async def test_a_request_without_an_answer_prints_one_line_and_carries_on() -> None:
+    status, out, _, _ = await run_script(["/who", "/msg bob still here"], SlowChat())
+    assert status == EXIT_OK
+    assert out == ["! timeout: no reply from the server within 10s", "[12:01:02] <alice→bob> still here"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from client.cli import HELP, USAGE, CommandError, GetFile, SendFile, format_file, format_message, parse_line
+from client.cli_commands import HELP, USAGE, CommandError, GetFile, SendFile, parse_line
+from client.cli_format import format_file, format_message
 from protocol import frames as f
 from protocol.files import FileRef
 

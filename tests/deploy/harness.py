@@ -1,0 +1,355 @@
+"""Run the real Dockerfile and docker-compose.yml under Podman, for tests/deploy.
+
+CI machines have no Docker engine and cannot pull images, so this harness:
+
+* builds stand-ins for the three base images the project names
+  (``python:3.11-slim``, ``redis:7-alpine``, ``haproxy:2.9-alpine``) from a
+  ``debootstrap --variant=minbase bookworm`` root and Debian packages
+  (tests/deploy/standins/*.Containerfile), tagged with those exact names, once
+  per machine: Podman's image store persists, and each stand-in is also
+  tagged with a hash of its Containerfile, so a changed one is rebuilt;
+* builds ``chinwag:local`` from the project's own, unmodified ``Dockerfile``
+  (Podman's layer cache makes an unchanged rebuild take seconds);
+* runs the unmodified ``docker-compose.yml`` with podman-compose, under a
+  project name unique to this run, publishing only on 127.0.0.1.
+
+What the harness adds, and why (none of it reaches the files a user runs):
+
+* a containers.conf: ``runc`` (Debian's default ``crun`` cannot set
+  RLIMIT_NOFILE here) and default rlimits no higher than this sandbox's hard
+  limits (it has no CAP_SYS_RESOURCE, and Podman's root defaults are higher);
+* the build gets host networking, the host's CA bundle and a pip.conf naming
+  it (``cert =``, i.e. PIP_CERT), bind-mounted for the RUN steps only;
+* an override file lowering lb's ``ulimits`` to those same hard limits;
+* ``up --no-deps`` (see :meth:`Cluster.up`), and removing scaled-up
+  replicas that podman-compose's ``down`` leaves (see :meth:`Cluster.down`).
+
+Podman without systemd runs no healthcheck timers, so a container's health
+status stays "starting"; :meth:`Cluster.healthy` runs the compose file's own
+healthcheck command once (``podman healthcheck run``) instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+STANDINS = Path(__file__).resolve().parent / "standins"
+BASE = "localhost/chinwag-standin/bookworm:base"
+# stand-in Containerfile -> the image names the Dockerfile and compose file use
+STANDIN_TAGS = {
+    "python": "docker.io/library/python:3.11-slim",
+    "redis": "docker.io/library/redis:7-alpine",
+    "haproxy": "docker.io/library/haproxy:2.9-alpine",
+}
+IMAGE = "chinwag:local"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's ca-certificates
+PROJECT_PREFIX = "cwdeploy"
+COMPOSE_TIMEOUT = 240.0  # one podman-compose command (down waits out stop_grace_period)
+
+
+class HarnessError(RuntimeError):
+    """A podman / podman-compose step failed; the message carries its output."""
+
+
+def run(args: list[str], *, timeout: float = 600.0, check: bool = True, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """One bounded command; a failure raises with its output (what a CI log needs)."""
+    proc = subprocess.run(args, capture_output=True, timeout=timeout, env=env, cwd=cwd, text=True)
+    if check and proc.returncode != 0:
+        raise HarnessError(f"{' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def tools_missing() -> list[str]:
+    """The host programs the harness needs that are not installed (.ci/run installs them)."""
+    needed = ["podman", "runc", "debootstrap"]
+    missing = [tool for tool in needed if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    if shutil.which("podman-compose", path=str(Path(sys.executable).parent)) is None:
+        missing.append("podman-compose (pip: the dev extra)")
+    return missing
+
+
+class Podman:
+    """podman with the harness's containers.conf (runc, rlimits within the host's hard limits)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        nproc = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        self.nofile = nofile if nofile != resource.RLIM_INFINITY else 65536
+        # Podman cannot set RLIMIT_NPROC as high as this sandbox's hard limit
+        # (96365 fails, 32768 works: measured); 32768 threads is plenty.
+        self.nproc = min(nproc if nproc != resource.RLIM_INFINITY else 32768, 32768)
+        self.conf = workdir / "containers.conf"
+        self.conf.write_text(
+            "[containers]\n"
+            f'default_ulimits = ["nofile={self.nofile}:{self.nofile}", "nproc={self.nproc}:{self.nproc}"]\n'
+            "[engine]\n"
+            'runtime = "runc"\n'
+            "[network]\n"
+            'network_backend = "netavark"\n'  # with aardvark-dns: service names resolve
+        )
+        self.env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
+
+    def __call__(self, *args: str, timeout: float = 600.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(["podman", *args], timeout=timeout, check=check, env=self.env)
+
+    def exists(self, image: str) -> bool:
+        return self("image", "exists", image, check=False, timeout=60).returncode == 0
+
+    # -- images ---------------------------------------------------------------
+
+    def ensure_base(self) -> None:
+        """The bookworm minbase root, imported as an image: once per machine."""
+        if self.exists(BASE):
+            return
+        root = Path(tempfile.mkdtemp(prefix="chinwag-bookworm.", dir=self.workdir))
+        try:
+            run(["debootstrap", "--variant=minbase", "bookworm", str(root), "http://deb.debian.org/debian"],
+                timeout=900)
+            with subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE) as tar:
+                imported = subprocess.run(["podman", "import", "-", BASE], stdin=tar.stdout, env=self.env,
+                                          capture_output=True, timeout=300, check=False)
+            if tar.returncode != 0 or imported.returncode != 0:
+                raise HarnessError(f"importing the bookworm root failed: {imported.stderr.decode()[-3000:]}")
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    def ensure_standins(self) -> None:
+        """python / redis / haproxy stand-ins, rebuilt only when their Containerfile changes."""
+        self.ensure_base()
+        for name, tag in STANDIN_TAGS.items():
+            containerfile = STANDINS / f"{name}.Containerfile"
+            digest = hashlib.sha256(containerfile.read_bytes()).hexdigest()[:12]
+            local = f"localhost/chinwag-standin/{name}:{digest}"
+            if not self.exists(local):
+                self("build", "--network", "host", "-f", str(containerfile), "-t", local, str(STANDINS),
+                     timeout=900)
+            self("tag", local, tag, timeout=60)
+
+    def build_project(self) -> None:
+        """chinwag:local from the real Dockerfile, as `docker compose build` would.
+
+        --format docker keeps the Dockerfile's HEALTHCHECK (OCI images have no
+        such field).  The CA bundle and a pip.conf naming it are mounted into
+        the RUN steps only, never into a layer."""
+        pip_conf = self.workdir / "pip.conf"
+        pip_conf.write_text("[global]\ncert = /run/chinwag-ci/ca.crt\n")
+        self("build", "--format", "docker", "--network", "host",
+             "-v", f"{CA_BUNDLE}:/run/chinwag-ci/ca.crt:ro", "-v", f"{pip_conf}:/etc/pip.conf:ro",
+             "-t", IMAGE, str(ROOT), timeout=1200)
+
+    # -- leftovers ------------------------------------------------------------
+
+    def remove_project(self, project: str) -> None:
+        """Everything labelled with the compose project, whatever state it is in."""
+        label = f"label=io.podman.compose.project={project}"
+        ids = self("ps", "-a", "-q", "--filter", label, check=False, timeout=60).stdout.split()
+        if ids:
+            self("rm", "-f", "-t", "0", *ids, check=False, timeout=120)
+        for kind in ("network", "volume"):
+            names = self(kind, "ls", "-q", "--filter", label, check=False, timeout=60).stdout.split()
+            if names:
+                self(kind, "rm", "-f", *names, check=False, timeout=120)
+
+    def remove_stale_projects(self) -> None:
+        """Projects left by earlier runs whose pytest process is gone (a killed run)."""
+        out = self("ps", "-a", "--format", "{{index .Labels \"io.podman.compose.project\"}}",
+                   check=False, timeout=60).stdout.split()
+        out += self("network", "ls", "--format", "{{.Name}}", check=False, timeout=60).stdout.split()
+        for name in sorted(set(out)):
+            if not name.startswith(PROJECT_PREFIX):
+                continue
+            project = name.removesuffix("_default")
+            pid = project[len(PROJECT_PREFIX):].split("x")[0]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                self.remove_project(project)
+
+
+class Cluster:
+    """One compose project: the real compose file(s) plus the harness override."""
+
+    _count = 0
+
+    def __init__(self, podman: Podman, files: list[str], extra_env: dict[str, str] | None = None) -> None:
+        Cluster._count += 1
+        self.podman = podman
+        self.project = f"{PROJECT_PREFIX}{os.getpid()}x{Cluster._count}"
+        self.lb_port = free_port()
+        self.stats_port = free_port()
+        override = podman.workdir / f"{self.project}-override.yml"
+        # Integers, as in the base file (podman-compose will not merge a str into an int).
+        override.write_text(
+            "services:\n  lb:\n    ulimits:\n"
+            f"      nofile: {podman.nofile}\n      nproc: {podman.nproc}\n"
+        )
+        self.files = [*files, str(override)]
+        self.env = {
+            **podman.env,
+            "CHINWAG_LB_ADDR": "127.0.0.1",
+            "CHINWAG_LB_PORT": str(self.lb_port),
+            "CHINWAG_STATS_PORT": str(self.stats_port),
+            **(extra_env or {}),
+        }
+        self.compose_bin = str(Path(sys.executable).parent / "podman-compose")
+
+    def script_env(self) -> dict[str, str]:
+        """Environment for deploy/*.sh: the docker CLI is podman, compose is podman-compose."""
+        compose = [self.compose_bin, "-p", self.project]
+        for file in self.files:
+            compose += ["-f", file]
+        return {**self.env, "DOCKER": "podman", "COMPOSE": " ".join(compose),
+                "COMPOSE_PROJECT_NAME": self.project, "WAIT": "120"}
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.lb_port}"
+
+    def compose(self, *args: str, timeout: float = COMPOSE_TIMEOUT) -> str:
+        cmd = [self.compose_bin, "-p", self.project]
+        for file in self.files:
+            cmd += ["-f", file]
+        return run([*cmd, *args], timeout=timeout, env=self.env, cwd=ROOT).stdout
+
+    def up(self, *args: str) -> None:
+        """`up -d` and wait until every container passes its healthcheck and lb sees the gateways."""
+        # --no-deps: podman-compose turns depends_on into `podman --requires`
+        # links, which forbid removing a gateway while lb exists (Docker has no
+        # such link; deploy/rolling-restart.sh replace needs it gone).  The
+        # containers are still created and started in dependency order.
+        self.compose("up", "-d", "--no-build", "--no-deps", *args)
+        self.wait_healthy()
+
+    def down(self, *args: str) -> None:
+        """`down`: containers and network go, named volumes stay.
+
+        podman-compose 1.6's down only removes the replicas the file asks for
+        (3 gateways), not ones added by --scale, as `docker compose down`
+        does: the harness removes those itself."""
+        self.compose("down", *args)
+        label = f"label=io.podman.compose.project={self.project}"
+        left = self.podman("ps", "-a", "-q", "--filter", label, timeout=60).stdout.split()
+        if left:
+            self.podman("rm", "-f", "-t", "30", *left, timeout=120)
+
+    def remove(self) -> None:
+        """Bounded cleanup, also after a failure: `down -v`, then force-remove anything left."""
+        with contextlib.suppress(Exception):
+            self.compose("down", "-v", "-t", "5", timeout=120)
+        self.podman.remove_project(self.project)
+
+    # -- looking at it ----------------------------------------------------------
+
+    def containers(self, service: str) -> list[str]:
+        out = self.podman(
+            "ps", "-a", "--filter", f"label=io.podman.compose.project={self.project}",
+            "--filter", f"label=io.podman.compose.service={service}", "--format", "{{.Names}}", timeout=60,
+        ).stdout.split()
+        return sorted(out)
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        data: list[dict[str, Any]] = json.loads(self.podman("inspect", container, timeout=60).stdout)
+        return data[0]
+
+    def ip(self, container: str) -> str:
+        networks = self.inspect(container)["NetworkSettings"]["Networks"]
+        return str(next(iter(networks.values()))["IPAddress"])
+
+    def healthy(self, container: str) -> bool:
+        """The container's own healthcheck (from the compose file or the image) passes now."""
+        return self.podman("healthcheck", "run", container, check=False, timeout=60).returncode == 0
+
+    def running(self, container: str) -> bool:
+        return bool(self.inspect(container)["State"]["Running"])
+
+    def lb_servers(self) -> dict[str, str]:
+        """HAProxy's view of the gateway slots: server address -> status (only resolved slots)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {
+            row["addr"].split(":")[0]: row["status"]
+            for row in rows
+            if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND") and row.get("addr")
+        }
+
+    def lb_sees_all_gateways(self) -> bool:
+        """Every running gateway is UP in HAProxy, and no other slot is."""
+        ips = {self.ip(c) for c in self.containers("gateway") if self.running(c)}
+        with contextlib.suppress(OSError):
+            servers = self.lb_servers()
+            return bool(ips) and {addr for addr, status in servers.items() if status == "UP"} == ips
+        return False
+
+    def wait_healthy(self, timeout: float = 180.0) -> None:
+        everything = [c for s in ("redis", "presence", "gateway", "lb") for c in self.containers(s)]
+        for container in everything:
+            wait_until(lambda c=container: self.healthy(c), timeout, f"{container} healthy", interval=1.0)
+        wait_until(self.lb_sees_all_gateways, timeout, "HAProxy: every gateway UP", interval=0.5)
+
+    def metrics(self, container: str, port: int = 9100) -> str:
+        """GET /metrics from a container on the project's bridge network, as a scraper would."""
+        with urllib.request.urlopen(f"http://{self.ip(container)}:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    def kill_process(self, container: str) -> int:
+        """SIGKILL the container's main process from the host: a crash, not a `docker stop`."""
+        pid = int(self.inspect(container)["State"]["Pid"])
+        os.kill(pid, 9)
+        return pid
+
+    def restart_count(self, container: str) -> int:
+        return int(self.inspect(container).get("RestartCount", 0))
+
+    def logs(self) -> str:
+        parts = []
+        for service in ("redis", "presence", "gateway", "lb"):
+            for container in self.containers(service):
+                out = self.podman("logs", "--tail", "40", container, check=False, timeout=60)
+                parts.append(f"--- {container}\n{out.stdout[-4000:]}{out.stderr[-4000:]}")
+        return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def running_cluster(podman: Podman, files: list[str], extra_env: dict[str, str] | None = None,
+                    up_args: tuple[str, ...] = ()) -> Iterator[Cluster]:
+    """A cluster that is up and healthy inside the block and gone after it, whatever happens."""
+    cluster = Cluster(podman, files, extra_env)
+    try:
+        try:
+            cluster.up(*up_args)
+        except BaseException:
+            print(cluster.logs())
+            raise
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+def timed(what: str) -> contextlib.AbstractContextManager[None]:
+    """Print how long a step took (the CI log shows cold and warm build times)."""
+
+    @contextlib.contextmanager
+    def block() -> Iterator[None]:
+        start = time.monotonic()
+        yield
+        print(f"deploy harness: {what} took {time.monotonic() - start:.1f}s", file=sys.stderr)
+
+    return block()

@@ -1,0 +1,228 @@
+"""The real docker-compose.yml, run under Podman (tests/deploy/harness.py says how and what differs).
+
+One cluster is shared by this module's tests, in file order: chat through
+HAProxy, healthchecks, metrics, a gateway crash, a Redis restart, a rolling
+restart and an upgrade under load, scaling to five, a Redis backup and
+restore, and last `down` + `up`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from client import ChatClient
+from client.chat import ChatError
+from protocol import frames as f
+from tests.deploy.harness import ROOT, Cluster, run
+from tests.deploy.load import ChatLoad
+from tests.helpers import wait_for_event, wait_until
+
+# Generous: the first test also waits for the session's image builds (cold: minutes).
+pytestmark = pytest.mark.timeout(1200)
+
+
+async def _open(cluster: Cluster, user: str, password: str = "secret-pw") -> ChatClient:
+    return await ChatClient.open(cluster.url, user, password, request_timeout=60, backoff_cap=1.0)
+
+
+def test_every_container_passes_its_healthcheck(cluster: Cluster) -> None:
+    # up() already waited for this; here it is stated, with what the image promises.
+    for service in ("redis", "presence", "gateway", "lb"):
+        for container in cluster.containers(service):
+            assert cluster.healthy(container), container
+    assert len(cluster.containers("gateway")) == 3  # deploy.replicas
+    gateway = cluster.inspect(cluster.containers("gateway")[0])
+    assert gateway["Config"]["User"] == "10001:10001"
+    assert gateway["Config"]["Healthcheck"]["Test"][0] == "CMD"  # the compose file's, over the image's
+
+
+async def test_clients_through_haproxy_chat_across_gateways(cluster: Cluster) -> None:
+    clients = [await _open(cluster, f"chat{i}") for i in range(3)]
+    try:
+        # leastconn: three fresh clients on three idle gateways land on three gateways.
+        assert len({c.node for c in clients}) == 3
+        ack = await clients[0].send("@chat1", "hello across gateways")
+        got = await wait_for_event(clients[1], lambda e: isinstance(e, f.Message) and e.id == ack.id, 30)
+        assert isinstance(got, f.Message) and got.body == "hello across gateways"
+        await clients[2].send("*", "to everyone")
+        for client in clients[:2]:
+            await wait_for_event(client, lambda e: isinstance(e, f.Message) and e.body == "to everyone", 30)
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_metrics_scraped_from_every_gateway_and_presence(cluster: Cluster) -> None:
+    client = await _open(cluster, "metrics0")
+    try:
+        # As Prometheus on the compose network would: each gateway's HTTP port, by address.
+        gateways = cluster.containers("gateway")
+        scraped = {c: cluster.metrics(c).splitlines() for c in gateways}
+        for container, lines in scraped.items():
+            assert "chinwag_ready 1" in lines, (container, lines[:20])
+        with_client = [c for c, lines in scraped.items() if "chinwag_connections 1" in lines]
+        assert len(with_client) == 1  # the one gateway HAProxy gave our client
+        assert "chinwag_presence_redis_up 1" in cluster.metrics(cluster.containers("presence")[0]).splitlines()
+        # deploy/metrics.sh, the operator's quick look: every gateway and presence, by name.
+        out = run(["sh", str(ROOT / "deploy" / "metrics.sh")], env=cluster.script_env(), cwd=ROOT, timeout=120).stdout
+        for container in [*gateways, *cluster.containers("presence")]:
+            assert f"{container} chinwag_" in out
+        assert f"{with_client[0]} chinwag_connections 1" in out.splitlines()
+    finally:
+        await client.close()
+
+
+async def test_gateway_crash_is_restarted_and_loses_nothing(cluster: Cluster) -> None:
+    load = ChatLoad(cluster.url, prefix="crash")
+    try:
+        await load.start()
+        await load.wait_acked(100)
+        victim = cluster.containers("gateway")[0]
+        restarts, old_pid = cluster.restart_count(victim), cluster.kill_process(victim)
+        # restart: unless-stopped brings the same container back with a new process
+        await asyncio.to_thread(wait_until, lambda: cluster.restart_count(victim) > restarts
+                                and cluster.running(victim)
+                                and int(cluster.inspect(victim)["State"]["Pid"]) != old_pid, 120, "restart")
+        await asyncio.to_thread(wait_until, cluster.lb_sees_all_gateways, 120, "HAProxy sees it again", 0.5)
+        await load.wait_acked(load.acked + 100)
+        verdict = await load.stop()
+    except BaseException:
+        await load.abort()
+        raise
+    print(f"\ngateway crash: {verdict}")
+    assert (verdict.lost, verdict.duplicated, verdict.out_of_order) == (0, 0, 0), verdict
+    assert verdict.received == verdict.sent
+    assert verdict.reconnects >= 1  # the crash really cut connected clients
+
+
+async def test_redis_restart_loses_no_acknowledged_message(cluster: Cluster) -> None:
+    load = ChatLoad(cluster.url, prefix="redis")
+    try:
+        await load.start()
+        await load.wait_acked(100)
+        early = len(load.sent[load.users[1]])  # DMs to users[1] acknowledged before the restart
+        redis = cluster.containers("redis")[0]
+        started = cluster.inspect(redis)["State"]["StartedAt"]
+        # `docker compose restart redis`: SIGTERM, Redis writes its AOF and exits; the volume keeps it.
+        await asyncio.to_thread(cluster.podman, "restart", "-t", "30", redis, timeout=120)
+        assert cluster.inspect(redis)["State"]["StartedAt"] != started  # really a new redis-server
+        await load.wait_acked(load.acked + 100)
+        verdict = await load.stop()
+    except BaseException:
+        await load.abort()
+        raise
+    print(f"\nredis restart: {verdict}")
+    assert (verdict.lost, verdict.duplicated, verdict.out_of_order) == (0, 0, 0), verdict
+    assert verdict.received == verdict.sent
+    # What was acknowledged before the restart is still in Redis after it (the AOF
+    # volume): the history of one conversation holds every message sent in it.
+    first, second = load.users[0], load.users[1]
+    client = await _open(cluster, first, "pw-" + first)
+    try:
+        history = {m.id for m in await client.history(f"@{second}", limit=100)}
+    finally:
+        await client.close()
+    before_restart = {mid for frm, mid in load.sent[second][:early] if frm == first}
+    assert before_restart and before_restart <= history
+
+
+def _rolling_restart(cluster: Cluster, mode: str) -> str:
+    script = str(ROOT / "deploy" / "rolling-restart.sh")
+    return run(["sh", script, mode], env=cluster.script_env(), cwd=ROOT, timeout=900).stdout
+
+
+@pytest.mark.parametrize("mode", ["restart", "replace"])
+async def test_rolling_restart_under_load_loses_and_duplicates_nothing(cluster: Cluster, mode: str) -> None:
+    before = {c: cluster.inspect(c)["Id"] for c in cluster.containers("gateway")}
+    load = ChatLoad(cluster.url, clients=8, rate=60, prefix=f"roll{mode[:3]}")
+    try:
+        await load.start()
+        await load.wait_acked(100)
+        output = await asyncio.to_thread(_rolling_restart, cluster, mode)
+        await load.wait_acked(load.acked + 100)
+        verdict = await load.stop()
+    except BaseException:
+        await load.abort()
+        raise
+    print(f"\nrolling {mode}: {verdict}\n{output}")
+    assert (verdict.lost, verdict.duplicated, verdict.out_of_order) == (0, 0, 0), verdict
+    assert verdict.received == verdict.sent
+    assert verdict.reconnects >= len(before)  # every gateway really went away under the clients
+    after = {c: cluster.inspect(c)["Id"] for c in cluster.containers("gateway")}
+    assert len(after) == len(before)
+    if mode == "replace":
+        assert not set(after.values()) & set(before.values())  # every container is new (new image)
+
+
+async def test_scale_to_five_and_haproxy_spreads_new_connections(cluster: Cluster) -> None:
+    await asyncio.to_thread(cluster.up, "--scale", "gateway=5")
+    assert len(cluster.containers("gateway")) == 5
+    clients = [await _open(cluster, f"scale{i}") for i in range(10)]
+    try:
+        nodes = [c.node for c in clients]
+        assert len(set(nodes)) == 5, nodes  # leastconn: two each
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_redis_backup_and_restore(cluster: Cluster, tmp_path: Path) -> None:
+    alice = await _open(cluster, "backup0")
+    try:
+        kept = await alice.send("@backup0", "in the backup")
+    finally:
+        await alice.close()
+    backup = tmp_path / "redis-backup.tar"
+    await asyncio.to_thread(_backup_script, cluster, "backup", backup)
+    assert backup.stat().st_size > 0
+    later = await _open(cluster, "backup1")  # an account that is not in the backup
+    await later.close()
+    await asyncio.to_thread(_backup_script, cluster, "restore", backup)
+    await asyncio.to_thread(cluster.wait_healthy)
+    alice = await _open(cluster, "backup0")
+    try:
+        assert kept.id in {m.id for m in await alice.history("@backup0")}
+    finally:
+        await alice.close()
+    # backup1 registered after the backup, so the restored Redis has never heard of
+    # it: another password registers the name afresh instead of being refused.
+    again = await _open(cluster, "backup1", "another-password")
+    await again.close()
+    with pytest.raises(ChatError):  # while backup0's account came back with its password
+        bad = await _open(cluster, "backup0", "not-the-password")
+        await bad.close()
+
+
+def _backup_script(cluster: Cluster, action: str, path: Path) -> None:
+    env = cluster.script_env()
+    script = str(ROOT / "deploy" / "redis-backup.sh")
+    with open(path, "wb" if action == "backup" else "rb") as stream:
+        kwargs = {"stdout": stream} if action == "backup" else {"stdin": stream, "stdout": subprocess.PIPE}
+        proc = subprocess.run(["sh", script, action], env=env, cwd=ROOT, timeout=600,
+                              stderr=subprocess.PIPE, check=False, **kwargs)  # type: ignore[call-overload]
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+
+
+async def test_down_then_up_keeps_accounts_and_history(cluster: Cluster) -> None:
+    alice = await _open(cluster, "keep0", "alice-pw")
+    bob = await _open(cluster, "keep1", "bob-pw")
+    try:
+        ack = await alice.send("@keep1", "still here after down/up")
+    finally:
+        await alice.close()
+        await bob.close()
+    await asyncio.to_thread(cluster.down)  # no -v: the named volumes stay
+    assert not cluster.containers("gateway")
+    await asyncio.to_thread(cluster.up)
+    bob = await _open(cluster, "keep1", "bob-pw")
+    try:
+        assert ack.id in {m.id for m in await bob.history("@keep0")}
+    finally:
+        await bob.close()
+    with pytest.raises(ChatError):  # the account, with its password, survived
+        wrong = await _open(cluster, "keep0", "not-alice-pw")
+        await wrong.close()
