@@ -20,7 +20,11 @@ What the harness adds, and why (none of it reaches the files a user runs):
   limits (it has no CAP_SYS_RESOURCE, and Podman's root defaults are higher);
 * the build gets host networking, the host's CA bundle and a pip.conf naming
   it (``cert =``, i.e. PIP_CERT), bind-mounted for the RUN steps only;
-* an override file lowering lb's ``ulimits`` to those same hard limits;
+* an override file lowering lb's ``ulimits`` to those same hard limits and
+  giving every service ``dns:`` = the project network's aardvark-dns address
+  only (see :meth:`Cluster.create_network`: Podman would also list the
+  host's nameservers, and HAProxy queries every listed server, so the
+  containers would send DNS to an address outside the test's network);
 * ``up --no-deps`` (see :meth:`Cluster.up`), and removing scaled-up
   replicas that podman-compose's ``down`` leaves (see :meth:`Cluster.down`).
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import resource
@@ -61,6 +66,10 @@ IMAGE = "chinwag:local"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # Debian's ca-certificates
 PROJECT_PREFIX = "cwdeploy"
 COMPOSE_TIMEOUT = 240.0  # one podman-compose command (down waits out stop_grace_period)
+# Every service of docker-compose.yml (+ .tls.yml): each gets the network-only `dns:`.
+# A service missing here would get the host's nameservers again, which
+# test_containers_resolve_names_only_inside_the_project_network catches.
+SERVICES = ("redis", "presence", "gateway", "lb")
 
 
 class HarnessError(RuntimeError):
@@ -193,13 +202,11 @@ class Cluster:
         self.project = f"{PROJECT_PREFIX}{os.getpid()}x{Cluster._count}"
         self.lb_port = free_port()
         self.stats_port = free_port()
-        override = podman.workdir / f"{self.project}-override.yml"
-        # Integers, as in the base file (podman-compose will not merge a str into an int).
-        override.write_text(
-            "services:\n  lb:\n    ulimits:\n"
-            f"      nofile: {podman.nofile}\n      nproc: {podman.nproc}\n"
-        )
-        self.files = [*files, str(override)]
+        # podman-compose's name for the compose file's (implicit) default network.
+        self.network = f"{self.project}_default"
+        self.override = podman.workdir / f"{self.project}-override.yml"
+        self.write_override(dns=[])
+        self.files = [*files, str(self.override)]
         self.env = {
             **podman.env,
             "CHINWAG_LB_ADDR": "127.0.0.1",
@@ -233,8 +240,53 @@ class Cluster:
         # links, which forbid removing a gateway while lb exists (Docker has no
         # such link; deploy/rolling-restart.sh replace needs it gone).  The
         # containers are still created and started in dependency order.
+        self.write_override(dns=self.create_network())
         self.compose("up", "-d", "--no-build", "--no-deps", *args)
         self.wait_healthy()
+
+    def write_override(self, dns: list[str]) -> None:
+        """The harness's compose override: lb's rlimits, and each service's DNS server(s).
+
+        Written as JSON, which is YAML too."""
+        services: dict[str, dict[str, Any]] = {service: {} for service in SERVICES}
+        # Integers, as in the base file (podman-compose will not merge a str into an int).
+        services["lb"]["ulimits"] = {"nofile": self.podman.nofile, "nproc": self.podman.nproc}
+        if dns:
+            for service in SERVICES:
+                services[service]["dns"] = dns
+        self.override.write_text(json.dumps({"services": {k: v for k, v in services.items() if v}}, indent=2))
+
+    def create_network(self) -> list[str]:
+        """Create the project's network as podman-compose would; return its aardvark-dns address(es).
+
+        Podman 4.3 writes a container's /etc/resolv.conf as the network's
+        aardvark-dns (its gateway address) *plus the host's nameservers*, and
+        has no per-network DNS option (its `network create` has no `--dns`).  HAProxy
+        (`parse-resolv-conf`) sends each query to every listed server, so lb
+        would ask the host's resolver for "gateway" every second: traffic
+        leaving the test's network.  A container's own `dns:` replaces the
+        whole list, but the gateway address is known only once the network
+        exists, so the harness creates it first (Podman picks a free subnet),
+        with the labels podman-compose gives it: podman-compose then uses it,
+        and `down` removes it as usual.  (aardvark-dns itself forwards only
+        dotted names it does not know upstream; the services' names have no dot.)"""
+        if self.podman("network", "exists", self.network, check=False, timeout=60).returncode != 0:
+            self.podman("network", "create",
+                        "--label", f"io.podman.compose.project={self.project}",
+                        "--label", f"com.docker.compose.project={self.project}",
+                        self.network, timeout=60)
+        gateways = [str(subnet["gateway"]) for subnet in self.network_subnets_raw() if subnet.get("gateway")]
+        if not gateways:
+            raise HarnessError(f"network {self.network} has no gateway address for aardvark-dns")
+        return gateways
+
+    def network_subnets_raw(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = json.loads(
+            self.podman("network", "inspect", self.network, timeout=60).stdout)
+        return list(data[0].get("subnets") or [])
+
+    def network_subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(subnet["subnet"]) for subnet in self.network_subnets_raw()]
 
     def down(self, *args: str) -> None:
         """`down`: containers and network go, named volumes stay.
@@ -270,6 +322,30 @@ class Cluster:
     def ip(self, container: str) -> str:
         networks = self.inspect(container)["NetworkSettings"]["Networks"]
         return str(next(iter(networks.values()))["IPAddress"])
+
+    def all_containers(self) -> list[str]:
+        """Every container of the project, whatever service or state."""
+        return sorted(self.podman("ps", "-a", "--filter", f"label=io.podman.compose.project={self.project}",
+                                  "--format", "{{.Names}}", timeout=60).stdout.split())
+
+    def nameservers(self, container: str) -> list[str]:
+        """The nameservers the container's processes read (its /etc/resolv.conf)."""
+        text = self.podman("exec", container, "cat", "/etc/resolv.conf", timeout=60).stdout
+        return [line.split()[1] for line in text.splitlines() if line.split()[:1] == ["nameserver"]]
+
+    def foreign_nameservers(self) -> dict[str, list[str]]:
+        """Per running container: nameservers outside the project's network (must be none),
+        or a marker if it lists none at all (then nothing would resolve)."""
+        subnets = self.network_subnets()
+        found: dict[str, list[str]] = {}
+        for container in self.all_containers():
+            if not self.running(container):
+                continue
+            servers = self.nameservers(container)
+            foreign = [s for s in servers if not any(ipaddress.ip_address(s) in net for net in subnets)]
+            if foreign or not servers:
+                found[container] = foreign or ["<no nameserver>"]
+        return found
 
     def healthy(self, container: str) -> bool:
         """The container's own healthcheck (from the compose file or the image) passes now."""

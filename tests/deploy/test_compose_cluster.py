@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from client import ChatClient
-from client.chat import ChatError
 from protocol import frames as f
+from protocol.errors import ChatError
 from tests.deploy.harness import ROOT, Cluster, run
 from tests.deploy.load import ChatLoad
 from tests.helpers import wait_for_event, wait_until
@@ -38,6 +38,13 @@ def test_every_container_passes_its_healthcheck(cluster: Cluster) -> None:
     gateway = cluster.inspect(cluster.containers("gateway")[0])
     assert gateway["Config"]["User"] == "10001:10001"
     assert gateway["Config"]["Healthcheck"]["Test"][0] == "CMD"  # the compose file's, over the image's
+
+
+def test_containers_resolve_names_only_inside_the_project_network(cluster: Cluster) -> None:
+    # Podman lists the host's nameservers after aardvark-dns unless told
+    # otherwise, and HAProxy queries every listed server: DNS would leave the
+    # test's network (harness.Cluster.create_network).
+    assert cluster.foreign_nameservers() == {}
 
 
 async def test_clients_through_haproxy_chat_across_gateways(cluster: Cluster) -> None:

@@ -51,6 +51,11 @@ async def test_wss_through_haproxy_with_a_test_certificate(tls: tuple[Cluster, P
         await bob.close()
 
 
+def test_overlay_containers_resolve_only_inside_the_project_network(tls: tuple[Cluster, Path, int]) -> None:
+    cluster, _, _ = tls
+    assert cluster.foreign_nameservers() == {}  # as in test_compose_cluster.py
+
+
 def test_plain_port_redirects_to_https(tls: tuple[Cluster, Path, int]) -> None:
     cluster, _, _ = tls
     conn = http.client.HTTPConnection("127.0.0.1", cluster.lb_port, timeout=10)
