@@ -39,6 +39,7 @@ from protocol.errors import (
 from protocol.files import is_chunk
 from protocol.names import group_name, normalize_name, parse_address
 
+from . import lease
 from .files import FileService
 from .group_relay import GroupRelay
 from .groups import Groups, GroupState
@@ -185,6 +186,8 @@ class Dispatcher:
             state = await self.relay.join(
                 session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
         elif op == "leave":
+            # What the group stored while we were a member (gateway/lease.py).
+            await lease.deliver_before_leaving(self.store, self.groups, session, gkey)
             await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):

@@ -77,6 +77,7 @@ class _Protocol(asyncio.Protocol):
         self.owner = owner
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
+        self.lost = False  # closed; may happen before the pipeline has adopted the connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -105,6 +106,7 @@ class _Protocol(asyncio.Protocol):
                     fut.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.owner._drop(self, RedisConnectionError("Redis closed the connection"))
 
 
@@ -138,7 +140,7 @@ class AutoPipeline:
     async def call(self, args: Sequence[Arg]) -> Any:
         """Queue one command; its reply (or its error) comes back here."""
         proto = self._proto
-        if proto is None:
+        if proto is None or proto.lost:
             proto = await self._connect()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -164,8 +166,11 @@ class AutoPipeline:
         data = b"".join(self._buffer)
         self._buffer.clear()
         proto = self._proto
-        if proto is None or proto.transport is None or proto.transport.is_closing():
-            self._fail_all(RedisConnectionError("the Redis connection was lost"))
+        if proto is None or proto.lost or proto.transport is None or proto.transport.is_closing():
+            lost = RedisConnectionError("the Redis connection was lost")
+            if proto is not None:
+                self._drop(proto, lost)  # and the next call connects again
+            self._fail_all(lost)
             return
         self.batches += 1
         proto.transport.write(data)
@@ -195,6 +200,8 @@ class AutoPipeline:
                 _, proto = await asyncio.wait_for(loop.create_connection(factory, host, port), self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from None
+        if proto.lost:  # closed again before we got here: its connection_lost found nothing to drop
+            raise RedisConnectionError("Redis closed the connection")
         self._proto = proto
         self._arm_watchdog()
         handshake: list[list[Arg]] = []

@@ -59,6 +59,7 @@ from protocol.errors import (
 from protocol.frames import frame_id
 from protocol.names import id_tuple, login_name
 
+from . import lease
 from .accounts import Accounts
 from .admission import Admission
 from .client_ip import TrustedProxies, client_ip, peer
@@ -139,6 +140,8 @@ class Gateway:
         self._broadcast_held: list[bytes] | None = None  # broadcasts arriving during recovery
         self._lease_task: asyncio.Task[Any] | None = None
         self._recovery: asyncio.Task[Any] | None = None
+        self._reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
+        self._pubsub_losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
         self.http: asyncio.Server | None = None
         gm = GatewayMetrics.create(
             connections=lambda: len(self.sessions), reconnects=lambda: self.router.reconnects,
@@ -201,7 +204,7 @@ class Gateway:
         self.router.set_handler(keys.PRESENCE_CHANNEL, self.fanout.on_presence)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self._start_recovery
-        self.router.on_lost = self._hold_everything
+        self.router.on_lost = self._pubsub_lost
         self._lease_task = self._spawn(self._lease_loop(), "lease")
         self.server = await serve(
             self._handle,
@@ -295,10 +298,10 @@ class Gateway:
                 if not registered:
                     await self.registry.register_gateway(self.node_id)
                     registered = True
-                elif not await self.registry.renew_lease(self.node_id):
-                    log.warning("lease of %s was lost; registering again and re-claiming names", self.node_id)
-                    await self.registry.register_gateway(self.node_id)
-                    await self._reclaim_all()
+                elif not self._reclaim_pending and not await self.registry.renew_lease(self.node_id):
+                    self._lease_lost()
+                if self._reclaim_pending and (self._recovery is None or self._recovery.done()):
+                    self._start_recovery()  # an earlier recovery gave up before it could re-claim
                 await self._retry_releases()
                 if not self.redis_ok:
                     log.info("Redis is reachable again")
@@ -313,14 +316,20 @@ class Gateway:
                 self.redis_ok = False
                 await asyncio.sleep(backoff.next_delay())
 
-    async def _reclaim_all(self) -> None:
-        for session in list(self.sessions.values()):
-            claim = await self.registry.claim(
-                session.key, session.name, self.node_id, session.token, online_limit=0
-            )
-            if claim is None:
-                log.warning("lost the name %s while the lease was gone; closing", session.name)
-                self._close_later(session.ws, CloseCode.SESSION_LOST, "session lost")
+    def _lease_lost(self) -> None:
+        """The lease was reaped: hold every session's live frames now, then re-claim and catch up
+        in the recovery task (gateway/lease.py explains why in this order)."""
+        if self._reclaim_pending:
+            return
+        log.warning("lease of %s was lost; holding live frames, re-claiming names and catching up", self.node_id)
+        self._hold_everything()
+        self._reclaim_pending = True
+        self._start_recovery()
+
+    def close_session(self, session: Session, code: int, reason: str) -> None:
+        """Stop fanning out to a session and close its socket (its handler then logs it out)."""
+        self.fanout.drop(session.ws)
+        self._close_later(session.ws, code, reason)
 
     async def _retry_releases(self) -> None:
         for key, token in list(self._to_release):
@@ -485,11 +494,10 @@ class Gateway:
         self.fanout.add(session)
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
-        if dms.frames:
-            try:
-                await self.store.advance_delivered(key, dms.frames[-1][0])
-            except REDIS_ERRORS:
-                log.warning("could not record delivery for %s; replay may repeat", name)
+        try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on
+            await self.store.settle(key, session.token_hash, session.last_dm_id)
+        except REDIS_ERRORS:
+            log.warning("could not record delivery for %s; replay may repeat", name)
         log.info(
             "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, peer(ws),
             " taking over its session" if claim.took_over else "", len(dms.frames),
@@ -504,6 +512,7 @@ class Gateway:
         try:
             return await self.registry.claim(*args)
         except NoLease:
+            self._lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
             await self.registry.register_gateway(self.node_id)
             return await self.registry.claim(*args)
 
@@ -591,6 +600,10 @@ class Gateway:
             if session not in self.joining:
                 session.start_holding()
 
+    def _pubsub_lost(self) -> None:
+        self._pubsub_losses += 1
+        self._hold_everything()
+
     def _start_recovery(self) -> None:
         if self._recovery is not None and not self._recovery.done():
             self._recovery.cancel()  # superseded: its finally releases what it held
@@ -604,6 +617,7 @@ class Gateway:
         meanwhile, and nothing new can be stored until Redis has loaded.
         """
         self._hold_everything()  # normally already holding since the connection was lost
+        losses = self._pubsub_losses
         sessions = [s for s in self.sessions.values() if s not in self.joining]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
@@ -611,8 +625,12 @@ class Gateway:
         try:
             while True:
                 try:
+                    if self._reclaim_pending:
+                        lost = await lease.reclaim(self)
+                        self._reclaim_pending = False
+                        sessions = [s for s in sessions if s not in lost]
                     recovered = await self._catch_up(sessions)
-                except REDIS_ERRORS as exc:
+                except (*REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
                     if loop.time() > deadline:
                         log.error("gave up catching up after reconnect (%s); clients resume on their next login",
                                   type(exc).__name__)
@@ -626,9 +644,20 @@ class Gateway:
         except asyncio.CancelledError:
             raise  # superseded by a newer catch-up, which inherits everything held
         except BaseException:
-            self._release_held(sessions)
+            if self._pubsub_losses == losses and self.router.live:
+                self._release_held(sessions)
             raise
+        if self._pubsub_losses != losses or not self.router.live:
+            # The subscriptions are down (again): releasing now would let the first live frames
+            # after the resubscribe overtake the messages stored meanwhile (their ids would move
+            # every position past them).  Keep holding: the resubscribe starts the next catch-up.
+            log.info("pub/sub is down again; holding live frames until the next catch-up")
+            return
         self._release_held(sessions)
+        try:
+            await lease.settle(self, sessions)
+        except REDIS_ERRORS as exc:
+            log.warning("could not record delivery after catching up (%s); replay may repeat", type(exc).__name__)
 
     def _release_held(self, sessions: list[Session]) -> None:
         held, self._broadcast_held = self._broadcast_held or [], None
@@ -654,13 +683,16 @@ class Gateway:
         # Memberships that ended (or began again) while the subscriptions were down; each member's
         # replay stops at the newest id when its membership was read: later ones arrive live.
         bounds = await self.relay.verify()
+        caught_up = set(sessions)  # not sessions still logging in: their login replays their groups
         for gkey, members in list(self.relay.members.items()):
-            since = min((s.last_group.get(gkey, (0, 0)) for s in members), default=(0, 0))
-            if since == (0, 0):
-                continue  # nobody here has read it yet: nothing to be behind on
+            readers = [s for s in members if s in caught_up]
+            if not readers:
+                continue
+            # (0, 0) is a position like any other (a group joined before anything was stored): from the start.
+            since = min(s.last_group.get(gkey, (0, 0)) for s in readers)
             for _, frame in (await self.store.replay(keys.group_stream(gkey), _id_str(since))).frames:
                 mid = frame_id(frame)
-                for session in list(members):
+                for session in readers:
                     if mid > bounds.get(session, (0, 0)):
                         continue
                     try:

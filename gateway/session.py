@@ -153,9 +153,11 @@ class Session:
             self.out.inc("group")
             self.push(frame)
 
-    async def replay_group(self, gkey: str, frame: bytes) -> None:
+    async def replay_group(self, gkey: str, frame: bytes, member: bool = False) -> None:
+        """A group message from a replay (``member``: Redis says the user is a member even if this
+        session has already stopped live delivery of the group, as a leave in progress does)."""
         mid = frame_id(frame)
-        if gkey in self.groups and mid > self.last_group.get(gkey, (0, 0)):
+        if (member or gkey in self.groups) and mid > self.last_group.get(gkey, (0, 0)):
             self.last_group[gkey] = mid
             self.cursors_dirty = True
             self.out.inc("group")

@@ -10,8 +10,10 @@ history, replay and live delivery all send those same bytes.
 
 A DM goes to three places: the pair's conversation stream (history), the
 recipient's inbox stream (offline delivery, resume), and, if the recipient is
-online, their pub/sub channel, advancing their ``delivered`` cursor.  A DM to
-an offline user is stored and acked; the gateway replays the inbox after the
+online, their pub/sub channel, advancing their ``delivered`` cursor unless the
+session is still on ``hold`` (claimed, inbox replay not yet written: see
+``_SETTLE``), so the cursor never passes a DM no session was sent.  A DM to an
+offline user is stored and acked; the gateway replays the inbox after the
 cursor at their next login.
 
 Sends are idempotent per (sender, ref): the first run records its id (and a
@@ -131,9 +133,12 @@ end
 """ + _NEXT_ID + """
 local frame = """ + _message("'@' .. name", "ARGV[7]") + """
 """ + _xadd("KEYS[3]", "KEYS[7]") + _xadd("KEYS[4]", "KEYS[7]") + """
-if redis.call('EXISTS', KEYS[6]) == 1 then
+local held = redis.call('HMGET', KEYS[6], 'gw', 'hold')
+if held[1] then
   redis.call('PUBLISH', ARGV[6], frame)
-  redis.call('HSET', KEYS[5], 'delivered', id)
+  if not held[2] then
+    redis.call('HSET', KEYS[5], 'delivered', id)
+  end
 end
 """ + _REMEMBER + """
 return {1, id, string.format('%d', ms)}
@@ -180,6 +185,28 @@ if cur then
   end
 end
 redis.call('HSET', KEYS[1], 'delivered', ARGV[1])
+return 1
+"""
+
+# KEYS: account, session ; ARGV: id, token hash -- the session has written its inbox up to ``id``:
+# move the cursor there (forward only) and, if the session still holds the name, lift its 'hold',
+# so from now on a DM published to it moves the cursor at once.
+_SETTLE = """
+local cur = redis.call('HGET', KEYS[1], 'delivered')
+local nms, nseq = string.match(ARGV[1], '^(%d+)-(%d+)$')
+nms, nseq = tonumber(nms), tonumber(nseq)
+local forward = true
+if cur then
+  local cms, cseq = string.match(cur, '^(%d+)-(%d+)$')
+  cms, cseq = tonumber(cms), tonumber(cseq)
+  forward = nms > cms or (nms == cms and nseq > cseq)
+end
+if forward and (nms > 0 or nseq > 0) then
+  redis.call('HSET', KEYS[1], 'delivered', ARGV[1])
+end
+if redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
+  redis.call('HDEL', KEYS[2], 'hold')
+end
 return 1
 """
 
@@ -243,6 +270,7 @@ class Store:
         self._send_broadcast = redis.register_script(_SEND_BROADCAST)
         self._send_group = redis.register_script(_SEND_GROUP)
         self._advance = redis.register_script(_ADVANCE)
+        self._settle = redis.register_script(_SETTLE)
 
     async def _run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
         if self.pipeline is not None:
@@ -350,3 +378,8 @@ class Store:
     async def advance_delivered(self, key: str, message_id: str) -> None:
         """Move a user's delivered cursor forward (never back)."""
         await self._advance(keys=[keys.account(key)], args=[message_id])
+
+    async def settle(self, key: str, token_hash: str, written_upto: str) -> None:
+        """A session has written every inbox DM up to ``written_upto`` (its replay is done): record it,
+        and let DMs published to it from now on move the cursor (see ``_SETTLE``)."""
+        await self._run(self._settle, [keys.account(key), keys.session(key)], [written_upto, token_hash])

@@ -57,6 +57,8 @@ return 1
 #       how many online names to return (the first in name order, plus one to tell if there are more;
 #       '0': none.  Returning everyone made each login O(online), a login storm O(N^2))
 # -> {1, delivered cursor, online names, online count} | {2, ...} taken over | {0} taken | {-1} no lease
+# The session starts with 'hold' set: until its gateway has written the inbox replay and
+# settles it (gateway/store.py), DMs are still published to it but do not move the delivered cursor.
 # A takeover moves the session to this gateway without presence events and tells
 # the old gateway (on its control channel) to close the old socket.
 _CLAIM = keys.lua_functions(keys.gateway_users, keys.gateway_channel) + """
@@ -73,7 +75,7 @@ if held[1] then
   redis.call('SREM', key_gateway_users(ARGV[6], held[1]), ARGV[1])
   redis.call('PUBLISH', key_gateway_channel(ARGV[6], held[1]), """ + _KICK + """)
 end
-redis.call('HSET', KEYS[1], 'gw', ARGV[3], 'token', ARGV[4], 'name', ARGV[2])
+redis.call('HSET', KEYS[1], 'gw', ARGV[3], 'token', ARGV[4], 'name', ARGV[2], 'hold', '1')
 redis.call('SADD', KEYS[3], ARGV[1])
 local cursor = redis.call('HGET', KEYS[5], 'delivered') or '0-0'
 if status == 1 then
@@ -131,6 +133,37 @@ return {ids, freed}
 """
 
 
+# KEYS: gateways, online, gateway users ; ARGV: node, key prefix, presence channel, then (key, name, token hash)*
+# -> {-1} no lease | one status per name: 1 free again and re-claimed (with 'hold' set, online published),
+#    2 still held by this session, 0 held by another session (this gateway must close its socket)
+# For a gateway that finds its lease was lost (reaped while paused or partitioned): takes back,
+# in one atomic step, every name its open sockets still hold.
+_RECLAIM = keys.lua_functions(keys.session) + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return {-1}
+end
+local out = {}
+for i = 4, #ARGV, 3 do
+  local key, name, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local sk = key_session(ARGV[2], key)
+  local held = redis.call('HMGET', sk, 'gw', 'token')
+  if not held[1] then
+    redis.call('HSET', sk, 'gw', ARGV[1], 'token', token, 'name', name, 'hold', '1')
+    redis.call('SADD', KEYS[3], key)
+    redis.call('ZADD', KEYS[2], 0, name)
+    redis.call('PUBLISH', ARGV[3], """ + _presence("name", "online") + """)
+    out[#out + 1] = 1
+  elseif held[1] == ARGV[1] and held[2] == token then
+    redis.call('SADD', KEYS[3], key)
+    out[#out + 1] = 2
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class OnlinePage:
     """A page of the online names, in code-point order.
@@ -184,6 +217,7 @@ class Registry:
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._reap = redis.register_script(_REAP)
+        self._reclaim = redis.register_script(_RECLAIM)
 
     async def register_gateway(self, node_id: str) -> None:
         await self._lease(keys=[keys.GATEWAYS], args=[node_id, self.lease_ttl_ms, "register"])
@@ -218,6 +252,19 @@ class Registry:
         online = _page([_s(n) for n in result[2]], int(result[3]), online_limit, None) if online_limit > 0 \
             else OnlinePage([])
         return Claim(delivered=_s(result[1]), online=online, took_over=status == 2)
+
+    async def reclaim(self, node_id: str, sessions: list[tuple[str, str, str]]) -> list[int]:
+        """Take back the names of ``(key, name, token hash)`` after a lost lease: one status each
+        (1 re-claimed, 2 still ours, 0 someone else's); NoLease if the lease is not registered."""
+        if not sessions:
+            return []
+        args: list[str] = [node_id, keys.PREFIX, keys.PRESENCE_CHANNEL]
+        for session in sessions:
+            args.extend(session)
+        result = await self._reclaim(keys=[keys.GATEWAYS, keys.ONLINE, keys.gateway_users(node_id)], args=args)
+        if result and int(result[0]) == -1:
+            raise NoLease(node_id)
+        return [int(status) for status in result]
 
     async def release(self, key: str, node_id: str, token: str) -> bool:
         """Free a name if this session still holds it; publishes ``offline``."""

@@ -52,3 +52,10 @@ async def clients() -> AsyncIterator[Clients]:
 def pytest_report_header() -> str:
     """Which Redis the tests run against (the newest redis-server here), at the top of every run."""
     return f"redis-server: {redis_server_binary() or 'none found'}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nemesis", "randomized fault injection (tests/chaos/test_nemesis.py)")
+    group.addoption("--nemesis-seed", type=int, default=None,
+                    help="replay this seed instead of the CI seeds (or CHINWAG_NEMESIS_SEED)")
+    group.addoption("--nemesis-duration", type=float, default=None, help="seconds of faults per seed")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -139,3 +141,54 @@ async def test_database_number_and_closing(redis_server: RedisServer) -> None:
 async def _blocked(admin: aioredis.Redis) -> bool:
     info = await admin.info("clients")
     return int(info.get("blocked_clients", 0)) >= 1
+
+
+async def test_a_half_closed_connection_does_not_wedge_the_pipeline(redis_server: RedisServer) -> None:
+    """Found by tests/chaos/test_nemesis.py (seed 1, a gateway behind a proxy through partitions
+    and Redis restarts): the peer closed its side while the pipeline still had unsent bytes, so
+    the transport was *closing* (waiting to flush) but not yet lost.  Every later call was failed
+    at once without dropping that connection, and with no call left waiting the watchdog never
+    fired: every send of that gateway was answered ``unavailable`` for good."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    port = listener.getsockname()[1]
+    shut = threading.Event()
+    done = threading.Event()
+
+    def half_close() -> None:  # another thread, as another process would be: it never reads
+        conn, _ = listener.accept()
+        shut.wait(10)
+        conn.shutdown(socket.SHUT_WR)  # FIN: "no more from me", while our unsent bytes pile up
+        done.wait(20)
+        conn.close()
+
+    thread = threading.Thread(target=half_close, daemon=True)
+    thread.start()
+    pipe = AutoPipeline(f"redis://127.0.0.1:{port}/0", timeout=2.0)
+    try:
+        big = asyncio.ensure_future(pipe.call([b"SET", b"k", b"x" * 8_000_000]))  # cannot all be sent
+        await async_wait_until(lambda: pipe._proto is not None, 5, "a connection")
+        shut.set()
+        await async_wait_until(lambda: pipe._proto is None or pipe._proto.transport.is_closing(), 5, "EOF seen")
+        with pytest.raises(RedisConnectionError):
+            await pipe.call([b"PING"])
+        with pytest.raises((RedisConnectionError, RedisTimeoutError)):
+            await big
+        # The address leads to a working Redis again (the proxy's upstream is back): calls must work.
+        pipe._params = dict(AutoPipeline(redis_server.url)._params)
+        await async_wait_until(_answers(pipe), 8, "the pipeline to reach Redis again", interval=0.2)
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+        await pipe.aclose()
+
+
+def _answers(pipe: AutoPipeline) -> object:
+    async def check() -> bool:
+        try:
+            return bool(await pipe.call([b"PING"]) == b"PONG")
+        except (RedisConnectionError, RedisTimeoutError):
+            return False
+
+    return check

@@ -106,7 +106,8 @@ async def test_claim_records_session_and_publishes_online(registry: Registry, re
     claim = await registry.claim("alice", "Alice", "gw1", "tok1")
     assert claim == Claim(delivered="0-0", online=OnlinePage(["Alice"]))
     # Only a hash of the session token is stored: a Redis dump cannot take the name over.
-    stored = {b"gw": b"gw1", b"token": token_hash("tok1").encode(), b"name": b"Alice"}
+    # 'hold': DMs do not move the delivered cursor until the gateway has replayed the inbox and settled it.
+    stored = {b"gw": b"gw1", b"token": token_hash("tok1").encode(), b"name": b"Alice", b"hold": b"1"}
     assert await redis.hgetall(keys.session("alice")) == stored
     assert await redis.smembers(keys.gateway_users("gw1")) == {b"alice"}
     assert await registry.online() == ["Alice"]
@@ -361,3 +362,38 @@ async def test_reaping_the_old_gateway_after_a_takeover_keeps_the_name(registry:
     await registry.claim("alice", "Alice", "gw2", "new", takeover_token="old")
     assert await registry.release_gateway("gw1") == []
     assert await registry.online() == ["Alice"]
+
+
+# -- re-claiming names after a lost lease -------------------------------------------------
+
+
+async def test_reclaim_takes_back_free_names_keeps_own_and_leaves_others(
+    registry: Registry, redis: fakeredis.FakeAsyncRedis, presence: Listener
+) -> None:
+    await registry.register_gateway("gw1")
+    await registry.register_gateway("gw2")
+    await registry.claim("alice", "Alice", "gw1", "ta")
+    await registry.claim("bob", "Bob", "gw1", "tb")
+    await registry.claim("carol", "Carol", "gw1", "tc")
+    await _expire(redis, "gw1")
+    await registry.reap_expired()  # gw1 paused past its lease: all three names freed
+    await registry.claim("carol", "Carol", "gw2", "tc2")  # carol logged in elsewhere meanwhile
+    with pytest.raises(NoLease):
+        await registry.reclaim("gw1", [("alice", "Alice", token_hash("ta"))])
+    await registry.register_gateway("gw1")
+    await registry.claim("bob", "Bob", "gw1", "tb")  # (as if a login re-claimed it already)
+    await redis.hdel(keys.session("bob"), "hold")
+    await presence.events()
+    statuses = await registry.reclaim(
+        "gw1", [("alice", "Alice", token_hash("ta")), ("bob", "Bob", token_hash("tb")),
+                ("carol", "Carol", token_hash("tc"))],
+    )
+    assert statuses == [1, 2, 0]
+    alice = await redis.hgetall(keys.session("alice"))
+    assert alice == {b"gw": b"gw1", b"token": token_hash("ta").encode(), b"name": b"Alice", b"hold": b"1"}
+    assert await redis.hget(keys.session("bob"), "hold") is None  # still ours: left as it was
+    assert await registry.holder("carol") == "gw2"
+    assert await redis.smembers(keys.gateway_users("gw1")) == {b"alice", b"bob"}
+    assert await registry.online() == ["Alice", "Bob", "Carol"]
+    assert await presence.events() == [_online("Alice")]
+    assert await registry.reclaim("gw1", []) == []

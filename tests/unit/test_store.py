@@ -391,3 +391,27 @@ async def test_a_ref_reused_for_a_different_message_is_a_new_send(
     retry = await store.send_dm(_name("alice"), "alice", "bob", "second", ref="1")
     assert retry is not None and retry.duplicate and retry.id == second.id
     assert len(await _stream(redis, keys.inbox_stream("bob"))) == 2
+
+
+async def test_dm_to_a_session_on_hold_is_published_but_does_not_move_the_cursor(
+    store: Store, redis: fakeredis.FakeAsyncRedis, listener: Listener
+) -> None:
+    # A freshly claimed (or re-claimed) session holds the cursor until its gateway has replayed
+    # the inbox: DMs stored while the name was free must not be skipped by a later live one.
+    offline = await _dm(store, "Alice", "bob", "while nobody held the name")
+    await redis.hset(keys.session("bob"), mapping={"gw": "gw1", "token": "t", "name": "bob", "hold": "1"})
+    live = await _dm(store, "Alice", "bob", "after the claim")
+    assert offline is not None and live is not None
+    assert [channel for channel, _ in await listener.messages()] == [keys.user_channel("bob")]
+    assert await redis.hget(keys.account("bob"), "delivered") is None
+    await store.settle("bob", "not-its-token", live.id)  # a stale session: cursor yes, hold stays
+    assert await redis.hget(keys.account("bob"), "delivered") == live.id.encode()
+    assert await redis.hget(keys.session("bob"), "hold") == b"1"
+    await store.settle("bob", "t", offline.id)  # never moves the cursor back; lifts the hold
+    assert await redis.hget(keys.account("bob"), "delivered") == live.id.encode()
+    assert await redis.hget(keys.session("bob"), "hold") is None
+    again = await _dm(store, "Alice", "bob", "settled: live DMs move it again")
+    assert again is not None
+    assert await redis.hget(keys.account("bob"), "delivered") == again.id.encode()
+    await store.settle("carol", "t", "0-0")  # nobody: nothing recorded
+    assert await redis.hget(keys.account("carol"), "delivered") is None

@@ -1,0 +1,99 @@
+"""What a gateway does when it finds it lost its lease: take its names back, then catch up.
+
+A gateway that is paused (SIGSTOP, a VM pause, a long GC stall) or cut off from
+Redis for longer than its lease is reaped by the presence service: its names
+are freed, and a DM to one of its users is then stored in the inbox but
+published nowhere (nobody holds the name).  Its sockets, though, may still be
+open when it comes back.  If it simply claimed the names again, the next live
+DM would move the client's position (and the server's cursor) past the DMs
+stored while it was gone, and those would be lost to every delivery path.
+
+So the gateway treats a lost lease like lost pub/sub subscriptions, and the
+same recovery task does both (gateway/server.py ``_recover``):
+
+1. the moment the lease renewal says "gone", every session starts *holding*
+   live frames (before any name is claimed again, so nothing published to a
+   re-claimed name can overtake the catch-up);
+2. :func:`reclaim` registers the lease again and takes every name back in one
+   Lua script (``Registry.reclaim``).  A name someone else holds meanwhile (the
+   user logged in elsewhere) is not taken: that socket is closed with 4003, and
+   the client resumes where it left off.  A session still in the middle of its
+   login is closed the same way if its name had been freed, because its login
+   replay may already have been read;
+3. the catch-up replays each session's inbox after the last DM written to it
+   (and broadcasts and groups, as after any resubscribe), id-checked, then the
+   held frames go out;
+4. :func:`settle` records per session that its inbox is written up to its last
+   DM.  Re-claimed sessions carry a ``hold`` flag until then, so DMs published
+   to them meanwhile do not move the ``delivered`` cursor past the gap.
+
+The recovery is re-runnable: if it is superseded (Redis drops again), the next
+one finds the claim still pending and does all of it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from common import keys
+from protocol.errors import CloseCode
+from protocol.names import id_tuple
+
+if TYPE_CHECKING:
+    from .groups import Groups
+    from .server import Gateway
+    from .session import Session
+    from .store import Store
+
+log = logging.getLogger("chinwag.lease")
+
+
+async def reclaim(gateway: Gateway) -> set[Session]:
+    """Register the lease again and take back every name this gateway's sockets hold.
+
+    Returns the sessions that must not be caught up: their sockets are being
+    closed with 4003 (``session lost``) and their clients will resume.
+    Raises Redis errors (the caller retries).
+    """
+    await gateway.registry.register_gateway(gateway.node_id)
+    sessions = list(gateway.sessions.values())
+    statuses = await gateway.registry.reclaim(
+        gateway.node_id, [(s.key, s.name, s.token_hash) for s in sessions]
+    )
+    lost: set[Session] = set()
+    for session, status in zip(sessions, statuses, strict=True):
+        if status == 0 or (status == 1 and session in gateway.joining):
+            lost.add(session)
+            why = "someone else holds it now" if status == 0 else "it was freed during the login"
+            log.warning("lost the name %s while the lease was gone (%s); closing", session.name, why)
+            gateway.close_session(session, CloseCode.SESSION_LOST, "session lost")
+    log.info("re-claimed %d names after the lease was lost; closing %d", len(sessions) - len(lost), len(lost))
+    return lost
+
+
+async def settle(gateway: Gateway, sessions: list[Session]) -> None:
+    """Record, per session, that its inbox is written up to its last DM (and lift a re-claim's hold)."""
+    owned = [s for s in sessions if gateway.sessions.get(s.key) is s]
+    # Concurrent, so the auto-pipeline writes them to Redis together.
+    await asyncio.gather(*(gateway.store.settle(s.key, s.token_hash, s.last_dm_id) for s in owned))
+
+
+async def deliver_before_leaving(store: Store, groups: Groups, session: Session, gkey: str) -> None:
+    """Before a session stops receiving a group it is leaving, write what the group stored while the
+    user is a member and the session has not had yet: live delivery may have been cut off (pub/sub
+    down, catch-up still to come, or an earlier attempt at this leave that detached the session but
+    got no answer from Redis), and after the leave no catch-up or resume covers it.  Membership and
+    the newest id are read from Redis in one step, so nothing from outside the membership is sent."""
+    now, since = await groups.membership(session.key, [gkey])
+    if gkey not in since:
+        return  # not a member (any more): nothing of the group is this session's
+    last = max(session.last_group.get(gkey, (0, 0)), id_tuple(since[gkey]))
+    bound = id_tuple(now)
+    if bound <= last:
+        return
+    for mid, frame in (await store.replay(keys.group_stream(gkey), f"{last[0]}-{last[1]}")).frames:
+        if id_tuple(mid) > bound:
+            break
+        await session.replay_group(gkey, frame, member=True)
