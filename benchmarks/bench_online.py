@@ -22,8 +22,8 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
+from chinwag.cluster import Cluster
 from presence.registry import Registry
-from tests.helpers import RedisServer
 
 
 async def measure(redis: Redis, online: int, logins: int, limit: int) -> dict[str, float]:
@@ -47,9 +47,8 @@ async def measure(redis: Redis, online: int, logins: int, limit: int) -> dict[st
 
 async def main_async(onlines: list[int], logins: int, page: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp) / "redis", appendonly=False)
-        server.start()
-        redis = Redis.from_url(server.url)
+        server = Cluster(data_dir=Path(tmp), appendonly=False)
+        redis = Redis.from_url(server.start_redis())
         try:
             print("| online | list | wall per login | client CPU per login | list bytes | Redis µs per claim |")
             print("|---|---|---|---|---|---|")
@@ -60,7 +59,7 @@ async def main_async(onlines: list[int], logins: int, page: int) -> None:
                           f"{r['bytes']:,.0f} | {r['redis_us']:.0f} |")
         finally:
             await redis.aclose()
-            server.stop()
+            server.down()
 
 
 def main() -> None:

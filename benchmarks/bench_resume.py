@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from chinwag.cluster import Cluster, free_base_port
 from client import ChatClient
 from protocol import frames as f
-from tests.helpers import Processes, RedisServer
 
 
 async def one_round(url: str, missed: int, round_no: int) -> float:
@@ -50,20 +50,18 @@ async def one_round(url: str, missed: int, round_no: int) -> float:
 
 async def main_async(missed: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        redis = RedisServer(Path(tmp) / "redis", appendonly=False)
-        redis.start()
-        procs = Processes(Path(tmp))
+        # Production password hashing: the reconnect pays for a real argon2id verify.
+        env = {
+            "CHINWAG_ARGON2_MEMORY_KIB": "19456", "CHINWAG_ARGON2_TIME_COST": "2",
+            "CHINWAG_RATE_MESSAGES": "0",  # the sender replays a backlog as fast as it can
+        }
+        cluster = Cluster(gateways=1, base_port=free_base_port("127.0.0.1", 1), data_dir=Path(tmp), log_level="WARNING",
+                          appendonly=False, extra_env=env)
         try:
-            # Production password hashing: the reconnect pays for a real argon2id verify.
-            env = {
-                "CHINWAG_LOG_LEVEL": "WARNING", "CHINWAG_ARGON2_MEMORY_KIB": "19456", "CHINWAG_ARGON2_TIME_COST": "2",
-                "CHINWAG_RATE_MESSAGES": "0",  # the sender replays a backlog as fast as it can
-            }
-            gw = procs.gateway(redis.url, env=env)
-            times = [await one_round(gw.url, missed, r) for r in range(rounds)]
+            cluster.up()
+            times = [await one_round(cluster.urls()[0], missed, r) for r in range(rounds)]
         finally:
-            procs.stop_all()
-            redis.stop()
+            cluster.down()
     times_ms = sorted(t * 1000 for t in times)
     print(f"resume of {missed} DMs + {missed // 10} broadcasts, {rounds} rounds: "
           f"median {statistics.median(times_ms):.1f} ms, min {times_ms[0]:.1f} ms, max {times_ms[-1]:.1f} ms "

@@ -388,7 +388,11 @@ async def fixed_rate(pairs: list[Pair], tracker: Tracker, rate: float, duration:
         t0 = time.perf_counter()
         await asyncio.gather(*(drive(i, p) for i, p in enumerate(pairs)))
         await asyncio.gather(*tasks)
-    lat = [d for _, d in tracker.latencies]
+    return _finish(res, [d for _, d in tracker.latencies], duration, meter)
+
+
+def _finish(res: PhaseResult, lat: list[float], duration: float, meter: Meter) -> PhaseResult:
+    """A phase's figures from its latencies and the CPU the meter saw."""
     res.delivered = len(lat)
     res.rate = res.delivered / duration
     res.p50_ms, res.p99_ms = _pct(lat, 0.50), _pct(lat, 0.99)
@@ -414,13 +418,7 @@ async def saturate(pairs: list[Pair], tracker: Tracker, window: int, duration: f
         return res
     with meter:
         await asyncio.gather(*workers)
-    lat = [d for at, d in tracker.latencies if at <= end]
-    res.delivered = len(lat)
-    res.rate = res.delivered / duration
-    res.p50_ms, res.p99_ms = _pct(lat, 0.50), _pct(lat, 0.99)
-    res.gen_cpu, res.server_cpu, res.redis_cpu = meter.gen_pct, meter.srv_pct, meter.red_pct
-    res.other_cpu = meter.other_pct
-    return res
+    return _finish(res, [d for at, d in tracker.latencies if at <= end], duration, meter)
 
 
 async def run_system(name: str, opener: Callable[[list[str], int, str, OnBody], Awaitable[Pair]], urls: list[str],

@@ -34,7 +34,7 @@ import logging
 import sys
 import tkinter as tk
 from tkinter import messagebox, ttk
-from typing import Any, Literal
+from typing import Literal
 
 from chinwag.admin_node import (
     _PORT_ERRORS,
@@ -42,15 +42,26 @@ from chinwag.admin_node import (
     _clock,
     _in_use,
     _monitor,
-    _reason,
-    _redacted,
     _run_node,
     _WindowLogHandler,
 )
-from chinwag.config import Settings
-from chinwag.logs import setup_logging
 from client.bridge import Bridge
-from client.gui_layout import BG, MUTED_FG, PANE_BG, STATE_FG, FlowBar, FollowText, app_frame, labelled, run_mainloop
+from client.gui_layout import (
+    BG,
+    MUTED_FG,
+    PANE_BG,
+    STATE_FG,
+    FlowBar,
+    FollowText,
+    app_frame,
+    labelled,
+    report_callback_exception,
+    run_mainloop,
+)
+from client.gui_model import error_text
+from common.config import Settings
+from common.logs import setup_logging
+from common.redis import redacted_url
 
 log = logging.getLogger("chinwag.admin")
 
@@ -108,7 +119,7 @@ class AdminWindow:
         self.bridge.start()
         logging.getLogger("chinwag").addHandler(self._log_handler)
         if redis_url:
-            self._set_server_state("stopped", f"Attached to {_redacted(redis_url)}. "
+            self._set_server_state("stopped", f"Attached to {redacted_url(redis_url)}. "
                                               "Run Server adds a node to this cluster.")
             self._start_monitor(redis_url)
         else:
@@ -134,7 +145,7 @@ class AdminWindow:
         self.online_var = tk.StringVar(top, "")
         bar.add(ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel"))
 
-        where = f"Cluster at {_redacted(self.redis_url)}" if self.redis_url else "Gateways"
+        where = f"Cluster at {redacted_url(self.redis_url)}" if self.redis_url else "Gateways"
         gw_box = ttk.Labelframe(outer, text=where, padding=8)
         gw_box.grid(row=1, column=0, sticky="ew")
         gw_box.columnconfigure(0, weight=1)
@@ -296,21 +307,21 @@ class AdminWindow:
         ran, self._ran = self._ran, False
         exc = None if fut.cancelled() else fut.exception()
         if exc is not None:
-            reason = _reason(exc)
+            why = error_text(exc)
             if isinstance(exc, OSError) and exc.errno in _PORT_ERRORS:
-                log.warning("cannot run the chat server on %s: %s", self.node_url, reason)  # no traceback
+                log.warning("cannot run the chat server on %s: %s", self.node_url, why)  # no traceback
             else:
                 log.error("chat server failed", exc_info=exc)
             if ran:
-                self._log("warning", f"Server stopped: {reason}")
-                self._set_server_state("stopped", f"Server not running: {reason}")
-                self._error("Server Error", f"The chat server on {self.node_url} stopped:\n\n{reason}")
+                self._log("warning", f"Server stopped: {why}")
+                self._set_server_state("stopped", f"Server not running: {why}")
+                self._error("Server Error", f"The chat server on {self.node_url} stopped:\n\n{why}")
             else:
-                self._log("warning", f"Server not started: {reason}")
-                self._set_server_state("stopped", f"Server not started: {reason}")
+                self._log("warning", f"Server not started: {why}")
+                self._set_server_state("stopped", f"Server not started: {why}")
                 hint = "\n\nChoose another port, or stop the program using it." if _in_use(exc) else ""
                 self._error("Server Not Started", f"The chat server could not start on {self.node_url}:"
-                                                  f"\n\n{reason}.{hint}")
+                                                  f"\n\n{why}.{hint}")
         else:
             self._log("info", "Server stopped")
             self._set_server_state("stopped", "Server stopped. Press Run Server to start it again.")
@@ -367,7 +378,7 @@ class AdminWindow:
         self._monitor = None
         if not fut.cancelled() and fut.exception() is not None:
             log.error("cluster monitor failed", exc_info=fut.exception())
-            self._monitor_note("warning", f"Monitoring stopped: {_reason(fut.exception())}")
+            self._monitor_note("warning", f"Monitoring stopped: {error_text(fut.exception())}")
 
     # -- status and log -----------------------------------------------------------------------
 
@@ -439,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     except tk.TclError as exc:
         print(f"chinwag-admin: cannot open a window ({exc}); is DISPLAY set?", file=sys.stderr)
         raise SystemExit(1) from None
-    root.report_callback_exception = _report_callback_exception
+    root.report_callback_exception = report_callback_exception
     settings = base.with_(host=args.host, port=args.port, data_dir=args.data_dir)
     app = AdminWindow(root, settings=settings, redis_url=args.redis_url)
     if args.run:
@@ -448,10 +459,6 @@ def main(argv: list[str] | None = None) -> None:
         run_mainloop(root)
     finally:
         app.shutdown(settings.shutdown_timeout + 10)
-
-
-def _report_callback_exception(exc: type[BaseException], value: BaseException, tb: Any) -> None:
-    log.error("error in a Tk callback", exc_info=(exc, value, tb))
 
 
 if __name__ == "__main__":

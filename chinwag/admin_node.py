@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from chinwag import keys
-from chinwag.backoff import Backoff
-from chinwag.config import Settings
-from chinwag.embedded import EmbeddedRedis
-from chinwag.redis import connect_redis
 from chinwag.server import serve
+from common import keys
+from common.backoff import Backoff
+from common.config import Settings
+from common.embedded import EmbeddedRedis
+from common.redis import connect_redis, redacted_url
 from presence.registry import Registry
 from protocol.names import name_key
 
@@ -206,7 +206,7 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
                 if first:
                     who = ", ".join(online) if online else "nobody"
                     post(partial(window._monitor_note, "info",
-                                 f"Watching {_redacted(redis_url)}: {len(online)} online ({who})"))
+                                 f"Watching {redacted_url(redis_url)}: {len(online)} online ({who})"))
                 elif down:
                     post(partial(window._monitor_note, "info", "Redis connection restored"))
                 first = down = False
@@ -294,24 +294,3 @@ class _WindowLogHandler(logging.Handler):
         if record.name == log.name:
             return  # the window's own messages are already in the pane
         self._post(partial(self._window._monitor_note, "warning", f"{record.levelname.lower()}: {text}"))
-
-
-def _reason(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown error"
-    if isinstance(exc, OSError) and not isinstance(exc, PortUnavailable) and exc.strerror:
-        return exc.strerror  # a sentence, not "[Errno 98] ..."
-    text = str(exc).strip()
-    return text or type(exc).__name__
-
-
-def _redacted(url: str | None) -> str:
-    """A Redis URL without its password, for showing on screen."""
-    if not url:
-        return ""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user + ':***' if ':' in creds else creds}@{host}"
-    return url

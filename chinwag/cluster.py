@@ -1,18 +1,19 @@
 """``chinwag-cluster up``: the compose topology as local processes, no Docker needed.
 
-Redis (the newest ``redis-server`` on the machine, see chinwag.redis_binary,
+Redis (the newest ``redis-server`` on the machine, see common.redis_binary,
 with AOF; else the embedded one; or ``--redis-url``), one presence service and
 N gateways on consecutive ports, each with its HTTP port (health and metrics)
 100 above.  It prints every URL, waits until all gateways are ready, and on
 Ctrl-C or SIGTERM stops the gateways (so they release their names), then
 presence, then Redis.
-Tests and the load tester start clusters this way.
+Tests, the load tester and the benchmarks start clusters this way.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -22,15 +23,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from chinwag.embedded import EmbeddedRedis
-from chinwag.http import http_status
-from chinwag.redis_binary import redis_server_binary
+from common.embedded import EmbeddedRedis
+from common.http import http_status
+from common.redis_binary import redis_server_binary
 
 
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def free_base_port(host: str, count: int) -> int:
+    """A port p with p..p+count-1 and their HTTP ports (+100) all free right now (bounded tries)."""
+    for _ in range(200):
+        base = 20000 + secrets.randbelow(30000)
+        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range found")
 
 
 @dataclass
@@ -46,6 +62,8 @@ class Cluster:
     embedded: EmbeddedRedis | None = None
     redis_proc: subprocess.Popen[bytes] | None = None
     redis_note: str = ""
+    appendonly: bool = True
+    extra_env: dict[str, str] = field(default_factory=dict)  # CHINWAG_* for every node (benchmarks tune with it)
 
     def gateway_ports(self) -> list[int]:
         return [self.base_port + i for i in range(self.gateways)]
@@ -61,6 +79,7 @@ class Cluster:
                     "CHINWAG_STREAM_MAXLEN", "CHINWAG_LOG_JSON"):
             if key in os.environ:
                 env[key] = os.environ[key]  # tuning passed through to every node
+        env.update(self.extra_env)
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
@@ -76,8 +95,9 @@ class Cluster:
             return self.embedded.start()
         port = _free_port(self.host)
         self.redis_proc = subprocess.Popen(
-            [binary.path, "--port", str(port), "--bind", self.host, "--dir", str(self.data_dir), "--appendonly", "yes",
-             "--appendfsync", "everysec", "--save", "", "--logfile", str(self.data_dir / "redis.log")],
+            [binary.path, "--port", str(port), "--bind", self.host, "--dir", str(self.data_dir),
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec", "--save", "",
+             "--logfile", str(self.data_dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         self._wait(lambda: self._redis_answers(port), 10, "redis-server")

@@ -18,27 +18,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
-import gc
 import importlib
 import json
-import math
 import secrets
-import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from chinwag.cluster import Cluster
-from chinwag.runtime import loop_factory
+from chinwag.cluster import Cluster, free_base_port
+from chinwag.loadtest_measure import Progress, Recorder, ServerProbe, measuring, percentile
 from client.chat import ChatClient
+from common.runtime import loop_factory
 from protocol import frames as f
 from protocol.errors import Unavailable
 
@@ -54,159 +50,13 @@ LOAD_ENV = {
 PASSWORD = "loadtest-pw"
 
 
-class LoadCluster(Cluster):
-    """A Cluster whose nodes also get the load-test settings (Cluster._env passes only a few keys)."""
-
-    extra_env: dict[str, str] = {}
-
-    def _env(self) -> dict[str, str]:
-        env = super()._env()
-        env.update(self.extra_env)
-        return env
-
-
-def _free_base_port(host: str, count: int) -> int:
-    """A port p with p..p+count-1 and their HTTP ports (+100) all free right now (bounded tries)."""
-    for _ in range(200):
-        base = 20000 + secrets.randbelow(30000)
-        ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range found")
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[rank]
-
-
-def _cpu(proc: psutil.Process) -> float:
-    try:
-        t = proc.cpu_times()
-        return float(t.user + t.system)
-    except psutil.Error:
-        return 0.0
-
-
-def _rss(proc: psutil.Process) -> int:
-    try:
-        return int(proc.memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
-@dataclass
-class ServerProbe:
-    """CPU time and RSS of the server processes a started cluster runs (empty for --urls)."""
-
-    procs: dict[str, psutil.Process] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, cluster: Cluster | None) -> ServerProbe:
-        probe = cls()
-        if cluster is not None:
-            for name, proc in cluster.procs:
-                probe.procs[name] = psutil.Process(proc.pid)
-            if cluster.redis_proc is not None:
-                probe.procs["redis"] = psutil.Process(cluster.redis_proc.pid)
-        return probe
-
-    def cpu(self) -> dict[str, float]:
-        return {name: _cpu(p) for name, p in self.procs.items()}
-
-    def rss(self) -> dict[str, int]:
-        return {name: _rss(p) for name, p in self.procs.items()}
-
-
-@dataclass
-class Recorder:
-    run: str
-    t0: int = field(default_factory=time.perf_counter_ns)
-    seq: int = 0
-    sent: int = 0  # acked by the server
-    send_errors: int = 0
-    skipped: int = 0  # not offered: too many sends already in flight
-    in_flight: int = 0
-    received: int = 0  # unique deliveries
-    duplicated: int = 0
-    seen: set[tuple[int, int]] = field(default_factory=set)  # (receiver, seq)
-    send_times: list[float] = field(default_factory=list)  # seconds since t0, per delivery
-    latencies: list[float] = field(default_factory=list)  # ms, per delivery
-
-    def body(self) -> tuple[int, str]:
-        self.seq += 1
-        return self.seq, f"r={self.run} t={time.perf_counter_ns()} seq={self.seq}"
-
-    def on_message(self, receiver: int, body: str) -> None:
-        now = time.perf_counter_ns()
-        parts = body.split(" ")
-        if len(parts) != 3 or parts[0][2:] != self.run:
-            return  # not this run's
-        t, seq = int(parts[1][2:]), int(parts[2][4:])
-        key = (receiver, seq)
-        if key in self.seen:
-            self.duplicated += 1
-            return
-        self.seen.add(key)
-        self.received += 1
-        self.send_times.append((t - self.t0) / 1e9)
-        self.latencies.append((now - t) / 1e6)
-
-
-@contextlib.contextmanager
-def measuring() -> Iterator[None]:
-    """No garbage-collector pauses in the generator while it measures: with a thousand clients
-    and every latency kept, a full collection stalls the loop for tens of milliseconds, and
-    that stall would be reported as server latency.  (The servers collect as usual.)"""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-class Progress:
-    """A ``\\r`` status line on stderr, twice a second: a bar when the phase has a known length."""
-
-    def __init__(self, label: str, line: Callable[[], str], enabled: bool, seconds: float | None = None) -> None:
-        self.label, self.line, self.enabled, self.seconds = label, line, enabled, seconds
-        self.task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        start = time.monotonic()
-        while True:
-            await asyncio.sleep(0.5)
-            sys.stderr.write(f"\r{self.render(time.monotonic() - start)} {self.line()}\x1b[K")
-            sys.stderr.flush()
-
-    def render(self, elapsed: float, width: int = 20) -> str:
-        """``[dm ########------------  40% 4s/10s]``, or ``[login 12s]`` for open-ended phases."""
-        if not self.seconds:
-            return f"[{self.label} {elapsed:.0f}s]"
-        done = min(1.0, elapsed / self.seconds)
-        filled = int(done * width)
-        return f"[{self.label} {'#' * filled}{'-' * (width - filled)} {done:4.0%} {elapsed:.0f}s/{self.seconds:.0f}s]"
-
-    def __enter__(self) -> Progress:
-        if self.enabled:
-            self.task = asyncio.create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            sys.stderr.write("\n")
-
-
 class LoadTest:
+    """One run: the clients, and one method per scenario (dm, broadcast, group, login-storm, idle).
+
+    Over 300 lines on purpose: the scenarios share the clients, the recorder and the
+    pacing, and each reads best next to the others it is compared with.
+    """
+
     def __init__(self, args: argparse.Namespace, urls: list[str], cluster: Cluster | None) -> None:
         self.args = args
         self.urls = urls
@@ -582,10 +432,9 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], LoadTest]:
     try:
         if args.start_cluster:
             tmp = tempfile.TemporaryDirectory(prefix="chinwag-loadtest-")
-            LoadCluster.extra_env = dict(LOAD_ENV)
-            base_port = _free_base_port("127.0.0.1", args.start_cluster)
-            cluster = LoadCluster(gateways=args.start_cluster, base_port=base_port, data_dir=Path(tmp.name),
-                                  log_level="WARNING")
+            base_port = free_base_port("127.0.0.1", args.start_cluster)
+            cluster = Cluster(gateways=args.start_cluster, base_port=base_port, data_dir=Path(tmp.name),
+                              log_level="WARNING", extra_env=dict(LOAD_ENV))
             await asyncio.to_thread(cluster.up)
             urls = cluster.urls()
         else:

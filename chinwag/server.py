@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from chinwag.config import Settings
-from chinwag.embedded import EmbeddedRedis
-from chinwag.logs import setup_logging
-from chinwag.redis import connect_redis
-from chinwag.runtime import cancel_and_wait, run_service
+from common.config import Settings
+from common.embedded import EmbeddedRedis
+from common.logs import setup_logging
+from common.redis import connect_redis
+from common.runtime import cancel_and_wait, run_service
 from gateway.server import Gateway
 from presence.registry import Registry
 from presence.service import Reaper, add_metrics

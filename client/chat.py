@@ -37,7 +37,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
 from protocol import frames as f
 from protocol.errors import RateLimited, Unavailable
 from protocol.files import FileRef

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from chinwag.runtime import run
 from client.chat import ChatClient
+from common.runtime import run
 from protocol.errors import ChatError, InvalidUsername
 from protocol.names import normalize_name
 

@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import broadcast
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
 from protocol import frames as f
 from protocol.client_state import EVENT, LOGIN_FAILED, REPLY, UPLOAD, WELCOMED, ClientState, reconnects_after
 from protocol.errors import ChatError, CloseCode, LoginError, UsernameTaken

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
 from protocol import frames as f
 from protocol.errors import ChatError, NotFound, Unavailable
 from protocol.files import DEFAULT_MIME, FileRef, check_mime, encode_chunk, is_sha256

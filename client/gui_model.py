@@ -141,13 +141,25 @@ def login_failure(exc: BaseException, user: str, url: str) -> tuple[DialogKind, 
     return ("error", "Connection Failed", f"Could not connect to {url}: {reason(exc)}")
 
 
+def error_text(exc: BaseException | None) -> str:
+    """What went wrong, as a phrase for a window or its log (never a traceback): the OS's
+    sentence for an OSError (not "[Errno 98] ..."), else the exception's text or its type."""
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc.strerror)
+    text = str(exc).strip()
+    return text or type(exc).__name__
+
+
 def reason(exc: BaseException) -> str:
+    """The chat window's wording: network failures in words, as a sentence."""
     if isinstance(exc, TimeoutError):
         return "The server did not answer in time."
     if isinstance(exc, ConnectionRefusedError):
         return "The connection was refused (nothing is listening on that port)."
-    text = str(exc).strip()
-    return text[:1].upper() + text[1:] if text else type(exc).__name__
+    text = error_text(exc)
+    return text[:1].upper() + text[1:]
 
 
 # -- model --------------------------------------------------------------------

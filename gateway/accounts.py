@@ -34,8 +34,8 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from chinwag import keys
-from chinwag.backoff import Backoff
+from common import keys
+from common.backoff import Backoff
 from protocol.confusables import name_skeletons
 from protocol.errors import BadPassword, InvalidUsername, RateLimited, UsernameConfusable
 from protocol.names import Username

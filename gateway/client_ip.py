@@ -177,3 +177,12 @@ def client_ip(ws: ServerConnection) -> str:
     if isinstance(ws, ClientAddressConnection) and ws.client_ip:
         return ws.client_ip
     return peer_host(ws)
+
+
+def peer(ws: ServerConnection) -> str:
+    """For logs: ``ip:port``, or ``client via proxy:port`` behind a trusted proxy."""
+    addr = ws.remote_address
+    where = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+    if isinstance(ws, ClientAddressConnection) and ws.proxy:
+        return f"{ws.client_ip} via {where}"
+    return where

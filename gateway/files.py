@@ -41,10 +41,10 @@ from redis.exceptions import RedisError
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from chinwag import keys
-from chinwag.config import Settings
-from chinwag.metrics import Counter
-from chinwag.metrics import Registry as Metrics
+from common import keys
+from common.config import Settings
+from common.metrics import Counter, Metrics
+from common.redis import REDIS_ERRORS
 from presence.registry import token_hash
 from protocol import frames as f
 from protocol.errors import (
@@ -75,7 +75,6 @@ log = logging.getLogger("chinwag.files")
 
 UPLOAD_TTL = 24 * 3600  # seconds an upload can sit idle before its state and bytes are dropped
 SWEEP_EVERY = 3600.0  # seconds between sweeps of abandoned partial uploads
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 _encoder = msgspec.json.Encoder()
 
 # Declare (or re-declare) an upload and reserve its size against the quota.
@@ -223,7 +222,7 @@ class FileService:
             return self._error(exc.error, uid, exc.offset)
         except ChatError as exc:
             return self._error(exc, uid)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("upload chunk failed: %s", type(exc).__name__, exc_info=not isinstance(exc, RedisError))
             return self._error(Unavailable(), uid)
 
@@ -390,7 +389,7 @@ class FileService:
             if size is None:
                 return _plain(http.HTTPStatus.NOT_FOUND, "no such file\n")
             meta: dict[Any, Any] = await self.redis.hgetall(keys.file_meta(sha))
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("download of %s failed: %s", sha[:12], type(exc).__name__)
             return _plain(http.HTTPStatus.SERVICE_UNAVAILABLE, "service temporarily unavailable; retry shortly\n")
         wanted = _parse_range(headers.get("Range"), size)

@@ -51,23 +51,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
-from chinwag import keys
+from common import keys
+from common.redis import REDIS_ERRORS
+from common.runtime import retrieve
+from protocol import control
+from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound
-from protocol.names import id_tuple
+from protocol.names import group_name, id_tuple
 
 from .groups import Groups, GroupState
 from .router import Router
 from .session import Session
+from .store import Replay, Store
 
 log = logging.getLogger("chinwag.groups")
 
-_MESSAGE = b'{"type":"message"'
-_MARK = b'{"type":"_mark","n":"'
 _MAX_PARKED = 10_000  # frames buffered for one pending join (a join takes one round trip)
 _events = msgspec.json.Decoder(dict[str, object])
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
 
@@ -79,7 +80,7 @@ class _Pending:
 
     def __init__(self, nonce: str | None) -> None:
         # No nonce (login, re-attach): no marker comes; membership was read after subscribing.
-        self.marker = _MARK + nonce.encode() + b'"}' if nonce else b""
+        self.marker = control.mark(nonce) if nonce else b""
         self.marked = not nonce
         self.frames: list[bytes] = []  # after the marker, in arrival order
         self.admit: tuple[str, tuple[int, int]] | None = None  # (display name, first position) once Redis said yes
@@ -189,7 +190,7 @@ class GroupRelay:
         for frame in p.frames:  # published after the membership began
             if gkey not in session.groups:
                 break  # removed again within them
-            if frame.startswith(_MESSAGE):
+            if frame.startswith(f.MESSAGE_PREFIX):
                 session.deliver_group(gkey, frame)
             else:
                 self._event(session, gkey, frame, _leaver(frame))
@@ -215,9 +216,9 @@ class GroupRelay:
         self.detach(session, gkey)
         try:
             return await decide()
-        except _REDIS_ERRORS:
+        except REDIS_ERRORS:
             if name is not None:
-                with contextlib.suppress(*_REDIS_ERRORS, ChatError):
+                with contextlib.suppress(*REDIS_ERRORS, ChatError):
                     _, since = await self.groups.membership(session.key, [gkey])
                     if gkey in since and gkey not in session.groups:
                         await self.open(session, gkey, None)
@@ -259,10 +260,10 @@ class GroupRelay:
         def deliver(frame: bytes) -> None:
             members = self.members.get(gkey)
             if members:
-                if frame.startswith(_MESSAGE):
+                if frame.startswith(f.MESSAGE_PREFIX):
                     for session in members:  # deliver_group never changes membership
                         session.deliver_group(gkey, frame)
-                elif not frame.startswith(_MARK):
+                elif not frame.startswith(control.MARK_PREFIX):
                     leaver = _leaver(frame)
                     for session in list(members):
                         self._event(session, gkey, frame, leaver)
@@ -290,7 +291,7 @@ class GroupRelay:
                 if p.admit is not None:
                     self._promote(session, gkey, p)
             return  # before the marker: published before the membership existed
-        if frame.startswith(_MARK):
+        if frame.startswith(control.MARK_PREFIX):
             return
         if len(p.frames) < _MAX_PARKED:
             p.frames.append(frame)
@@ -307,7 +308,7 @@ class GroupRelay:
         sub = self._subs.get(gkey)
         if sub is None:
             sub = asyncio.ensure_future(self.router.subscribe(keys.group_channel(gkey), self._handler(gkey)))
-            sub.add_done_callback(_retrieve)
+            sub.add_done_callback(retrieve)
             self._subs[gkey] = sub
         try:
             await asyncio.shield(sub)
@@ -396,10 +397,51 @@ class GroupRelay:
                 await self.flush_cursors()
             except asyncio.CancelledError:
                 raise
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("could not save group positions (%s); retrying", type(exc).__name__)
             except Exception:
                 log.exception("saving group positions failed")
+
+
+async def join_groups_at_login(
+    relay: GroupRelay, groups: Groups, store: Store, session: Session, resume: dict[str, str]
+) -> dict[str, tuple[str, str, Replay, bool]]:
+    """Subscribe to each of the user's groups, confirm the memberships, then read each stream.
+
+    Returns ``"#Name" -> (group key, start id, replay, resumed)``.  A group
+    starts at the client's resume point, else where this user's sessions
+    stopped reading it (saved as it advances), else now (nothing old is
+    pushed to a fresh member); never before the membership began.  The
+    memberships are read again after subscribing, in one step with the
+    newest id, so a removal in between is seen either there or as a
+    ``part`` that cancels the pending one.
+    """
+    mine = await groups.of_user(session.key)
+    if not mine:
+        return {}
+    wanted = {group_name(stream)[1]: pos for stream, pos in resume.items() if stream.startswith("#")}
+    cursors = await groups.cursors(session.key)
+    await relay.open_many(session, [g.key for g in mine])
+    try:
+        now, since = await groups.membership(session.key, [g.key for g in mine])
+    except BaseException:
+        relay.detach_all(session)
+        raise
+    out: dict[str, tuple[str, str, Replay, bool]] = {}
+    for g in mine:
+        if g.key not in since:  # left or removed meanwhile
+            relay.abandon(session, g.key)
+            continue
+        start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
+        if not relay.admit(session, g.key, g.name, start):  # live frames from now on, held
+            continue
+        replay = await store.replay(keys.group_stream(g.key), start)
+        # Up to ``now`` only: the membership held then; anything later came (or comes) live,
+        # where a removal in between is seen in order.
+        upto = id_tuple(now)
+        frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
+        out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
+    return out
 
 
 def cursors_of(session: Session) -> dict[str, str]:
@@ -407,6 +449,3 @@ def cursors_of(session: Session) -> dict[str, str]:
     return {g: f"{mid[0]}-{mid[1]}" for g, mid in session.last_group.items() if g in session.groups}
 
 
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()

@@ -24,23 +24,27 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
+from common.lua_json import Const, IfSet, Raw, Text, json_expr
+from protocol import control
+from protocol import frames as f
 from protocol.errors import Forbidden, GroupExists, NotFound, NotMember
 
 # Builds a group_event frame in `ev` from: event name, user display name, by (or '').
-_EVENT = """
+# Frames from their Structs (common/lua_json.py), keys from common/keys.py.
+_EVENT = keys.lua_functions(keys.session, keys.gateway_channel) + """
 local function event(gname, what, user, by)
-  local out = '{"type":"group_event","group":"' .. gname .. '","event":"' .. what .. '","user":"' .. user .. '"'
-  if by ~= '' then
-    out = out .. ',"by":"' .. by .. '"'
-  end
-  return out .. '}'
+  return """ + json_expr(f.GroupEvent, group=Text("gname"), event=Text("what"), user=Text("user"),
+                         by=IfSet(Text("by"))) + """
 end
 local function control(prefix, ukey, body)
-  local gw = redis.call('HGET', prefix .. 'sess:' .. ukey, 'gw')
+  local gw = redis.call('HGET', key_session(prefix, ukey), 'gw')
   if gw then
-    redis.call('PUBLISH', prefix .. 'c:gw:' .. gw, body)
+    redis.call('PUBLISH', key_gateway_channel(prefix, gw), body)
   end
+end
+local function part(prefix, gkey, ukey)
+  control(prefix, ukey, """ + json_expr(control.Part, group=Text("gkey"), user=Text("ukey")) + """)
 end
 """
 
@@ -49,7 +53,7 @@ end
 _MARK = """
 local function mark(channel, nonce)
   if nonce ~= '' then
-    redis.call('PUBLISH', channel, '{"type":"_mark","n":"' .. nonce .. '"}')
+    redis.call('PUBLISH', channel, """ + json_expr(control.Mark, n=Text("nonce")) + """)
   end
 end
 """
@@ -65,10 +69,10 @@ end
 """
 
 # Deletes an empty group with everything it had, including its invitees' pending invitations.
-_DROP = """
+_DROP = keys.lua_functions(keys.invitations) + """
 local function drop_group(prefix, gkey, group, members, invited, stream, order, since)
   for _, invitee in ipairs(redis.call('SMEMBERS', invited)) do
-    redis.call('HDEL', prefix .. 'inv:' .. invitee, gkey)
+    redis.call('HDEL', key_invitations(prefix, invitee), gkey)
   end
   redis.call('DEL', group, members, invited, stream, order, since)
 end
@@ -131,7 +135,7 @@ redis.call('HDEL', KEYS[7], ARGV[2])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[9], ARGV[1])
 redis.call('PUBLISH', ARGV[4], event(g[1], 'left', ARGV[3], ''))
-control(ARGV[5], ARGV[2], '{"part":"' .. ARGV[1] .. '","user":"' .. ARGV[2] .. '"}')
+part(ARGV[5], ARGV[1], ARGV[2])
 if g[2] == ARGV[2] then
   if redis.call('HLEN', KEYS[2]) == 0 then
     drop_group(ARGV[5], ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
@@ -153,7 +157,7 @@ return {1, position}
 # KEYS: group, members, invited, target's groups, order, since
 # ARGV: op ('invite'|'remove'|'set'), actor key, actor name, target key, target name, channel, prefix, gkey, flag
 # -> -1 no group | -2 not the owner | 0 nothing to do | 1 done
-_OWNER_OP = _EVENT + """
+_OWNER_OP = _EVENT + keys.lua_functions(keys.invitations, keys.group_cursors) + """
 local g = redis.call('HMGET', KEYS[1], 'name', 'owner')
 if not g[1] then
   return -1
@@ -164,15 +168,15 @@ end
 local op = ARGV[1]
 if op == 'set' then
   redis.call('HSET', KEYS[1], 'invite_only', ARGV[9])
-  local ev = '{"type":"group_event","group":"' .. g[1] .. '","event":"updated","user":"' .. ARGV[3] ..
-    '","invite_only":' .. (ARGV[9] == '1' and 'true' or 'false') .. '}'
+  local ev = """ + json_expr(f.GroupEvent, group=Text("g[1]"), event=Const("updated"), user=Text("ARGV[3]"),
+                             invite_only=Raw("(ARGV[9] == '1' and 'true' or 'false')")) + """
   redis.call('PUBLISH', ARGV[6], ev)
   return 1
 end
 if ARGV[4] == ARGV[2] then
   return -2
 end
-local pending = ARGV[7] .. 'inv:' .. ARGV[4]
+local pending = key_invitations(ARGV[7], ARGV[4])
 if op == 'invite' then
   if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 1 then
     return 0
@@ -181,7 +185,7 @@ if op == 'invite' then
   local ev = event(g[1], 'invited', ARGV[5], ARGV[3])
   redis.call('HSET', pending, ARGV[8], ev)
   redis.call('PUBLISH', ARGV[6], ev)
-  control(ARGV[7], ARGV[4], '{"notify":"' .. ARGV[4] .. '","frame":' .. ev .. '}')
+  control(ARGV[7], ARGV[4], """ + json_expr(control.Notify, user=Text("ARGV[4]"), frame=Raw("ev")) + """)
   return 1
 end
 -- remove: a member loses membership, an invitee loses the invitation
@@ -196,19 +200,18 @@ redis.call('HDEL', KEYS[2], ARGV[4])
 redis.call('ZREM', KEYS[5], ARGV[4])
 redis.call('HDEL', KEYS[6], ARGV[4])
 redis.call('SREM', KEYS[4], ARGV[8])
-redis.call('HDEL', ARGV[7] .. 'gcur:' .. ARGV[4], ARGV[8])
-control(ARGV[7], ARGV[4], '{"part":"' .. ARGV[8] .. '","user":"' .. ARGV[4] .. '"}')
+redis.call('HDEL', key_group_cursors(ARGV[7], ARGV[4]), ARGV[8])
+part(ARGV[7], ARGV[8], ARGV[4])
 return 1
 """
 
 # KEYS: lastid ; ARGV: prefix, ukey, gkey... -> {now, since or '' per gkey}: where each of the user's
 # memberships began ('' when not a member), read in one step with the newest id.
-_MEMBERSHIP = """
+_MEMBERSHIP = keys.lua_functions(keys.group_members, keys.group_since) + """
 local out = {redis.call('GET', KEYS[1]) or '0-0'}
 for i = 3, #ARGV do
-  local g = ARGV[1] .. 'g:' .. ARGV[i]
-  if redis.call('HEXISTS', g .. ':m', ARGV[2]) == 1 then
-    out[#out + 1] = redis.call('HGET', g .. ':j', ARGV[2]) or '0-0'
+  if redis.call('HEXISTS', key_group_members(ARGV[1], ARGV[i]), ARGV[2]) == 1 then
+    out[#out + 1] = redis.call('HGET', key_group_since(ARGV[1], ARGV[i]), ARGV[2]) or '0-0'
   else
     out[#out + 1] = ''
   end
@@ -236,11 +239,11 @@ return 1
 
 # KEYS: user's invitations ; ARGV: prefix, ukey -> the pending invitation frames (dropping any whose
 # group no longer lists the user as invited).
-_INVITATIONS = """
+_INVITATIONS = keys.lua_functions(keys.group_invited) + """
 local out = {}
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  if redis.call('SISMEMBER', ARGV[1] .. 'g:' .. all[i] .. ':inv', ARGV[2]) == 1 then
+  if redis.call('SISMEMBER', key_group_invited(ARGV[1], all[i]), ARGV[2]) == 1 then
     out[#out + 1] = all[i + 1]
   else
     redis.call('HDEL', KEYS[1], all[i])
@@ -250,10 +253,10 @@ return out
 """
 
 # KEYS: user groups ; ARGV: prefix -> flat list of gkey, name, owner name, invite_only
-_LIST = """
+_LIST = keys.lua_functions(keys.group) + """
 local out = {}
 for _, gkey in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local g = redis.call('HMGET', ARGV[1] .. 'g:' .. gkey, 'name', 'owner_name', 'invite_only')
+  local g = redis.call('HMGET', key_group(ARGV[1], gkey), 'name', 'owner_name', 'invite_only')
   if g[1] then
     out[#out + 1] = gkey
     out[#out + 1] = g[1]

@@ -1,6 +1,6 @@
 """Requests other than ``GET`` on the WebSocket port get ``405 Method Not Allowed``, not a silent close.
 
-websockets parses the request before ``process_request`` (``Gateway._http``)
+websockets parses the request before ``process_request`` (``Admission.process_request``, gateway/admission.py)
 sees it, and its parser turns away any request with a body (``Content-Length``
 above 0, or ``Transfer-Encoding``) by closing the socket without a word: a
 ``POST`` with a body got no answer at all.  A bodyless one reached websockets'

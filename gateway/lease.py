@@ -37,13 +37,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from chinwag import keys
+from common import keys
 from protocol.errors import CloseCode
 from protocol.names import id_tuple
 
 if TYPE_CHECKING:
+    from .groups import Groups
     from .server import Gateway
     from .session import Session
+    from .store import Store
 
 log = logging.getLogger("chinwag.lease")
 
@@ -78,20 +80,20 @@ async def settle(gateway: Gateway, sessions: list[Session]) -> None:
     await asyncio.gather(*(gateway.store.settle(s.key, s.token_hash, s.last_dm_id) for s in owned))
 
 
-async def deliver_before_leaving(gateway: Gateway, session: Session, gkey: str) -> None:
+async def deliver_before_leaving(store: Store, groups: Groups, session: Session, gkey: str) -> None:
     """Before a session stops receiving a group it is leaving, write what the group stored while the
     user is a member and the session has not had yet: live delivery may have been cut off (pub/sub
     down, catch-up still to come, or an earlier attempt at this leave that detached the session but
     got no answer from Redis), and after the leave no catch-up or resume covers it.  Membership and
     the newest id are read from Redis in one step, so nothing from outside the membership is sent."""
-    now, since = await gateway.groups.membership(session.key, [gkey])
+    now, since = await groups.membership(session.key, [gkey])
     if gkey not in since:
         return  # not a member (any more): nothing of the group is this session's
     last = max(session.last_group.get(gkey, (0, 0)), id_tuple(since[gkey]))
     bound = id_tuple(now)
     if bound <= last:
         return
-    for mid, frame in (await gateway.store.replay(keys.group_stream(gkey), f"{last[0]}-{last[1]}")).frames:
+    for mid, frame in (await store.replay(keys.group_stream(gkey), f"{last[0]}-{last[1]}")).frames:
         if id_tuple(mid) > bound:
             break
         await session.replay_group(gkey, frame, member=True)

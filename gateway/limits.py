@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from common.redis import REDIS_ERRORS
 
 from .pipeline import AutoPipeline
 
@@ -51,7 +52,6 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return 0
 """
 
-_REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def ip_bucket(ip: str) -> str:
@@ -102,7 +102,7 @@ class SharedIpLimiter:
     The script runs through ``pipeline`` (the gateway's auto-pipelined
     connection: a reconnect storm costs a few writes, not a pool checkout
     each); ``redis`` only registers it.  ``key`` names an address's bucket
-    (chinwag/keys.py); ``healthy`` says whether Redis is worth asking (else the
+    (common/keys.py); ``healthy`` says whether Redis is worth asking (else the
     local bucket answers at once); ``timeout`` bounds the wait for Redis on the
     connection path.
     """
@@ -144,7 +144,7 @@ class SharedIpLimiter:
                     self._failing = False
                     log.info("per-IP limits are checked in Redis again")
                 return int(wait_ms) / 1000
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 if not self._failing:
                     self._failing = True
                     log.warning("per-IP limits not checked in Redis (%s); using this gateway's own until it answers",

@@ -15,7 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
 from protocol.errors import RateLimited
 
 from .pipeline import AutoPipeline

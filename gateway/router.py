@@ -25,7 +25,8 @@ from typing import Any, cast
 import hiredis
 from redis.asyncio.connection import parse_url
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
+from common.runtime import retrieve
 from protocol.errors import Unavailable
 
 log = logging.getLogger("chinwag.router")
@@ -85,7 +86,6 @@ class Router:
         self.last_data = 0.0
         self.ping_sent: float | None = None  # when the unanswered PING went out (loop time), if any
         self.reconnects = 0
-        self.delivered = 0
         # Called after a *re*connect has restored every subscription: whatever was
         # published while they were down must be recovered from the streams.
         self.on_resubscribed: Callable[[], None] | None = None
@@ -191,7 +191,7 @@ class Router:
 
     async def _handshake_call(self, proto: _PubSubProtocol, args: list[bytes]) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieve)
+        fut.add_done_callback(retrieve)
         self._handshake.append(fut)
         assert proto.transport is not None
         proto.transport.write(_command(*args))
@@ -272,7 +272,7 @@ class Router:
 
     def _expect(self, name: bytes) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        fut.add_done_callback(_retrieve)
+        fut.add_done_callback(retrieve)
         self._waiters.setdefault(name, deque()).append(fut)
         return fut
 
@@ -293,7 +293,6 @@ class Router:
             if kind == b"message":
                 handler = self._handlers.get(reply[1])
                 if handler is not None:
-                    self.delivered += 1
                     try:
                         handler(reply[2])
                     except Exception:
@@ -319,10 +318,6 @@ class Router:
             log.error("Redis pub/sub error: %s", reply)
 
 
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    """Mark a waiter's failure as seen: whoever awaited it got it; nobody else must log it."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 class _HandshakeError(Exception):

@@ -21,11 +21,10 @@ from collections.abc import Callable
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
-from chinwag.metrics import Counter
-from protocol.names import id_tuple
+from common.metrics import Counter
+from protocol.frames import frame_id
 
 from .connection import set_write_bound
-from .store import frame_id
 
 log = logging.getLogger("chinwag.session")
 
@@ -182,10 +181,8 @@ class Session:
     def start_holding(self) -> None:
         self.holding = True
 
-    def go_live(self, delivered_upto: str | None = None) -> None:
+    def go_live(self) -> None:
         """Release held frames in arrival order, dropping DMs already delivered."""
-        if delivered_upto is not None:
-            self.last_dm = max(self.last_dm, id_tuple(delivered_upto))
         held, self.early = self.early, []
         self.holding = False
         for kind, frame, gkey in held:

@@ -32,7 +32,9 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
+from common.lua_json import IfSet, Raw, Text, json_expr
+from protocol import frames as f
 from protocol.errors import NotFound, NotMember, RateLimited
 from protocol.names import id_tuple
 
@@ -95,6 +97,16 @@ redis.call('SET', KEYS[2], id)
 """
 
 
+def _message(to: str, file: str) -> str:
+    """Lua building the message frame (protocol.frames.Message, common/lua_json.py): ``id`` and ``ms``
+    from _NEXT_ID, the sender's and the body's JSON in ARGV[3] and ARGV[4], ``to`` and the file's JSON
+    (or '') as given.  Stored as is, so history, replay and live delivery send these same bytes."""
+    return json_expr(
+        f.Message, id=Text("id"), from_=Raw("ARGV[3]"), to=Text(to), body=Raw("ARGV[4]"),
+        ts=Raw("string.format('%d', ms)"), file=IfSet(Raw(file)),
+    )
+
+
 def _xadd(stream: str, origins: str) -> str:
     """Lua appending ``frame`` as ``id`` to ``stream`` (trimmed with ``MAXLEN ~``), recording in
     ``origins`` the id of the first entry of a new stream (``Store.replay`` reads it).
@@ -119,8 +131,7 @@ if not name then
   return {0}
 end
 """ + _NEXT_ID + """
-local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"@' .. name ..
-  '","body":' .. ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[7] .. '}'
+local frame = """ + _message("'@' .. name", "ARGV[7]") + """
 """ + _xadd("KEYS[3]", "KEYS[7]") + _xadd("KEYS[4]", "KEYS[7]") + """
 local held = redis.call('HMGET', KEYS[6], 'gw', 'hold')
 if held[1] then
@@ -136,8 +147,7 @@ return {1, id, string.format('%d', ms)}
 # KEYS: dedupe, lastid, broadcast stream, stream origins
 # ARGV: has ref, dedupe ttl, sender (JSON), body (JSON), maxlen, channel
 _SEND_BROADCAST = _DEDUPE + _RATE + _NEXT_ID + """
-local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"*","body":' ..
-  ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[7] .. '}'
+local frame = """ + _message("'*'", "ARGV[7]") + """
 """ + _xadd("KEYS[3]", "KEYS[4]") + """
 redis.call('PUBLISH', ARGV[6], frame)
 """ + _REMEMBER + """
@@ -156,8 +166,7 @@ if redis.call('HEXISTS', KEYS[5], ARGV[7]) == 0 then
   return {0}
 end
 """ + _NEXT_ID + """
-local frame = '{"type":"message","id":"' .. id .. '","from":' .. ARGV[3] .. ',"to":"#' .. gname .. '","body":' ..
-  ARGV[4] .. ',"ts":' .. string.format('%d', ms) .. ARGV[8] .. '}'
+local frame = """ + _message("'#' .. gname", "ARGV[8]") + """
 """ + _xadd("KEYS[3]", "KEYS[6]") + """
 redis.call('PUBLISH', ARGV[6], frame)
 """ + _REMEMBER + """
@@ -202,14 +211,6 @@ return 1
 """
 
 _json = msgspec.json.Encoder()
-_ID_AT = len(b'{"type":"message","id":"')
-
-
-def frame_id(frame: bytes) -> tuple[int, int]:
-    """The id of a stored message frame, read from its fixed prefix (the scripts above build it)."""
-    end = frame.index(b'"', _ID_AT)
-    ms, _, seq = frame[_ID_AT:end].partition(b"-")
-    return int(ms), int(seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +237,6 @@ def _digest(ref: str | None, to: str, body: str, file_json: bytes = b"") -> str:
     if not ref:
         return ""
     return hashlib.blake2b(f"{to}\0{body}\0".encode() + file_json, digest_size=8).hexdigest()
-
-
-def _file_fragment(file_json: bytes) -> bytes:
-    """``,"file":{...}`` for a message that carries a stored file, else nothing."""
-    return b',"file":' + file_json if file_json else b""
 
 
 def _recovered(first: list[Any] | None, origin: bytes | None, after: str) -> bool:
@@ -300,7 +296,7 @@ class Store:
             ],
             [
                 _digest(ref, to_key, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
-                keys.user_channel(to_key), _file_fragment(file_json), self.rate, self.burst,
+                keys.user_channel(to_key), file_json, self.rate, self.burst,
             ],
         )
         if int(result[0]) == 0:
@@ -316,7 +312,7 @@ class Store:
             [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.STREAM_ORIGINS,
              keys.rate(sender_key)],
             [_digest(ref, "*", body, file_json), self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen,
-                  keys.BROADCAST_CHANNEL, _file_fragment(file_json), self.rate, self.burst],
+                  keys.BROADCAST_CHANNEL, file_json, self.rate, self.burst],
         )
         return _stored(result)
 
@@ -330,7 +326,7 @@ class Store:
             [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.group_stream(gkey), keys.group(gkey),
              keys.group_members(gkey), keys.STREAM_ORIGINS, keys.rate(sender_key)],
             [_digest(ref, "#" + gkey, body, file_json), self.dedupe_ttl, sender_json, _json.encode(body),
-                  self.maxlen, keys.group_channel(gkey), sender_key, _file_fragment(file_json), self.rate,
+                  self.maxlen, keys.group_channel(gkey), sender_key, file_json, self.rate,
                   self.burst],
         )
         status = int(result[0])
@@ -348,10 +344,6 @@ class Store:
         rows: list[Any] = await self.redis.xrevrange(stream, start, "-", count=limit) or []
         rows.reverse()
         return [msgspec.Raw(fields[b"f"]) for _, fields in rows]
-
-    async def inbox_after(self, key: str, after: str, limit: int = 10_000) -> list[tuple[str, bytes]]:
-        """Inbox entries strictly after ``after``, oldest first: (id, frame)."""
-        return await self.stream_after(keys.inbox_stream(key), after, limit)
 
     async def stream_after(self, stream: str, after: str, limit: int = 10_000) -> list[tuple[str, bytes]]:
         """Stream entries strictly after ``after``, oldest first: (id, frame)."""

@@ -5,7 +5,7 @@ exactly one winner, and a presence event is published in the same atomic step
 as the change it reports.  Scripts take the time from Redis (``TIME``), so
 gateways with skewed clocks agree on lease expiry.
 
-Data (see chinwag.keys): ``cw:online:z`` is the online display names (a sorted set, paged by
+Data (see common.keys): ``cw:online:z`` is the online display names (a sorted set, paged by
 name with ZRANGEBYLEX, so no answer has to carry everyone);
 ``cw:sess:<key>`` says which gateway holds a name, with its session token;
 ``cw:gw:<node>:users`` lists the names one gateway holds; ``cw:gateways`` maps
@@ -24,7 +24,19 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
+from common.lua_json import Const, Text, json_expr
+from protocol import control
+from protocol import frames as f
+
+
+def _presence(user: str, status: str) -> str:
+    """Lua building the presence frame for the display name in ``user`` (protocol.frames.Presence)."""
+    return json_expr(f.Presence, user=Text(user), status=Const(status))
+
+
+# The old gateway closes the session whose token hash this is (protocol.control.Kick).
+_KICK = json_expr(control.Kick, user=Text("ARGV[1]"), token=Text("held[2]"))
 
 _NOW = """
 local t = redis.call('TIME')
@@ -49,7 +61,7 @@ return 1
 # settles it (gateway/store.py), DMs are still published to it but do not move the delivered cursor.
 # A takeover moves the session to this gateway without presence events and tells
 # the old gateway (on its control channel) to close the old socket.
-_CLAIM = """
+_CLAIM = keys.lua_functions(keys.gateway_users, keys.gateway_channel) + """
 if not redis.call('ZSCORE', KEYS[4], ARGV[3]) then
   return {-1}
 end
@@ -60,15 +72,15 @@ if held[1] then
     return {0}
   end
   status = 2
-  redis.call('SREM', ARGV[6] .. 'gw:' .. held[1] .. ':users', ARGV[1])
-  redis.call('PUBLISH', ARGV[6] .. 'c:gw:' .. held[1], '{"kick":"' .. ARGV[1] .. '","token":"' .. held[2] .. '"}')
+  redis.call('SREM', key_gateway_users(ARGV[6], held[1]), ARGV[1])
+  redis.call('PUBLISH', key_gateway_channel(ARGV[6], held[1]), """ + _KICK + """)
 end
 redis.call('HSET', KEYS[1], 'gw', ARGV[3], 'token', ARGV[4], 'name', ARGV[2], 'hold', '1')
 redis.call('SADD', KEYS[3], ARGV[1])
 local cursor = redis.call('HGET', KEYS[5], 'delivered') or '0-0'
 if status == 1 then
   redis.call('ZADD', KEYS[2], 0, ARGV[2])
-  redis.call('PUBLISH', ARGV[5], '{"type":"presence","user":"' .. ARGV[2] .. '","status":"online"}')
+  redis.call('PUBLISH', ARGV[5], """ + _presence("ARGV[2]", "online") + """)
 end
 local limit = tonumber(ARGV[8])
 if limit == 0 then
@@ -87,13 +99,13 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], s[3])
 redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('PUBLISH', ARGV[4], '{"type":"presence","user":"' .. s[3] .. '","status":"offline"}')
+redis.call('PUBLISH', ARGV[4], """ + _presence("s[3]", "offline") + """)
 return 1
 """
 
 # KEYS: gateways, online ; ARGV: key prefix, presence channel, batch size, node ('' = every expired)
 # -> {reaped gateway ids, freed names}
-_REAP = _NOW + """
+_REAP = _NOW + keys.lua_functions(keys.gateway_users, keys.session) + """
 local prefix = ARGV[1]
 local ids
 if ARGV[4] ~= '' then
@@ -103,14 +115,14 @@ else
 end
 local freed = {}
 for _, gw in ipairs(ids) do
-  local ukey = prefix .. 'gw:' .. gw .. ':users'
+  local ukey = key_gateway_users(prefix, gw)
   for _, member in ipairs(redis.call('SMEMBERS', ukey)) do
-    local sk = prefix .. 'sess:' .. member
+    local sk = key_session(prefix, member)
     local s = redis.call('HMGET', sk, 'gw', 'name')
     if s[1] == gw then
       redis.call('DEL', sk)
       redis.call('ZREM', KEYS[2], s[2])
-      redis.call('PUBLISH', ARGV[2], '{"type":"presence","user":"' .. s[2] .. '","status":"offline"}')
+      redis.call('PUBLISH', ARGV[2], """ + _presence("s[2]", "offline") + """)
       freed[#freed + 1] = s[2]
     end
   end
@@ -126,20 +138,20 @@ return {ids, freed}
 #    2 still held by this session, 0 held by another session (this gateway must close its socket)
 # For a gateway that finds its lease was lost (reaped while paused or partitioned): takes back,
 # in one atomic step, every name its open sockets still hold.
-_RECLAIM = """
+_RECLAIM = keys.lua_functions(keys.session) + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {-1}
 end
 local out = {}
 for i = 4, #ARGV, 3 do
   local key, name, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local sk = ARGV[2] .. 'sess:' .. key
+  local sk = key_session(ARGV[2], key)
   local held = redis.call('HMGET', sk, 'gw', 'token')
   if not held[1] then
     redis.call('HSET', sk, 'gw', ARGV[1], 'token', token, 'name', name, 'hold', '1')
     redis.call('SADD', KEYS[3], key)
     redis.call('ZADD', KEYS[2], 0, name)
-    redis.call('PUBLISH', ARGV[3], '{"type":"presence","user":"' .. name .. '","status":"online"}')
+    redis.call('PUBLISH', ARGV[3], """ + _presence("name", "online") + """)
     out[#out + 1] = 1
   elseif held[1] == ARGV[1] and held[2] == token then
     redis.call('SADD', KEYS[3], key)

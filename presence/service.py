@@ -21,14 +21,12 @@ from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
-from chinwag.backoff import Backoff
-from chinwag.config import Settings
-from chinwag.http import serve_http
-from chinwag.logs import setup_logging
-from chinwag.metrics import CONTENT_TYPE
-from chinwag.metrics import Registry as Metrics
-from chinwag.redis import connect_redis
-from chinwag.runtime import cancel_and_wait, run_service
+from common.backoff import Backoff
+from common.config import Settings
+from common.http import health_routes, serve_http
+from common.metrics import Metrics
+from common.redis import connect_redis
+from common.runtime import cancel_and_wait, service_main
 
 from .registry import Registry
 
@@ -112,14 +110,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     add_metrics(metrics, reaper)
     http: asyncio.Server | None = None
     if port := settings.http_port_for("presence"):
-        def readyz() -> tuple[int, str, bytes]:
-            return (200, "text/plain", b"ready\n") if reaper.redis_up else (503, "text/plain", b"not ready\n")
-
-        http = await serve_http(settings.host, port, {
-            "/healthz": lambda: (200, "text/plain", b"ok\n"),
-            "/readyz": readyz,
-            "/metrics": lambda: (200, CONTENT_TYPE, metrics.render()),
-        })
+        http = await serve_http(settings.host, port, health_routes(lambda: reaper.redis_up, metrics.render))
     log.info("presence service running (lease ttl %.1fs, sweep every %.1fs)", settings.lease_ttl,
              settings.reap_interval)
     try:
@@ -133,15 +124,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = Settings.from_args(
-        "presence", argv, prog="chinwag-presence",
-        description="Chinwag presence service: frees the usernames of gateways that died.",
-    )
-    setup_logging(settings.log_level, settings.log_json)
-    if not settings.redis_url:
-        raise SystemExit("chinwag-presence needs --redis-url (or REDIS_URL)")
-
-    run_service(lambda stop: serve(settings, stop))
+    service_main("presence", argv, "Chinwag presence service: frees the usernames of gateways that died.", serve)
 
 
 if __name__ == "__main__":

@@ -406,6 +406,21 @@ def _salvage_ref(data: str | bytes) -> str | None:
     return None
 
 
+# Every message frame starts with these bytes and its id right after them: msgspec encodes the
+# tag and then ``id`` first, and the Redis scripts build the frame from the same Struct
+# (gateway/store.py).  The gateway reads ids with frame_id on every delivery, without a parse.
+MESSAGE_PREFIX = _encoder.encode(Message(id="\ue000", from_="")).partition("\ue000".encode())[0]
+assert MESSAGE_PREFIX.endswith(b'"'), MESSAGE_PREFIX  # the placeholder was found
+_ID_AT = len(MESSAGE_PREFIX)
+
+
+def frame_id(frame: bytes) -> tuple[int, int]:
+    """The id of an encoded message frame, as (ms, seq)."""
+    end = frame.index(b'"', _ID_AT)
+    ms, _, seq = frame[_ID_AT:end].partition(b"-")
+    return int(ms), int(seq)
+
+
 def encode(frame: msgspec.Struct) -> bytes:
     """Serialise any frame to the UTF-8 JSON bytes of one text message."""
     return _encoder.encode(frame)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from chinwag.redis_binary import redis_server_binary
+from common.redis_binary import redis_server_binary
 from tests.helpers import Clients, Processes, RedisServer
 
 

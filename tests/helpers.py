@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from chinwag.http import http_status
-from chinwag.redis_binary import redis_server_binary
 from client import ChatClient
 from client.chat import Event
+from common.http import http_status
+from common.redis_binary import redis_server_binary
 from protocol import frames as f
 
 ROOT = Path(__file__).resolve().parent.parent

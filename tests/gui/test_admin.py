@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from chinwag.admin import AdminWindow
-from chinwag.config import Settings
+from common.config import Settings
 from tests.gui.conftest import DialogWatcher, Windows, can_screenshot, pump_until, screenshot
 from tests.gui.input import needs_wm, needs_xdotool, press, resize
 from tests.helpers import Processes, RedisServer, free_port

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chinwag.http import http_status
+from common.http import http_status
 from tests.gui.conftest import HAVE_XDOTOOL, x_windows
 from tests.helpers import FAST_ENV, ROOT, Processes, RedisServer, free_port, wait_until
 

@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from redis.asyncio import Redis
 from websockets.asyncio.client import connect
 
-from chinwag import keys
+from common import keys
 from protocol import frames as f
 from tests.helpers import Proc, Processes, RedisServer, async_wait_until
 

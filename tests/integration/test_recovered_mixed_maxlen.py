@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from chinwag.redis_binary import bundled_redis_server, candidates, version_of
 from client import ChatClient
+from common.redis_binary import bundled_redis_server, candidates, version_of
 from protocol import frames as f
 from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_until
 

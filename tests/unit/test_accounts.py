@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import fakeredis
 import pytest
 
-from chinwag import keys
+from common import keys
 from gateway.accounts import MAX_TOKENS, Accounts
 from protocol.errors import BadPassword, InvalidUsername, RateLimited, UsernameConfusable
 from protocol.names import login_name

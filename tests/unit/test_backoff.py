@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from chinwag.backoff import Backoff
+from common.backoff import Backoff
 
 
 def test_backoff_grows_caps_and_resets() -> None:

@@ -9,7 +9,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from chinwag.config import Settings
+from common.config import Settings
 from gateway.client_ip import MAX_HOPS, NOBODY, ClientAddressConnection, TrustedProxies, client_address, parse_address
 from gateway.connection import bounded_connection
 from tests.helpers import free_port

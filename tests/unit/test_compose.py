@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from chinwag.config import OPTIONS, Settings
+from common.config import OPTIONS, Settings
 from gateway.client_ip import TrustedProxies, client_address
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -232,7 +232,7 @@ def test_env_vars_are_ones_the_programs_read(services: dict[str, dict[str, Any]]
     for name, svc in services.items():
         for key in _env(svc):
             if key.startswith("CHINWAG_") or key == "REDIS_URL":
-                assert key in known, f"{name}: {key} is not in chinwag/config.py OPTIONS"
+                assert key in known, f"{name}: {key} is not in common/config.py OPTIONS"
 
 
 def test_compose_env_vars_are_documented(services: dict[str, dict[str, Any]]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chinwag.config import OPTIONS, Settings, build_parser
+from common.config import OPTIONS, Settings, build_parser
 
 
 def test_defaults_match_the_seed() -> None:

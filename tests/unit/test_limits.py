@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from chinwag import keys
+from common import keys
 from gateway.limits import IpLimiter, SharedIpLimiter, ip_bucket
 from gateway.pipeline import AutoPipeline
 from tests.helpers import free_port

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from chinwag.logs import setup_logging
+from common.logs import setup_logging
 
 
 def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chinwag.metrics import Registry
+from common.metrics import Metrics as Registry
 
 
 def test_counters_gauges_and_histograms_render_in_prometheus_text_format() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chinwag.redis_binary import RedisBinary, bundled_redis_server, candidates, find_redis_server, version_of
+from common.redis_binary import RedisBinary, bundled_redis_server, candidates, find_redis_server, version_of
 
 
 def fake_redis(directory: Path, version: str, name: str = "redis-server") -> str:

@@ -15,7 +15,7 @@ import fakeredis
 import msgspec
 import pytest
 
-from chinwag import keys
+from common import keys
 from gateway.store import Store, Stored
 from protocol import frames as f
 from protocol.names import id_tuple, is_message_id
@@ -142,7 +142,7 @@ async def test_dm_to_offline_user_is_stored_not_published(
     assert await listener.messages() == []
     assert await redis.hget(keys.account("bob"), "delivered") is None
     inbox = await _stream(redis, keys.inbox_stream("bob"))
-    assert await store.inbox_after("bob", "0-0") == [(stored.id, inbox[0][1])]
+    assert await store.stream_after(keys.inbox_stream("bob"), "0-0") == [(stored.id, inbox[0][1])]
 
 
 async def test_both_directions_share_one_conversation(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
@@ -269,14 +269,14 @@ async def test_history_before_an_id_from_the_future_returns_the_newest(store: St
 # -- inbox and delivered cursor ----------------------------------------------------------
 
 
-async def test_inbox_after_is_exclusive_and_ordered(store: Store) -> None:
+async def test_stream_after_is_exclusive_and_ordered(store: Store) -> None:
     ids = [s.id for s in [await _dm(store, "Alice", "carol", str(i)) for i in range(5)] if s is not None]
-    got = await store.inbox_after("carol", "0-0")
+    got = await store.stream_after(keys.inbox_stream("carol"), "0-0")
     assert [rid for rid, _ in got] == ids
-    assert [rid for rid, _ in await store.inbox_after("carol", ids[1])] == ids[2:]
-    assert await store.inbox_after("carol", ids[-1]) == []
-    assert [rid for rid, _ in await store.inbox_after("carol", "0-0", limit=2)] == ids[:2]
-    assert await store.inbox_after("nobody", "0-0") == []
+    assert [rid for rid, _ in await store.stream_after(keys.inbox_stream("carol"), ids[1])] == ids[2:]
+    assert await store.stream_after(keys.inbox_stream("carol"), ids[-1]) == []
+    assert [rid for rid, _ in await store.stream_after(keys.inbox_stream("carol"), "0-0", limit=2)] == ids[:2]
+    assert await store.stream_after(keys.inbox_stream("nobody"), "0-0") == []
 
 
 async def test_advance_delivered_only_moves_forward(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:

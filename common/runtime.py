@@ -8,6 +8,9 @@ import signal
 from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
+from .config import Settings
+from .logs import setup_logging
+
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
@@ -67,3 +70,25 @@ def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     except OSError as exc:
         logging.getLogger("chinwag").error("cannot start: %s", exc)
         raise SystemExit(1) from None
+
+
+def service_main(role: str, argv: list[str] | None, description: str,
+                 serve: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
+    """``main()`` of a service that joins a cluster's Redis (``chinwag-gateway``,
+    ``chinwag-presence``): settings from flags and env, logging, then ``serve`` until a signal."""
+    prog = f"chinwag-{role}"
+    settings = Settings.from_args(role, argv, prog=prog, description=description)
+    setup_logging(settings.log_level, settings.log_json)
+    if not settings.redis_url:
+        raise SystemExit(f"{prog} needs --redis-url (or REDIS_URL)")
+    run_service(lambda stop: serve(settings, stop))
+
+
+def retrieve(fut: asyncio.Future[Any]) -> None:
+    """Done-callback marking a future's exception as seen, so asyncio does not log it.
+
+    For futures whose failure is expected and already handled by whoever awaited them
+    (a waiter on a connection that went, a pong that never came).
+    """
+    if not fut.cancelled():
+        fut.exception()

@@ -105,7 +105,10 @@ class Histogram(_Metric):
 M = TypeVar("M", bound=_Metric)
 
 
-class Registry:
+class Metrics:
+    """One service's metrics, rendered together for ``/metrics`` (not to be confused with
+    ``presence.registry.Registry``, the presence store)."""
+
     def __init__(self) -> None:
         self.metrics: list[_Metric] = []
 

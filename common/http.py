@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from .metrics import CONTENT_TYPE
+
 log = logging.getLogger("chinwag.http")
 
 Route = Callable[[], tuple[int, str, bytes]]  # -> (status, content type, body)
@@ -64,3 +66,15 @@ def http_status(url: str, timeout: float = 1.0) -> int:
         return int(exc.code)
     except OSError:
         return 0
+
+
+def health_routes(ready: Callable[[], bool], metrics: Callable[[], bytes] | None = None) -> dict[str, Route]:
+    """``/healthz`` (the process runs), ``/readyz`` (``ready()``: worth sending traffic to) and,
+    given ``metrics``, ``/metrics`` in the Prometheus text format: one definition for every service."""
+    def readyz() -> tuple[int, str, bytes]:
+        return (200, "text/plain", b"ready\n") if ready() else (503, "text/plain", b"not ready\n")
+
+    routes: dict[str, Route] = {"/healthz": lambda: (200, "text/plain", b"ok\n"), "/readyz": readyz}
+    if metrics is not None:
+        routes["/metrics"] = lambda: (200, CONTENT_TYPE, metrics())
+    return routes

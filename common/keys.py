@@ -1,6 +1,14 @@
-"""Names of every Redis key and pub/sub channel Chinwag uses, in one place."""
+"""Names of every Redis key and pub/sub channel Chinwag uses, in one place.
+
+Lua scripts that find a key in data (a gateway's users while reaping, a member's
+session, an invitee's invitations) cannot be handed that key as ``KEYS``: they
+build it with a function from :func:`lua_functions`, generated from the Python
+definition here, so the name is still written only once.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 PREFIX = "cw:"
 
@@ -80,7 +88,7 @@ def user_channel(key: str) -> str:
 
 
 def gateway_channel(node_id: str) -> str:
-    """Control messages for one gateway (session takeovers). Lua builds the same name."""
+    """Control messages for one gateway (protocol/control.py). Lua builds it with ``key_gateway_channel``."""
     return f"{PREFIX}c:gw:{node_id}"
 
 
@@ -173,3 +181,28 @@ def ip_connections(ip: str) -> str:
 def ip_logins(ip: str) -> str:
     """Login-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
     return f"{PREFIX}ipl:{ip}"
+
+
+_HOLE = "\x00"
+
+
+def lua_functions(*builders: Callable[[str], str]) -> str:
+    """Lua ``local function key_<name>(prefix, x)`` for each one-argument key builder given.
+
+    Each is generated from the Python function (called with a placeholder), with the
+    prefix left to the script's ``prefix`` argument as before: ``key_session(prefix, ukey)``
+    is ``prefix .. 'sess:' .. ukey``.
+    """
+    out = []
+    for build in builders:
+        name = build(_HOLE)
+        assert name.startswith(PREFIX) and name.count(_HOLE) == 1, build.__name__
+        head, tail = name[len(PREFIX):].split(_HOLE)
+        body = " .. ".join(["p", *([_lua_string(head)] if head else []), "x", *([_lua_string(tail)] if tail else [])])
+        out.append(f"local function key_{build.__name__}(p, x) return {body} end\n")
+    return "".join(out)
+
+
+def _lua_string(text: str) -> str:
+    assert "'" not in text and "\\" not in text and "\n" not in text, text
+    return f"'{text}'"

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, RedisError
+
+# What "Redis is away" looks like to a caller: redis-py's own errors, the socket's, and a
+# ``wait_for`` around a command running out.  Loops catch exactly these, back off and retry.
+REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 
 def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
@@ -29,3 +35,13 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 
         health_check_interval=0,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+def redacted_url(url: str | None) -> str:
+    """A Redis URL fit for logs and windows: any credentials (user and password) become ``***``."""
+    if not url:
+        return ""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url

@@ -1,0 +1,78 @@
+"""What happens on the WebSocket port before a socket is accepted.
+
+``process_request`` (websockets calls it with each handshake request) turns a
+client away early -- too many connection attempts from its address (429,
+shared by the cluster in Redis, gateway/limits.py), this gateway full (503) --
+and answers the plain HTTP paths the port also serves: file downloads
+(gateway/files.py) and the ``/healthz`` and ``/readyz`` probes.  TLS and the
+allowed browser Origins come from the settings here too.
+"""
+
+from __future__ import annotations
+
+import http
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Origin
+
+from common.config import Settings
+from common.http import Route
+from common.metrics import Counter
+
+from .client_ip import client_ip
+from .limits import SharedIpLimiter
+
+
+@dataclass
+class Admission:
+    settings: Settings
+    ip_connections: SharedIpLimiter
+    server: Callable[[], Server | None]
+    download: Callable[[Request], Awaitable[Response | None]]
+    probes: Callable[[], dict[str, Route]]
+    m_errors: Counter
+
+    async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """A response to send instead of accepting the WebSocket, or None to go on."""
+        if wait := await self.ip_connections.take(client_ip(conn)):
+            self.m_errors.inc("ip_connections")
+            response = _text(http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address\n")
+            response.headers["Retry-After"] = str(max(1, round(wait)))
+            return response
+        # ``connections`` counts open sockets only, not the one still in its handshake.
+        server = self.server()
+        if server is not None and len(server.connections) >= self.settings.max_connections:
+            self.m_errors.inc("max_connections")
+            return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        path = request.path.split("?", 1)[0]
+        if path.startswith("/files/"):
+            return await self.download(request)
+        if path in ("/healthz", "/readyz"):  # the probes answer on the WebSocket port too
+            status, _, body = self.probes()[path]()
+            return _text(http.HTTPStatus(status), body.decode())
+        return None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.settings.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
+
+    def origins(self) -> list[Origin | None] | None:
+        """Browsers must come from an allowed Origin; other clients send none and are let in."""
+        if not self.settings.allowed_origins:
+            return None
+        allowed = [Origin(o.strip()) for o in self.settings.allowed_origins.split(",") if o.strip()]
+        return [None, *allowed]
+
+
+def _text(status: http.HTTPStatus, body: str) -> Response:
+    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return Response(status.value, status.phrase, headers, body.encode())
