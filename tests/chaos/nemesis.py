@@ -56,9 +56,9 @@ from typing import Any
 
 import redis.asyncio as redis_async
 
-from chinwag import keys
 from client import ChatClient
 from client.errors import ClientError
+from common import keys
 from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound, NotMember
 from protocol.names import id_tuple

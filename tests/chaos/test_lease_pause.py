@@ -16,8 +16,8 @@ import signal
 import pytest
 import redis.asyncio as redis_async
 
-from chinwag import keys
 from client import ChatClient
+from common import keys
 from protocol import frames as f
 from protocol.names import id_tuple
 from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event

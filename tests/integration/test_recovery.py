@@ -7,8 +7,8 @@ from pathlib import Path
 
 import redis as redis_sync
 import redis.asyncio as redis_async
-from chinwag.config import Settings
 
+from common.config import Settings
 from gateway.server import Gateway
 from presence.registry import Registry
 from protocol import frames as f
