@@ -52,8 +52,11 @@ from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from chinwag import keys
+from chinwag.backoff import Backoff
 from protocol.errors import ChatError, Forbidden, NotFound
 from protocol.names import id_tuple
 
@@ -70,6 +73,8 @@ _events = msgspec.json.Decoder(dict[str, object])
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
+Replayer = Callable[[str, str], Awaitable[Any]]  # (stream, after id) -> a Replay (``.frames``: (id, frame))
+_OWED_DEADLINE = 60.0  # seconds a removed member's backlog is retried while Redis cannot answer
 
 
 class _Pending:
@@ -100,10 +105,11 @@ def _leaver(frame: bytes) -> str | None:
 class GroupRelay:
     """Local members of each group, the group channel subscriptions, and delivery to sessions."""
 
-    def __init__(self, router: Router, groups: Groups, spawn: Spawn) -> None:
+    def __init__(self, router: Router, groups: Groups, spawn: Spawn, replay: Replayer | None = None) -> None:
         self.router = router
         self.groups = groups
         self._spawn = spawn
+        self._replay = replay  # reads a stream after an id (Store.replay)
         self.members: dict[str, set[Session]] = {}  # group key -> sessions Redis confirmed as members
         self._pending: dict[str, dict[Session, _Pending]] = {}
         self._subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
@@ -247,11 +253,54 @@ class GroupRelay:
             self._unpark(session, gkey)
             self._release_later(gkey)
 
-    def part(self, ukey: str, gkey: str, sessions: dict[str, Session]) -> None:
-        """A ``part`` control message: ``ukey`` is no longer a member of ``gkey``."""
+    def part(
+        self, ukey: str, gkey: str, sessions: dict[str, Session], since: str = "", upto: str = ""
+    ) -> None:
+        """A ``part`` control message: ``ukey`` is no longer a member of ``gkey``.  A removal carries
+        the membership's span (``since``, ``upto``): what the group stored in it and the session has not
+        had yet (live frames held during a catch-up, which are dropped now) is written before the
+        session stops hearing of the group."""
         session = sessions.get(ukey)
         if session is not None:
             self.detach(session, gkey)
+            if upto:
+                self.deliver_owed(session, gkey, since or "0-0", upto)
+
+    def deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
+        """In the background: write ``gkey``'s messages after ``since`` and up to ``upto`` (a membership
+        Redis recorded as ended) that ``session`` has not had (id-checked, so never twice)."""
+        if self._replay is None:
+            return
+        start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
+        if start >= id_tuple(upto):
+            return
+        self._spawn(self._deliver_owed(session, gkey, since, upto), "group-owed")
+
+    async def _deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
+        assert self._replay is not None
+        bound = id_tuple(upto)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _OWED_DEADLINE
+        backoff = Backoff(base=0.05, cap=1.0)
+        while True:
+            start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
+            if start >= bound or session.ws.state is not State.OPEN:
+                return
+            try:
+                replay = await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")
+                for mid, frame in replay.frames:
+                    if id_tuple(mid) > bound:
+                        break
+                    await session.replay_group(gkey, frame, member=True)
+                return
+            except ConnectionClosed:
+                return
+            except _REDIS_ERRORS as exc:
+                if loop.time() > deadline:
+                    log.error("%s: gave up writing what %s stored before the removal (%s)", session.name, gkey,
+                              type(exc).__name__)
+                    return
+                await asyncio.sleep(backoff.next_delay())
 
     # -- delivery -----------------------------------------------------------
 
@@ -356,12 +405,17 @@ class GroupRelay:
         for session, gkeys in by_session.items():
             now, since = await self.groups.membership(session.key, gkeys)
             bounds[session] = id_tuple(now)
+            gone = [g for g in gkeys if g in session.groups and g not in since]  # not detached meanwhile
+            # Read before detaching (an error here leaves the membership for the retried catch-up).
+            parted = await self.groups.parted(session.key, gone) if gone else {}
             for gkey in gkeys:
                 if gkey not in session.groups:
                     continue  # detached while we waited
                 if gkey not in since:
                     log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
                     self.detach(session, gkey)
+                    if gkey in parted:  # removed by the owner while the notice could not reach us
+                        self.deliver_owed(session, gkey, *parted[gkey])
                 else:
                     self._floor(session, gkey, id_tuple(since[gkey]))
         return bounds

@@ -150,8 +150,9 @@ end
 return {1, position}
 """
 
-# KEYS: group, members, invited, target's groups, order, since
-# ARGV: op ('invite'|'remove'|'set'), actor key, actor name, target key, target name, channel, prefix, gkey, flag
+# KEYS: group, members, invited, target's groups, order, since, lastid
+# ARGV: op ('invite'|'remove'|'set'), actor key, actor name, target key, target name, channel, prefix, gkey, flag,
+#       seconds a removal's record is kept
 # -> -1 no group | -2 not the owner | 0 nothing to do | 1 done
 _OWNER_OP = _EVENT + """
 local g = redis.call('HMGET', KEYS[1], 'name', 'owner')
@@ -190,6 +191,10 @@ redis.call('HDEL', pending, ARGV[8])
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then
   return 0
 end
+-- The membership ends at the newest id now: the member is owed everything stored up to it.  Recorded
+-- (and carried on the part notice) so a gateway that missed the notice can still deliver it.
+local since = redis.call('HGET', KEYS[6], ARGV[4]) or '0-0'
+local upto = redis.call('GET', KEYS[7]) or '0-0'
 local ev = event(g[1], 'removed', ARGV[5], ARGV[3])
 redis.call('PUBLISH', ARGV[6], ev)
 redis.call('HDEL', KEYS[2], ARGV[4])
@@ -197,7 +202,11 @@ redis.call('ZREM', KEYS[5], ARGV[4])
 redis.call('HDEL', KEYS[6], ARGV[4])
 redis.call('SREM', KEYS[4], ARGV[8])
 redis.call('HDEL', ARGV[7] .. 'gcur:' .. ARGV[4], ARGV[8])
-control(ARGV[7], ARGV[4], '{"part":"' .. ARGV[8] .. '","user":"' .. ARGV[4] .. '"}')
+local parted = ARGV[7] .. 'gpart:' .. ARGV[4]
+redis.call('HSET', parted, ARGV[8], since .. ' ' .. upto)
+redis.call('EXPIRE', parted, tonumber(ARGV[10]))
+control(ARGV[7], ARGV[4], '{"part":"' .. ARGV[8] .. '","user":"' .. ARGV[4] .. '","since":"' .. since ..
+  '","upto":"' .. upto .. '"}')
 return 1
 """
 
@@ -340,9 +349,9 @@ class Groups:
     ) -> GroupState:
         status = int(await self._owner_op(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(target),
-                  keys.group_order(gkey), keys.group_since(gkey)],
+                  keys.group_order(gkey), keys.group_since(gkey), keys.LAST_ID],
             args=[op, actor, actor_name, target, target_name, keys.group_channel(gkey), keys.PREFIX, gkey,
-                  "1" if invite_only else "0"],
+                  "1" if invite_only else "0", keys.PARTED_TTL],
         ))
         if status == -1:
             raise NotFound("no such group")
@@ -372,6 +381,17 @@ class Groups:
         result = await self._membership(keys=[keys.LAST_ID], args=[keys.PREFIX, ukey, *gkeys])
         since = {gkey: _s(pos) for gkey, pos in zip(gkeys, result[1:], strict=True) if _s(pos)}
         return _s(result[0]), since
+
+    async def parted(self, ukey: str, gkeys: list[str]) -> dict[str, tuple[str, str]]:
+        """For each of ``gkeys`` whose owner removed ``ukey``: (since, upto), the ids current when that
+        last membership began and when it ended."""
+        raw = await self.redis.hmget(keys.group_parted(ukey), gkeys)
+        out = {}
+        for gkey, value in zip(gkeys, raw, strict=True):
+            if value:
+                since, _, upto = _s(value).partition(" ")
+                out[gkey] = (since, upto)
+        return out
 
     async def of_user(self, ukey: str) -> list[GroupState]:
         """Every group ``ukey`` is in (members not listed)."""

@@ -134,7 +134,8 @@ class Gateway:
         self.joining: set[Session] = set()  # claimed but welcome/replay not yet sent
         self._by_token: dict[str, Session] = {}  # token hash -> session, for takeover kicks
         self.groups = Groups(self.redis)
-        self.relay = GroupRelay(self.router, self.groups, self._spawn)  # local members and their delivery
+        # Local members and their delivery.
+        self.relay = GroupRelay(self.router, self.groups, self._spawn, self.store.replay)
         self.requests = RequestLimiter(self.redis, settings.rate_requests, settings.rate_request_burst, self.pipeline)
         self.live: set[ServerConnection] = set()  # logged in and past replay: broadcasts go here
         self.presence_each: set[ServerConnection] = set()  # live, login.presence "each"
@@ -591,7 +592,8 @@ class Gateway:
             log.error("bad control message: %.200r", data)
             return
         if "part" in msg:  # no longer in a group (removed, or left on another session): stop delivery now
-            self.relay.part(str(msg.get("user")), str(msg["part"]), self.sessions)
+            self.relay.part(str(msg.get("user")), str(msg["part"]), self.sessions,
+                            str(msg.get("since", "")), str(msg.get("upto", "")))
             return
         if "notify" in msg:  # e.g. an invitation, for a user who is not (yet) in the group
             member = self.sessions.get(str(msg["notify"]))

@@ -110,3 +110,64 @@ async def test_a_catch_up_that_ends_while_pubsub_is_down_keeps_holding(
         await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
         await admin.aclose()
         await gateway.stop()
+
+
+async def test_a_removal_during_a_pubsub_outage_first_delivers_what_was_stored(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """docs/guarantees.md, "removal during an outage" (the checker's old exemption): the owner removed
+    a member whose gateway had lost its subscriptions; the ``part`` notice was lost with them, and the
+    catch-up found the member gone and dropped the group without writing what it had stored while
+    they were still a member.  The removal now records where the membership ended."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs")
+    await member.group("join", "devs")
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
+        await owner.group("remove", "devs", user="member")
+        after = await owner.send("#devs", "stored after the removal")
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        admin.close()
+    got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(3)]
+    assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
+    probe = await owner.send("@member", "probe")  # everything of the group would have come before it
+    rest = await wait_for_event(member, lambda e: isinstance(e, f.Message), 10)
+    assert rest.id == probe.id, f"{rest} (the message after the removal is {after.id})"  # type: ignore[union-attr]
+
+
+async def test_a_removal_while_catching_up_delivers_the_held_messages(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """The removal's notice arrives live while the member's session is still holding live frames
+    (a catch-up in progress): the held messages of the group were dropped at release, as the session
+    was no longer a member, though the user was one when they were stored.  In-process, to hold."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    try:
+        member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        await member.group("join", "devs")
+        session = gateway.sessions["member"]
+        session.start_holding()  # what a catch-up does until it has replayed everything
+        acks = [await owner.send("#devs", f"held {i}") for i in range(3)]
+        await async_wait_until(lambda: len(session.early) >= 3, 10, "the group messages to be held")
+        await owner.group("remove", "devs", user="member")
+        await async_wait_until(lambda: "devs" not in session.groups, 10, "the removal to arrive")
+        session.go_live()
+        got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(3)]
+        assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
+    finally:
+        await gateway.stop()
