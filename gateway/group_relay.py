@@ -276,6 +276,27 @@ class GroupRelay:
             return
         self._spawn(self._deliver_owed(session, gkey, since, upto), "group-owed")
 
+    async def owed_at_login(
+        self, ukey: str, resume: dict[str, str], joined: set[str]
+    ) -> list[tuple[str, list[bytes]]]:
+        """Groups a client resumes (``resume``: group key -> its position) that the owner removed the user
+        from (not in ``joined``): per group, what was stored after the position, within the membership
+        that ended (a removal while the client was reconnecting, or its session cut off from Redis).
+        The position only narrows what the membership recorded, so nothing outside it is sent."""
+        gone = {gkey: pos for gkey, pos in resume.items() if gkey not in joined}
+        if not gone or self._replay is None:
+            return []
+        out = []
+        for gkey, (since, upto) in (await self.groups.parted(ukey, list(gone))).items():
+            start, bound = max(id_tuple(gone[gkey]), id_tuple(since)), id_tuple(upto)
+            if start >= bound:
+                continue
+            replay = await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")
+            frames = [data for mid, data in replay.frames if id_tuple(mid) <= bound]
+            if frames:
+                out.append((gkey, frames))
+        return out
+
     async def _deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
         assert self._replay is not None
         bound = id_tuple(upto)

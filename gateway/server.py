@@ -503,6 +503,9 @@ class Gateway:
                     bc_from = resume.get(f.STREAM_BROADCAST)
                     broadcasts = await self.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
                     group_replays = await self._join_groups_at_login(session, resume)
+                    owed = await self.relay.owed_at_login(  # groups resumed but left by removal meanwhile
+                        key, {group_name(s)[1]: p for s, p in resume.items() if s.startswith("#")},
+                        {g for g, *_ in group_replays.values()})
                     invitations = await self.groups.invitations(key)
                 except BaseException:
                     self.relay.detach_all(session)
@@ -540,6 +543,9 @@ class Gateway:
                 session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), id_tuple(start))
                 for _, data in replay.frames:
                     await session.replay_group(gkey, data)
+            for gkey, frames in owed:
+                for data in frames:
+                    await session.replay_group(gkey, data, member=True)
             for data in invitations:  # invitations still pending, made while offline or not
                 session.push(data)
         except BaseException:  # the socket died mid-replay: it never became a live session

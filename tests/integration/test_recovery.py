@@ -9,6 +9,7 @@ import redis as redis_sync
 import redis.asyncio as redis_async
 
 from chinwag.config import Settings
+from client import ChatClient
 from gateway.server import Gateway
 from presence.registry import Registry
 from protocol import frames as f
@@ -171,3 +172,39 @@ async def test_a_removal_while_catching_up_delivers_the_held_messages(
         assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
     finally:
         await gateway.stop()
+
+
+async def test_a_removal_while_the_client_reconnects_is_delivered_on_resume(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """Soak seed 2004: the member's connection died (messages of the group written to it, or held on
+    its gateway, never arrived), the owner removed them, and the client's resume could not bring those
+    messages back: the login replays only groups the user is in.  It now replays a resumed group up to
+    where the owner's removal ended the membership, and nothing after."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs")
+    await member.group("join", "devs")
+    first = await owner.send("#devs", "first")
+    await wait_for_event(member, lambda e: isinstance(e, f.Message) and e.id == first.id, 10)
+    positions, token = dict(member.positions), member.session
+    await member.close()
+    acks = [await owner.send("#devs", f"while away {i}") for i in range(3)]
+    await owner.group("remove", "devs", user="member")
+    after = await owner.send("#devs", "after the removal")
+    again = ChatClient(gw1.url, reconnect=False)
+    clients.clients.append(again)
+    again.positions, again.session = positions, token
+    await again.connect()
+    await again.login("member", "pw")
+    probe = await owner.send("@member", "probe")
+    seen = []
+    while True:
+        event = await again.next_event(10)
+        if isinstance(event, f.Message):
+            if event.id == probe.id:
+                break
+            seen.append(event.id)
+    assert seen == [a.id for a in acks], f"{seen} (the message after the removal is {after.id})"
