@@ -489,6 +489,7 @@ class Gateway:
                 presence=frame.presence,
             )
             session.last_broadcast = self.last_broadcast  # later fan-outs are held for this session
+            losses = self._pubsub_losses
             self.joining.add(session)
             try:
                 claim = await self._claim(session, frame.session)
@@ -558,6 +559,12 @@ class Gateway:
         self.joining.discard(session)
         session.go_live()
         self._add_live(session)
+        if self._pubsub_losses != losses:
+            # The subscriptions dropped during this login: its replay may end before what was published
+            # while they were down, and a catch-up that began meanwhile skipped it (still joining).
+            # The client resumes from what it got, and its next login reads everything after that.
+            log.info("pub/sub was lost during the login of %s; closing it so that it resumes", name)
+            self.close_session(session, CloseCode.SESSION_LOST, "session lost")
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
         try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on

@@ -208,3 +208,51 @@ async def test_a_removal_while_the_client_reconnects_is_delivered_on_resume(
                 break
             seen.append(event.id)
     assert seen == [a.id for a in acks], f"{seen} (the message after the removal is {after.id})"
+
+
+async def test_a_login_spanning_a_pubsub_loss_loses_nothing(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """A login that had subscribed but read its group replay while the subscriptions were down, and was
+    still writing it when the resubscribe's catch-up began: the catch-up skipped the session (still
+    logging in), so what was published between the login's read and the resubscribe never reached it.
+    In-process, to place the outage inside the login (after its reads)."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+        redis_ping_interval=0.2, redis_ping_timeout=0.5,
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    try:
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        first = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+        await first.group("join", "devs")
+        await first.close()
+        await async_wait_until(lambda: "member" not in gateway.sessions, 10, "the first session to end")
+        missed: list[f.Ack] = []
+        invitations = gateway.groups.invitations
+
+        async def outage_after_the_reads(ukey: str) -> list[bytes]:  # the login's last read
+            losses = gateway._pubsub_losses
+            await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")  # it cannot come back
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await async_wait_until(lambda: gateway._pubsub_losses > losses, 5, "the gateway's pub/sub to drop")
+            missed.append(await owner.send("#devs", "published while the subscriptions were down"))
+            await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+            await async_wait_until(lambda: gateway.router.live and gateway._recovery is not None
+                                   and gateway._recovery.done(), 10, "the resubscribe's catch-up")
+            return await invitations(ukey)
+
+        gateway.groups.invitations = outage_after_the_reads  # type: ignore[method-assign]
+        member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member", reconnect=True)
+        gateway.groups.invitations = invitations  # type: ignore[method-assign]
+        got = await wait_for_event(member, lambda e: isinstance(e, f.Message), 15)
+        assert got.id == missed[0].id  # type: ignore[union-attr]
+    finally:
+        await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        await admin.aclose()
+        await gateway.stop()
