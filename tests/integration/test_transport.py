@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from client import ChatClient
+from client.errors import ConnectFailed
 from protocol import frames as f
 from tests.helpers import Clients, Processes, RedisServer, wait_for_event
 
@@ -39,8 +40,9 @@ async def test_tls_gateway_with_a_verified_self_signed_certificate(
     got = await wait_for_event(bob, lambda e: isinstance(e, f.Message))
     assert isinstance(got, f.Message) and got.body == "over TLS"
     # Without trusting it, the client refuses the certificate: verification is on by default.
-    with pytest.raises(ssl.SSLCertVerificationError):
+    with pytest.raises(ConnectFailed) as refused:
         await ChatClient.open(url, "carol", "pw", reconnect=False)
+    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
     # And plaintext to a TLS port gets nowhere.
     with pytest.raises(Exception):  # noqa: B017 - any failure to handshake will do
         await ChatClient.open(f"ws://127.0.0.1:{gw.port}", "dave", "pw", reconnect=False, open_timeout=3)
