@@ -202,7 +202,8 @@ class GroupRelay:
 
     @staticmethod
     def _floor(session: Session, gkey: str, position: tuple[int, int]) -> None:
-        if position > session.last_group.get(gkey, (0, 0)):
+        # Always present once a member here (even at 0-0): a ``part`` delivers only to such a session.
+        if gkey not in session.last_group or position > session.last_group[gkey]:
             session.last_group[gkey] = position
 
     def _unpark(self, session: Session, gkey: str) -> None:
@@ -263,7 +264,7 @@ class GroupRelay:
         session = sessions.get(ukey)
         if session is not None:
             self.detach(session, gkey)
-            if upto:
+            if upto and gkey in session.last_group:  # not a session that began after the removal
                 self.deliver_owed(session, gkey, since or "0-0", upto)
 
     def deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
