@@ -557,14 +557,16 @@ class Gateway:
                 await self._release(session)
             raise
         self.joining.discard(session)
-        session.go_live()
-        self._add_live(session)
         if self._pubsub_losses != losses:
             # The subscriptions dropped during this login: its replay may end before what was published
             # while they were down, and a catch-up that began meanwhile skipped it (still joining).
-            # The client resumes from what it got, and its next login reads everything after that.
+            # Still holding, so no live frame moves the client's positions past that gap: close, and
+            # the client resumes from what it got (its next login reads everything after that).
             log.info("pub/sub was lost during the login of %s; closing it so that it resumes", name)
             self.close_session(session, CloseCode.SESSION_LOST, "session lost")
+        else:
+            session.go_live()
+            self._add_live(session)
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
         try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on
