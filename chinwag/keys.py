@@ -113,9 +113,10 @@ def group_cursors(ukey: str) -> str:
 
 
 def group_parted(ukey: str) -> str:
-    """Hash group key -> "since upto": the last membership of this user that the owner ended (the ids
-    current when it began and when it ended).  A gateway that missed the removal (pub/sub down, or
-    catching up) still owes the user what was stored up to ``upto``; kept a day (PARTED_TTL)."""
+    """Hash group key -> "since upto": the last membership of this user that ended (a removal by the
+    owner, or a leave; the ids current when it began and when it ended).  A gateway that missed the
+    end (pub/sub down, catching up, an answer lost) still owes the user what was stored up to
+    ``upto``; kept a day (PARTED_TTL)."""
     return f"{PREFIX}gpart:{ukey}"
 
 

@@ -48,7 +48,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from redis.exceptions import RedisError
@@ -73,6 +73,7 @@ _events = msgspec.json.Decoder(dict[str, object])
 _REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
+T = TypeVar("T")
 Replayer = Callable[[str, str], Awaitable[Any]]  # (stream, after id) -> a Replay (``.frames``: (id, frame))
 _OWED_DEADLINE = 60.0  # seconds a removed member's backlog is retried while Redis cannot answer
 
@@ -215,7 +216,7 @@ class GroupRelay:
 
     # -- leaving ------------------------------------------------------------
 
-    async def leave(self, session: Session, gkey: str, decide: Callable[[], Awaitable[bool]]) -> bool:
+    async def leave(self, session: Session, gkey: str, decide: Callable[[], Awaitable[T]]) -> T:
         """Stop delivery, then leave in Redis (``decide``).  If Redis could not answer and the user is
         still a member, delivery resumes (messages stored meanwhile are in the stream, not replayed)."""
         name = session.groups.get(gkey)

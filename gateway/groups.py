@@ -115,8 +115,9 @@ return {1, position}
 """
 
 # KEYS: group, members, invited, user groups, stream, order, since, lastid, user's cursors
-# ARGV: gkey, ukey, user name, channel, prefix
-# -> {0} not a member | {1, position} left | {2, position} left and the group, now empty, is gone.
+# ARGV: gkey, ukey, user name, channel, prefix, seconds the membership's span is kept
+# -> {0} not a member | {1, position, since} left | {2, position, since} left and the group, now empty, is gone
+# (position: the newest id at the leave, where the membership ends; since: where it began).
 # The member who joined longest ago becomes owner when the owner leaves (members of a group made before
 # join order was recorded come after, by key).
 _LEAVE = _EVENT + _DROP + """
@@ -125,17 +126,21 @@ if not g[1] or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
   return {0}
 end
 local position = redis.call('GET', KEYS[8]) or '0-0'
+local since = redis.call('HGET', KEYS[7], ARGV[2]) or '0-0'
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[6], ARGV[2])
 redis.call('HDEL', KEYS[7], ARGV[2])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[9], ARGV[1])
+local parted = ARGV[5] .. 'gpart:' .. ARGV[2]
+redis.call('HSET', parted, ARGV[1], since .. ' ' .. position)
+redis.call('EXPIRE', parted, tonumber(ARGV[6]))
 redis.call('PUBLISH', ARGV[4], event(g[1], 'left', ARGV[3], ''))
 control(ARGV[5], ARGV[2], '{"part":"' .. ARGV[1] .. '","user":"' .. ARGV[2] .. '"}')
 if g[2] == ARGV[2] then
   if redis.call('HLEN', KEYS[2]) == 0 then
     drop_group(ARGV[5], ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
-    return {2, position}
+    return {2, position, since}
   end
   local heir = redis.call('ZRANGE', KEYS[6], 0, 0)[1]
   if not heir then
@@ -147,7 +152,7 @@ if g[2] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'owner', heir, 'owner_name', heir_name)
   redis.call('PUBLISH', ARGV[4], event(g[1], 'owner', heir_name, ''))
 end
-return {1, position}
+return {1, position, since}
 """
 
 # KEYS: group, members, invited, target's groups, order, since, lastid
@@ -275,6 +280,15 @@ return out
 
 
 @dataclass(frozen=True, slots=True)
+class Left:
+    """A leave's answer: whether the group, now empty, is gone, and the membership's span (ids)."""
+
+    deleted: bool
+    since: str
+    upto: str
+
+
+@dataclass(frozen=True, slots=True)
 class GroupState:
     key: str
     name: str
@@ -330,18 +344,18 @@ class Groups:
         joined = GroupState(state.key, state.name, state.owner, state.invite_only, state.members, _s(result[1]))
         return joined, status == 1
 
-    async def leave(self, gkey: str, ukey: str, uname: str) -> bool:
-        """Leave; True if the group, now empty, was deleted."""
+    async def leave(self, gkey: str, ukey: str, uname: str) -> Left:
+        """Leave; says whether the group, now empty, was deleted, and the span of the membership."""
         result = await self._leave(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(ukey),
                   keys.group_stream(gkey), keys.group_order(gkey), keys.group_since(gkey), keys.LAST_ID,
                   keys.group_cursors(ukey)],
-            args=[gkey, ukey, uname, keys.group_channel(gkey), keys.PREFIX],
+            args=[gkey, ukey, uname, keys.group_channel(gkey), keys.PREFIX, keys.PARTED_TTL],
         )
         status = int(result[0])
         if status == 0:
             raise NotMember()
-        return status == 2
+        return Left(status == 2, _s(result[2]), _s(result[1]))
 
     async def owner_op(
         self, op: str, gkey: str, actor: str, actor_name: str, target: str = "", target_name: str = "",
@@ -383,8 +397,8 @@ class Groups:
         return _s(result[0]), since
 
     async def parted(self, ukey: str, gkeys: list[str]) -> dict[str, tuple[str, str]]:
-        """For each of ``gkeys`` whose owner removed ``ukey``: (since, upto), the ids current when that
-        last membership began and when it ended."""
+        """For each of ``gkeys`` ``ukey`` was removed from or left: (since, upto), the ids current when
+        that last membership began and when it ended."""
         raw = await self.redis.hmget(keys.group_parted(ukey), gkeys)
         out = {}
         for gkey, value in zip(gkeys, raw, strict=True):

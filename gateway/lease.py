@@ -86,7 +86,12 @@ async def deliver_before_leaving(gateway: Gateway, session: Session, gkey: str) 
     the newest id are read from Redis in one step, so nothing from outside the membership is sent."""
     now, since = await gateway.groups.membership(session.key, [gkey])
     if gkey not in since:
-        return  # not a member (any more): nothing of the group is this session's
+        # Not a member (any more): an earlier attempt at this leave did leave (its answer was lost).
+        # What was stored up to that leave is still owed, if this session was a member here.
+        parted = await gateway.groups.parted(session.key, [gkey])
+        if gkey in parted and gkey in session.last_group:
+            gateway.relay.deliver_owed(session, gkey, *parted[gkey])
+        return
     last = max(session.last_group.get(gkey, (0, 0)), id_tuple(since[gkey]))
     bound = id_tuple(now)
     if bound <= last:

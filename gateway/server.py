@@ -723,7 +723,8 @@ class Gateway:
                 session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
         elif op == "leave":
             await lease.deliver_before_leaving(self, session, gkey)  # what it stored while we were a member
-            await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
+            left = await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
+            self.relay.deliver_owed(session, gkey, left.since, left.upto)  # stored after the read above
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
             target, tkey = normalize_name((frame.user or "").removeprefix("@"))

@@ -256,3 +256,45 @@ async def test_a_login_spanning_a_pubsub_loss_loses_nothing(
         await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
         await admin.aclose()
         await gateway.stop()
+
+
+async def test_a_leave_during_a_pubsub_outage_delivers_up_to_the_leave_itself(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """Analysis of soak seed 2002: a leave first writes what the group stored up to the newest id it
+    reads, then leaves in Redis one round trip later; with the subscriptions down, a message stored in
+    between was neither live nor caught up (the user was no longer in the group when the catch-up ran).
+    The leave now delivers up to the position the leave script itself records.  In-process, to store
+    the message between the two round trips."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    try:
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+        await member.group("join", "devs")
+        window: list[f.Ack] = []
+        leave = gateway.groups.leave
+
+        async def message_just_before(gkey: str, ukey: str, uname: str) -> object:
+            window.append(await owner.send("#devs", "stored between the read and the leave"))
+            return await leave(gkey, ukey, uname)
+
+        await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await async_wait_until(lambda: not gateway.router.live, 5, "the gateway's pub/sub to drop")
+        before = await owner.send("#devs", "stored while the subscriptions were down")
+        gateway.groups.leave = message_just_before  # type: ignore[assignment]
+        await member.group("leave", "devs")
+        got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(2)]
+        assert [m.id for m in got] == [before.id, window[0].id]  # type: ignore[union-attr]
+    finally:
+        await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        await admin.aclose()
+        await gateway.stop()
