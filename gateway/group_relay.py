@@ -129,6 +129,9 @@ class GroupRelay:
                 self.detach(session, gkey)  # not a member after all (a removal whose notice was lost)
                 raise
             if new and state.position is not None:
+                # A removal whose notice was lost came first: what that membership stored is still owed.
+                with contextlib.suppress(*_REDIS_ERRORS):
+                    await self._write_ended(session, gkey)
                 self._floor(session, gkey, id_tuple(state.position))
             return state
         nonce = secrets.token_hex(8)
@@ -440,8 +443,29 @@ class GroupRelay:
                     if gkey in parted:  # removed by the owner while the notice could not reach us
                         self.deliver_owed(session, gkey, *parted[gkey])
                 else:
+                    if id_tuple(since[gkey]) > session.last_group.get(gkey, (0, 0)):
+                        await self._write_ended(session, gkey)  # removed (or left) and back meanwhile?
                     self._floor(session, gkey, id_tuple(since[gkey]))
         return bounds
+
+    async def _write_ended(self, session: Session, gkey: str) -> None:
+        """Before a new membership's position moves ``session`` on: write what the user's previous
+        membership (recorded when it ended, while this session missed it) stored after what the session
+        has had.  Bounded by that record, so nothing from outside a membership is written."""
+        if self._replay is None:
+            return
+        ended = (await self.groups.parted(session.key, [gkey])).get(gkey)
+        if ended is None:
+            return
+        start = max(session.last_group.get(gkey, (0, 0)), id_tuple(ended[0]))
+        bound = id_tuple(ended[1])
+        if start >= bound:
+            return
+        for mid, frame in (await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")).frames:
+            if id_tuple(mid) > bound:
+                break
+            with contextlib.suppress(ConnectionClosed):
+                await session.replay_group(gkey, frame, member=True)
 
     # -- resume positions ---------------------------------------------------
 

@@ -298,3 +298,31 @@ async def test_a_leave_during_a_pubsub_outage_delivers_up_to_the_leave_itself(
         await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
         await admin.aclose()
         await gateway.stop()
+
+
+async def test_a_removal_and_a_rejoin_during_a_pubsub_outage_deliver_the_old_membership(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """Soakfix replay of seed 2004: removed (the notice lost with the subscriptions) and back in the
+    group before the catch-up; the new membership's position moved the session past what the old one
+    had stored, which no path delivered.  Nothing from between the two memberships may arrive."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs")
+    await member.group("join", "devs")
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
+        await owner.group("remove", "devs", user="member")
+        out = await owner.send("#devs", "stored while out")
+        await member.group("join", "devs")
+        back = await owner.send("#devs", "stored after the rejoin")
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        admin.close()
+    got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(4)]
+    assert [m.id for m in got] == [*(a.id for a in acks), back.id], f"(while out: {out.id})"  # type: ignore[union-attr]
