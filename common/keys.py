@@ -120,6 +120,17 @@ def group_cursors(ukey: str) -> str:
     return f"{PREFIX}gcur:{ukey}"
 
 
+def group_parted(ukey: str) -> str:
+    """Hash group key -> "since upto": the last membership of this user that ended (a removal by the
+    owner, or a leave; the ids current when it began and when it ended).  A gateway that missed the
+    end (pub/sub down, catching up, an answer lost) still owes the user what was stored up to
+    ``upto``; kept a day (PARTED_TTL)."""
+    return f"{PREFIX}gpart:{ukey}"
+
+
+PARTED_TTL = 86_400  # seconds a removal's record is kept: far longer than any outage a gateway recovers from
+
+
 def group_order(gkey: str) -> str:
     """Zset member key -> join sequence: who has been in the group longest (the next owner)."""
     return f"{PREFIX}g:{gkey}:o"

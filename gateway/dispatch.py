@@ -187,8 +187,9 @@ class Dispatcher:
                 session, gkey, lambda nonce: self.groups.join(gkey, session.key, session.name, nonce))
         elif op == "leave":
             # What the group stored while we were a member (gateway/lease.py).
-            await lease.deliver_before_leaving(self.store, self.groups, session, gkey)
-            await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
+            await lease.deliver_before_leaving(self.store, self.groups, self.relay, session, gkey)
+            left = await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
+            self.relay.deliver_owed(session, gkey, left.since, left.upto)  # stored after the read above
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
             target, tkey = normalize_name((frame.user or "").removeprefix("@"))

@@ -48,11 +48,14 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from common import keys
+from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
 from common.runtime import retrieve
 from protocol import control
@@ -71,6 +74,9 @@ _MAX_PARKED = 10_000  # frames buffered for one pending join (a join takes one r
 _events = msgspec.json.Decoder(dict[str, object])
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
+T = TypeVar("T")
+Replayer = Callable[[str, str], Awaitable[Any]]  # (stream, after id) -> a Replay (``.frames``: (id, frame))
+_OWED_DEADLINE = 60.0  # seconds a removed member's backlog is retried while Redis cannot answer
 
 
 class _Pending:
@@ -101,10 +107,11 @@ def _leaver(frame: bytes) -> str | None:
 class GroupRelay:
     """Local members of each group, the group channel subscriptions, and delivery to sessions."""
 
-    def __init__(self, router: Router, groups: Groups, spawn: Spawn) -> None:
+    def __init__(self, router: Router, groups: Groups, spawn: Spawn, replay: Replayer | None = None) -> None:
         self.router = router
         self.groups = groups
         self._spawn = spawn
+        self._replay = replay  # reads a stream after an id (Store.replay)
         self.members: dict[str, set[Session]] = {}  # group key -> sessions Redis confirmed as members
         self._pending: dict[str, dict[Session, _Pending]] = {}
         self._subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
@@ -123,6 +130,9 @@ class GroupRelay:
                 self.detach(session, gkey)  # not a member after all (a removal whose notice was lost)
                 raise
             if new and state.position is not None:
+                # A removal whose notice was lost came first: what that membership stored is still owed.
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._write_ended(session, gkey)
                 self._floor(session, gkey, id_tuple(state.position))
             return state
         nonce = secrets.token_hex(8)
@@ -197,7 +207,8 @@ class GroupRelay:
 
     @staticmethod
     def _floor(session: Session, gkey: str, position: tuple[int, int]) -> None:
-        if position > session.last_group.get(gkey, (0, 0)):
+        # Always present once a member here (even at 0-0): a ``part`` delivers only to such a session.
+        if gkey not in session.last_group or position > session.last_group[gkey]:
             session.last_group[gkey] = position
 
     def _unpark(self, session: Session, gkey: str) -> None:
@@ -209,7 +220,7 @@ class GroupRelay:
 
     # -- leaving ------------------------------------------------------------
 
-    async def leave(self, session: Session, gkey: str, decide: Callable[[], Awaitable[bool]]) -> bool:
+    async def leave(self, session: Session, gkey: str, decide: Callable[[], Awaitable[T]]) -> T:
         """Stop delivery, then leave in Redis (``decide``).  If Redis could not answer and the user is
         still a member, delivery resumes (messages stored meanwhile are in the stream, not replayed)."""
         name = session.groups.get(gkey)
@@ -248,11 +259,75 @@ class GroupRelay:
             self._unpark(session, gkey)
             self._release_later(gkey)
 
-    def part(self, ukey: str, gkey: str, sessions: dict[str, Session]) -> None:
-        """A ``part`` control message: ``ukey`` is no longer a member of ``gkey``."""
+    def part(
+        self, ukey: str, gkey: str, sessions: dict[str, Session], since: str = "", upto: str = ""
+    ) -> None:
+        """A ``part`` control message: ``ukey`` is no longer a member of ``gkey``.  A removal carries
+        the membership's span (``since``, ``upto``): what the group stored in it and the session has not
+        had yet (live frames held during a catch-up, which are dropped now) is written before the
+        session stops hearing of the group."""
         session = sessions.get(ukey)
         if session is not None:
             self.detach(session, gkey)
+            if upto and gkey in session.last_group:  # not a session that began after the removal
+                self.deliver_owed(session, gkey, since or "0-0", upto)
+
+    def deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
+        """In the background: write ``gkey``'s messages after ``since`` and up to ``upto`` (a membership
+        Redis recorded as ended) that ``session`` has not had (id-checked, so never twice)."""
+        if self._replay is None:
+            return
+        start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
+        if start >= id_tuple(upto):
+            return
+        self._spawn(self._deliver_owed(session, gkey, since, upto), "group-owed")
+
+    async def owed_at_login(
+        self, ukey: str, resume: dict[str, str], joined: set[str]
+    ) -> list[tuple[str, list[bytes]]]:
+        """Groups a client resumes (``resume``: group key -> its position) that the owner removed the user
+        from (not in ``joined``): per group, what was stored after the position, within the membership
+        that ended (a removal while the client was reconnecting, or its session cut off from Redis).
+        The position only narrows what the membership recorded, so nothing outside it is sent."""
+        gone = {gkey: pos for gkey, pos in resume.items() if gkey not in joined}
+        if not gone or self._replay is None:
+            return []
+        out = []
+        for gkey, (since, upto) in (await self.groups.parted(ukey, list(gone))).items():
+            start, bound = max(id_tuple(gone[gkey]), id_tuple(since)), id_tuple(upto)
+            if start >= bound:
+                continue
+            replay = await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")
+            frames = [data for mid, data in replay.frames if id_tuple(mid) <= bound]
+            if frames:
+                out.append((gkey, frames))
+        return out
+
+    async def _deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
+        assert self._replay is not None
+        bound = id_tuple(upto)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _OWED_DEADLINE
+        backoff = Backoff(base=0.05, cap=1.0)
+        while True:
+            start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
+            if start >= bound or session.ws.state is not State.OPEN:
+                return
+            try:
+                replay = await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")
+                for mid, frame in replay.frames:
+                    if id_tuple(mid) > bound:
+                        break
+                    await session.replay_group(gkey, frame, member=True)
+                return
+            except ConnectionClosed:
+                return
+            except REDIS_ERRORS as exc:
+                if loop.time() > deadline:
+                    log.error("%s: gave up writing what %s stored before the removal (%s)", session.name, gkey,
+                              type(exc).__name__)
+                    return
+                await asyncio.sleep(backoff.next_delay())
 
     # -- delivery -----------------------------------------------------------
 
@@ -357,15 +432,41 @@ class GroupRelay:
         for session, gkeys in by_session.items():
             now, since = await self.groups.membership(session.key, gkeys)
             bounds[session] = id_tuple(now)
+            gone = [g for g in gkeys if g in session.groups and g not in since]  # not detached meanwhile
+            # Read before detaching (an error here leaves the membership for the retried catch-up).
+            parted = await self.groups.parted(session.key, gone) if gone else {}
             for gkey in gkeys:
                 if gkey not in session.groups:
                     continue  # detached while we waited
                 if gkey not in since:
                     log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
                     self.detach(session, gkey)
+                    if gkey in parted:  # removed by the owner while the notice could not reach us
+                        self.deliver_owed(session, gkey, *parted[gkey])
                 else:
+                    if id_tuple(since[gkey]) > session.last_group.get(gkey, (0, 0)):
+                        await self._write_ended(session, gkey)  # removed (or left) and back meanwhile?
                     self._floor(session, gkey, id_tuple(since[gkey]))
         return bounds
+
+    async def _write_ended(self, session: Session, gkey: str) -> None:
+        """Before a new membership's position moves ``session`` on: write what the user's previous
+        membership (recorded when it ended, while this session missed it) stored after what the session
+        has had.  Bounded by that record, so nothing from outside a membership is written."""
+        if self._replay is None:
+            return
+        ended = (await self.groups.parted(session.key, [gkey])).get(gkey)
+        if ended is None:
+            return
+        start = max(session.last_group.get(gkey, (0, 0)), id_tuple(ended[0]))
+        bound = id_tuple(ended[1])
+        if start >= bound:
+            return
+        for mid, frame in (await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")).frames:
+            if id_tuple(mid) > bound:
+                break
+            with contextlib.suppress(ConnectionClosed):
+                await session.replay_group(gkey, frame, member=True)
 
     # -- resume positions ---------------------------------------------------
 

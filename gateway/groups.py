@@ -43,8 +43,9 @@ local function control(prefix, ukey, body)
     redis.call('PUBLISH', key_gateway_channel(prefix, gw), body)
   end
 end
-local function part(prefix, gkey, ukey)
-  control(prefix, ukey, """ + json_expr(control.Part, group=Text("gkey"), user=Text("ukey")) + """)
+local function part(prefix, gkey, ukey, since, upto)
+  control(prefix, ukey, """ + json_expr(control.Part, group=Text("gkey"), user=Text("ukey"),
+                                        since=IfSet(Text("since")), upto=IfSet(Text("upto"))) + """)
 end
 """
 
@@ -119,27 +120,32 @@ return {1, position}
 """
 
 # KEYS: group, members, invited, user groups, stream, order, since, lastid, user's cursors
-# ARGV: gkey, ukey, user name, channel, prefix
-# -> {0} not a member | {1, position} left | {2, position} left and the group, now empty, is gone.
+# ARGV: gkey, ukey, user name, channel, prefix, seconds the membership's span is kept
+# -> {0} not a member | {1, position, since} left | {2, position, since} left and the group, now empty, is gone
+# (position: the newest id at the leave, where the membership ends; since: where it began).
 # The member who joined longest ago becomes owner when the owner leaves (members of a group made before
 # join order was recorded come after, by key).
-_LEAVE = _EVENT + _DROP + """
+_LEAVE = _EVENT + _DROP + keys.lua_functions(keys.group_parted) + """
 local g = redis.call('HMGET', KEYS[1], 'name', 'owner')
 if not g[1] or redis.call('HEXISTS', KEYS[2], ARGV[2]) == 0 then
   return {0}
 end
 local position = redis.call('GET', KEYS[8]) or '0-0'
+local since = redis.call('HGET', KEYS[7], ARGV[2]) or '0-0'
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[6], ARGV[2])
 redis.call('HDEL', KEYS[7], ARGV[2])
 redis.call('SREM', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[9], ARGV[1])
+local parted = key_group_parted(ARGV[5], ARGV[2])
+redis.call('HSET', parted, ARGV[1], since .. ' ' .. position)
+redis.call('EXPIRE', parted, tonumber(ARGV[6]))
 redis.call('PUBLISH', ARGV[4], event(g[1], 'left', ARGV[3], ''))
-part(ARGV[5], ARGV[1], ARGV[2])
+part(ARGV[5], ARGV[1], ARGV[2], '', '')
 if g[2] == ARGV[2] then
   if redis.call('HLEN', KEYS[2]) == 0 then
     drop_group(ARGV[5], ARGV[1], KEYS[1], KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7])
-    return {2, position}
+    return {2, position, since}
   end
   local heir = redis.call('ZRANGE', KEYS[6], 0, 0)[1]
   if not heir then
@@ -151,13 +157,14 @@ if g[2] == ARGV[2] then
   redis.call('HSET', KEYS[1], 'owner', heir, 'owner_name', heir_name)
   redis.call('PUBLISH', ARGV[4], event(g[1], 'owner', heir_name, ''))
 end
-return {1, position}
+return {1, position, since}
 """
 
-# KEYS: group, members, invited, target's groups, order, since
-# ARGV: op ('invite'|'remove'|'set'), actor key, actor name, target key, target name, channel, prefix, gkey, flag
+# KEYS: group, members, invited, target's groups, order, since, lastid
+# ARGV: op ('invite'|'remove'|'set'), actor key, actor name, target key, target name, channel, prefix, gkey, flag,
+#       seconds a removal's record is kept
 # -> -1 no group | -2 not the owner | 0 nothing to do | 1 done
-_OWNER_OP = _EVENT + keys.lua_functions(keys.invitations, keys.group_cursors) + """
+_OWNER_OP = _EVENT + keys.lua_functions(keys.invitations, keys.group_cursors, keys.group_parted) + """
 local g = redis.call('HMGET', KEYS[1], 'name', 'owner')
 if not g[1] then
   return -1
@@ -194,6 +201,10 @@ redis.call('HDEL', pending, ARGV[8])
 if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 then
   return 0
 end
+-- The membership ends at the newest id now: the member is owed everything stored up to it.  Recorded
+-- (and carried on the part notice) so a gateway that missed the notice can still deliver it.
+local since = redis.call('HGET', KEYS[6], ARGV[4]) or '0-0'
+local upto = redis.call('GET', KEYS[7]) or '0-0'
 local ev = event(g[1], 'removed', ARGV[5], ARGV[3])
 redis.call('PUBLISH', ARGV[6], ev)
 redis.call('HDEL', KEYS[2], ARGV[4])
@@ -201,7 +212,10 @@ redis.call('ZREM', KEYS[5], ARGV[4])
 redis.call('HDEL', KEYS[6], ARGV[4])
 redis.call('SREM', KEYS[4], ARGV[8])
 redis.call('HDEL', key_group_cursors(ARGV[7], ARGV[4]), ARGV[8])
-part(ARGV[7], ARGV[8], ARGV[4])
+local parted = key_group_parted(ARGV[7], ARGV[4])
+redis.call('HSET', parted, ARGV[8], since .. ' ' .. upto)
+redis.call('EXPIRE', parted, tonumber(ARGV[10]))
+part(ARGV[7], ARGV[8], ARGV[4], since, upto)
 return 1
 """
 
@@ -269,6 +283,15 @@ return out
 
 
 @dataclass(frozen=True, slots=True)
+class Left:
+    """A leave's answer: whether the group, now empty, is gone, and the membership's span (ids)."""
+
+    deleted: bool
+    since: str
+    upto: str
+
+
+@dataclass(frozen=True, slots=True)
 class GroupState:
     key: str
     name: str
@@ -324,18 +347,18 @@ class Groups:
         joined = GroupState(state.key, state.name, state.owner, state.invite_only, state.members, _s(result[1]))
         return joined, status == 1
 
-    async def leave(self, gkey: str, ukey: str, uname: str) -> bool:
-        """Leave; True if the group, now empty, was deleted."""
+    async def leave(self, gkey: str, ukey: str, uname: str) -> Left:
+        """Leave; says whether the group, now empty, was deleted, and the span of the membership."""
         result = await self._leave(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(ukey),
                   keys.group_stream(gkey), keys.group_order(gkey), keys.group_since(gkey), keys.LAST_ID,
                   keys.group_cursors(ukey)],
-            args=[gkey, ukey, uname, keys.group_channel(gkey), keys.PREFIX],
+            args=[gkey, ukey, uname, keys.group_channel(gkey), keys.PREFIX, keys.PARTED_TTL],
         )
         status = int(result[0])
         if status == 0:
             raise NotMember()
-        return status == 2
+        return Left(status == 2, _s(result[2]), _s(result[1]))
 
     async def owner_op(
         self, op: str, gkey: str, actor: str, actor_name: str, target: str = "", target_name: str = "",
@@ -343,9 +366,9 @@ class Groups:
     ) -> GroupState:
         status = int(await self._owner_op(
             keys=[keys.group(gkey), keys.group_members(gkey), keys.group_invited(gkey), keys.user_groups(target),
-                  keys.group_order(gkey), keys.group_since(gkey)],
+                  keys.group_order(gkey), keys.group_since(gkey), keys.LAST_ID],
             args=[op, actor, actor_name, target, target_name, keys.group_channel(gkey), keys.PREFIX, gkey,
-                  "1" if invite_only else "0"],
+                  "1" if invite_only else "0", keys.PARTED_TTL],
         ))
         if status == -1:
             raise NotFound("no such group")
@@ -375,6 +398,17 @@ class Groups:
         result = await self._membership(keys=[keys.LAST_ID], args=[keys.PREFIX, ukey, *gkeys])
         since = {gkey: _s(pos) for gkey, pos in zip(gkeys, result[1:], strict=True) if _s(pos)}
         return _s(result[0]), since
+
+    async def parted(self, ukey: str, gkeys: list[str]) -> dict[str, tuple[str, str]]:
+        """For each of ``gkeys`` ``ukey`` was removed from or left: (since, upto), the ids current when
+        that last membership began and when it ended."""
+        raw = await self.redis.hmget(keys.group_parted(ukey), gkeys)
+        out = {}
+        for gkey, value in zip(gkeys, raw, strict=True):
+            if value:
+                since, _, upto = _s(value).partition(" ")
+                out[gkey] = (since, upto)
+        return out
 
     async def of_user(self, ukey: str) -> list[GroupState]:
         """Every group ``ukey`` is in (members not listed)."""

@@ -42,6 +42,7 @@ from protocol.errors import CloseCode
 from protocol.names import id_tuple
 
 if TYPE_CHECKING:
+    from .group_relay import GroupRelay
     from .groups import Groups
     from .server import Gateway
     from .session import Session
@@ -80,7 +81,9 @@ async def settle(gateway: Gateway, sessions: list[Session]) -> None:
     await asyncio.gather(*(gateway.store.settle(s.key, s.token_hash, s.last_dm_id) for s in owned))
 
 
-async def deliver_before_leaving(store: Store, groups: Groups, session: Session, gkey: str) -> None:
+async def deliver_before_leaving(
+    store: Store, groups: Groups, relay: GroupRelay, session: Session, gkey: str
+) -> None:
     """Before a session stops receiving a group it is leaving, write what the group stored while the
     user is a member and the session has not had yet: live delivery may have been cut off (pub/sub
     down, catch-up still to come, or an earlier attempt at this leave that detached the session but
@@ -88,7 +91,12 @@ async def deliver_before_leaving(store: Store, groups: Groups, session: Session,
     the newest id are read from Redis in one step, so nothing from outside the membership is sent."""
     now, since = await groups.membership(session.key, [gkey])
     if gkey not in since:
-        return  # not a member (any more): nothing of the group is this session's
+        # Not a member (any more): an earlier attempt at this leave did leave (its answer was lost).
+        # What was stored up to that leave is still owed, if this session was a member here.
+        parted = await groups.parted(session.key, [gkey])
+        if gkey in parted and gkey in session.last_group:
+            relay.deliver_owed(session, gkey, *parted[gkey])
+        return
     last = max(session.last_group.get(gkey, (0, 0)), id_tuple(since[gkey]))
     bound = id_tuple(now)
     if bound <= last:

@@ -57,7 +57,7 @@ from protocol.errors import (
     UsernameTaken,
 )
 from protocol.frames import frame_id
-from protocol.names import id_tuple, login_name
+from protocol.names import group_name, id_tuple, login_name
 
 from . import lease
 from .accounts import Accounts
@@ -128,7 +128,8 @@ class Gateway:
         self.joining: set[Session] = set()  # claimed but welcome/replay not yet sent
         self._by_token: dict[str, Session] = {}  # token hash -> session, for takeover kicks
         self.groups = Groups(self.redis)
-        self.relay = GroupRelay(self.router, self.groups, self._spawn)  # local members and their delivery
+        # Local members and their delivery.
+        self.relay = GroupRelay(self.router, self.groups, self._spawn, self.store.replay)
         self.requests = RequestLimiter(self.redis, settings.rate_requests, settings.rate_request_burst, self.pipeline)
         self.server: Server | None = None
         self.stopping = False
@@ -429,6 +430,7 @@ class Gateway:
                 presence=frame.presence,
             )
             session.last_broadcast = self.last_broadcast  # later fan-outs are held for this session
+            losses = self._pubsub_losses
             self.joining.add(session)
             try:
                 claim = await self._claim(session, frame.session)
@@ -443,6 +445,9 @@ class Gateway:
                     bc_from = resume.get(f.STREAM_BROADCAST)
                     broadcasts = await self.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
                     group_replays = await join_groups_at_login(self.relay, self.groups, self.store, session, resume)
+                    owed = await self.relay.owed_at_login(  # groups resumed but left by removal meanwhile
+                        key, {group_name(s)[1]: p for s, p in resume.items() if s.startswith("#")},
+                        {g for g, *_ in group_replays.values()})
                     invitations = await self.groups.invitations(key)
                 except BaseException:
                     self.relay.detach_all(session)
@@ -480,6 +485,9 @@ class Gateway:
                 session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), id_tuple(start))
                 for _, data in replay.frames:
                     await session.replay_group(gkey, data)
+            for gkey, frames in owed:
+                for data in frames:
+                    await session.replay_group(gkey, data, member=True)
             for data in invitations:  # invitations still pending, made while offline or not
                 session.push(data)
         except BaseException:  # the socket died mid-replay: it never became a live session
@@ -490,8 +498,16 @@ class Gateway:
                 await self._release(session)
             raise
         self.joining.discard(session)
-        session.go_live()
-        self.fanout.add(session)
+        if self._pubsub_losses != losses:
+            # The subscriptions dropped during this login: its replay may end before what was published
+            # while they were down, and a catch-up that began meanwhile skipped it (still joining).
+            # Still holding, so no live frame moves the client's positions past that gap: close, and
+            # the client resumes from what it got (its next login reads everything after that).
+            log.info("pub/sub was lost during the login of %s; closing it so that it resumes", name)
+            self.close_session(session, CloseCode.SESSION_LOST, "session lost")
+        else:
+            session.go_live()
+            self.fanout.add(session)
         self.m_logins.inc("ok")
         self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
         try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on
@@ -532,7 +548,7 @@ class Gateway:
             log.error("bad control message: %.200r", data)
             return
         if isinstance(msg, control.Part):  # no longer in a group (removed, or left on another session)
-            self.relay.part(msg.user, msg.group, self.sessions)
+            self.relay.part(msg.user, msg.group, self.sessions, msg.since, msg.upto)
             return
         if isinstance(msg, control.Notify):  # e.g. an invitation, for a user who is not (yet) in the group
             member = self.sessions.get(msg.user)

@@ -24,12 +24,16 @@ class Kick(_Control, tag="kick"):
     token: str
 
 
-class Part(_Control, tag="part"):
+class Part(_Control, tag="part", omit_defaults=True):
     """``user`` (a name key) is no longer in the group ``group`` (removed, or left on another
-    session): stop delivering its messages to them now."""
+    session): stop delivering its messages to them now.  A removal carries the membership's span:
+    ``since`` (the id current when it began) and ``upto`` (the newest id at the removal); the
+    session is still owed what the group stored in between and it has not had yet."""
 
     group: str
     user: str
+    since: str = ""
+    upto: str = ""
 
 
 class Notify(_Control, tag="notify"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import redis as redis_sync
 import redis.asyncio as redis_async
 
+from client import ChatClient
 from common.config import Settings
 from gateway.server import Gateway
 from presence.registry import Registry
@@ -110,3 +111,218 @@ async def test_a_catch_up_that_ends_while_pubsub_is_down_keeps_holding(
         await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
         await admin.aclose()
         await gateway.stop()
+
+
+async def test_a_removal_during_a_pubsub_outage_first_delivers_what_was_stored(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """docs/guarantees.md, "removal during an outage" (the checker's old exemption): the owner removed
+    a member whose gateway had lost its subscriptions; the ``part`` notice was lost with them, and the
+    catch-up found the member gone and dropped the group without writing what it had stored while
+    they were still a member.  The removal now records where the membership ended."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs")
+    await member.group("join", "devs")
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
+        await owner.group("remove", "devs", user="member")
+        after = await owner.send("#devs", "stored after the removal")
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        admin.close()
+    got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(3)]
+    assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
+    probe = await owner.send("@member", "probe")  # everything of the group would have come before it
+    rest = await wait_for_event(member, lambda e: isinstance(e, f.Message), 10)
+    assert rest.id == probe.id, f"{rest} (the message after the removal is {after.id})"  # type: ignore[union-attr]
+
+
+async def test_a_removal_while_catching_up_delivers_the_held_messages(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """The removal's notice arrives live while the member's session is still holding live frames
+    (a catch-up in progress): the held messages of the group were dropped at release, as the session
+    was no longer a member, though the user was one when they were stored.  In-process, to hold."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    try:
+        member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        await member.group("join", "devs")
+        session = gateway.sessions["member"]
+        session.start_holding()  # what a catch-up does until it has replayed everything
+        acks = [await owner.send("#devs", f"held {i}") for i in range(3)]
+        await async_wait_until(lambda: len(session.early) >= 3, 10, "the group messages to be held")
+        await owner.group("remove", "devs", user="member")
+        await async_wait_until(lambda: "devs" not in session.groups, 10, "the removal to arrive")
+        session.go_live()
+        got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(3)]
+        assert [m.id for m in got] == [a.id for a in acks]  # type: ignore[union-attr]
+    finally:
+        await gateway.stop()
+
+
+async def test_a_removal_while_the_client_reconnects_is_delivered_on_resume(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """Soak seed 2004: the member's connection died (messages of the group written to it, or held on
+    its gateway, never arrived), the owner removed them, and the client's resume could not bring those
+    messages back: the login replays only groups the user is in.  It now replays a resumed group up to
+    where the owner's removal ended the membership, and nothing after."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs")
+    await member.group("join", "devs")
+    first = await owner.send("#devs", "first")
+    await wait_for_event(member, lambda e: isinstance(e, f.Message) and e.id == first.id, 10)
+    positions, token = dict(member.positions), member.session
+    await member.close()
+    acks = [await owner.send("#devs", f"while away {i}") for i in range(3)]
+    await owner.group("remove", "devs", user="member")
+    after = await owner.send("#devs", "after the removal")
+    again = ChatClient(gw1.url, reconnect=False)
+    clients.clients.append(again)
+    again.positions, again.session = positions, token
+    await again.connect()
+    await again.login("member", "pw")
+    probe = await owner.send("@member", "probe")
+    seen = []
+    while True:
+        event = await again.next_event(10)
+        if isinstance(event, f.Message):
+            if event.id == probe.id:
+                break
+            seen.append(event.id)
+    assert seen == [a.id for a in acks], f"{seen} (the message after the removal is {after.id})"
+
+
+async def test_a_login_spanning_a_pubsub_loss_loses_nothing(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """A login that had subscribed but read its group replay while the subscriptions were down, and was
+    still writing it when the resubscribe's catch-up began: the catch-up skipped the session (still
+    logging in), so what was published between the login's read and the resubscribe never reached it.
+    In-process, to place the outage inside the login (after its reads)."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+        redis_ping_interval=0.2, redis_ping_timeout=0.5,
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    try:
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        first = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+        await first.group("join", "devs")
+        await first.close()
+        await async_wait_until(lambda: "member" not in gateway.sessions, 10, "the first session to end")
+        missed: list[f.Ack] = []
+        invitations = gateway.groups.invitations
+
+        async def outage_after_the_reads(ukey: str) -> list[bytes]:  # the login's last read
+            losses = gateway._pubsub_losses
+            await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")  # it cannot come back
+            await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+            await async_wait_until(lambda: gateway._pubsub_losses > losses, 5, "the gateway's pub/sub to drop")
+            missed.append(await owner.send("#devs", "published while the subscriptions were down"))
+            await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+            await async_wait_until(lambda: gateway.router.live and gateway._recovery is not None
+                                   and gateway._recovery.done(), 10, "the resubscribe's catch-up")
+            return await invitations(ukey)
+
+        gateway.groups.invitations = outage_after_the_reads  # type: ignore[method-assign]
+        member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member", reconnect=True)
+        gateway.groups.invitations = invitations  # type: ignore[method-assign]
+        got = await wait_for_event(member, lambda e: isinstance(e, f.Message), 15)
+        assert got.id == missed[0].id  # type: ignore[union-attr]
+    finally:
+        await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        await admin.aclose()
+        await gateway.stop()
+
+
+async def test_a_leave_during_a_pubsub_outage_delivers_up_to_the_leave_itself(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """Analysis of soak seed 2002: a leave first writes what the group stored up to the newest id it
+    reads, then leaves in Redis one round trip later; with the subscriptions down, a message stored in
+    between was neither live nor caught up (the user was no longer in the group when the catch-up ran).
+    The leave now delivers up to the position the leave script itself records.  In-process, to store
+    the message between the two round trips."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    try:
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+        await member.group("join", "devs")
+        window: list[f.Ack] = []
+        leave = gateway.groups.leave
+
+        async def message_just_before(gkey: str, ukey: str, uname: str) -> object:
+            window.append(await owner.send("#devs", "stored between the read and the leave"))
+            return await leave(gkey, ukey, uname)
+
+        await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await async_wait_until(lambda: not gateway.router.live, 5, "the gateway's pub/sub to drop")
+        before = await owner.send("#devs", "stored while the subscriptions were down")
+        gateway.groups.leave = message_just_before  # type: ignore[assignment]
+        await member.group("leave", "devs")
+        got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(2)]
+        assert [m.id for m in got] == [before.id, window[0].id]  # type: ignore[union-attr]
+    finally:
+        await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        await admin.aclose()
+        await gateway.stop()
+
+
+async def test_a_removal_and_a_rejoin_during_a_pubsub_outage_deliver_the_old_membership(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """Soakfix replay of seed 2004: removed (the notice lost with the subscriptions) and back in the
+    group before the catch-up; the new membership's position moved the session past what the old one
+    had stored, which no path delivered.  Nothing from between the two memberships may arrive."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs")
+    await member.group("join", "devs")
+    admin = redis_sync.Redis.from_url(redis_server.url)
+    try:
+        admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
+        await owner.group("remove", "devs", user="member")
+        out = await owner.send("#devs", "stored while out")
+        await member.group("join", "devs")
+        back = await owner.send("#devs", "stored after the rejoin")
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        admin.close()
+    got = [await wait_for_event(member, lambda e: isinstance(e, f.Message), 10) for _ in range(4)]
+    assert [m.id for m in got] == [*(a.id for a in acks), back.id], f"(while out: {out.id})"  # type: ignore[union-attr]

@@ -78,6 +78,11 @@ async def test_control_messages(redis: fakeredis.FakeAsyncRedis) -> None:
          control.Kick(user="bob", token="ab12")),
         (json_expr(control.Part, group=Text("ARGV[1]"), user=Text("ARGV[2]")), ("devs", "bob"),
          control.Part(group="devs", user="bob")),
+        # A removal carries the membership's span; a leave passes '' for both (left out, as msgspec omits them).
+        *((json_expr(control.Part, group=Text("ARGV[1]"), user=Text("ARGV[2]"), since=IfSet(Text("ARGV[3]")),
+                     upto=IfSet(Text("ARGV[4]"))), ("devs", "bob", since, upto),
+           control.Part(group="devs", user="bob", since=since, upto=upto))
+          for since, upto in (("5-0", "9-1"), ("", ""))),
         (json_expr(control.Notify, user=Text("ARGV[1]"), frame=Raw("ARGV[2]")), ("bob", event),
          control.Notify(user="bob", frame=msgspec.Raw(event))),
     ]
