@@ -87,7 +87,7 @@ def run(args: list[str], *, timeout: float = 600.0, check: bool = True, env: dic
 
 def tools_missing() -> list[str]:
     """The host programs the harness needs that are not installed (.ci/run installs them)."""
-    needed = ["podman", "runc", "debootstrap"]
+    needed = ["podman", "runc", "debootstrap", "iptables"]  # iptables: netavark's bridge networks
     missing = [tool for tool in needed if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
     if shutil.which("podman-compose", path=str(Path(sys.executable).parent)) is None:
         missing.append("podman-compose (pip: the dev extra)")
@@ -354,17 +354,26 @@ class Cluster:
     def running(self, container: str) -> bool:
         return bool(self.inspect(container)["State"]["Running"])
 
-    def lb_servers(self) -> dict[str, str]:
-        """HAProxy's view of the gateway slots: server address -> status (only resolved slots)."""
+    def lb_table(self) -> list[dict[str, str]]:
+        """HAProxy's CSV stats rows for the resolved gateway slots (addr, status, scur, stot...)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5) as response:
             lines = response.read().decode().splitlines()
         header = lines[0].lstrip("# ").split(",")
         rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
-        return {
-            row["addr"].split(":")[0]: row["status"]
-            for row in rows
+        return [
+            row for row in rows
             if row["pxname"] == "gateways" and row["svname"] not in ("FRONTEND", "BACKEND") and row.get("addr")
-        }
+        ]
+
+    def lb_servers(self) -> dict[str, str]:
+        """HAProxy's view of the gateway slots: server address -> status (only resolved slots)."""
+        return {row["addr"].split(":")[0]: row["status"] for row in self.lb_table()}
+
+    def lb_idle(self) -> bool:
+        """No client session is open through HAProxy (leastconn then starts every gateway equal)."""
+        with contextlib.suppress(OSError):
+            return all(row.get("scur", "0") in ("", "0") for row in self.lb_table())
+        return False
 
     def lb_sees_all_gateways(self) -> bool:
         """Every running gateway is UP in HAProxy, and no other slot is."""
