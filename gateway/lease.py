@@ -131,7 +131,7 @@ async def deliver_before_leaving(
         # What was stored up to that leave is still owed, if this session was a member here.
         parted = await groups.parted(session.key, [gkey])
         if gkey in parted and gkey in session.last_group:
-            relay.deliver_owed(session, gkey, *parted[gkey])
+            relay.backlog.deliver(session, gkey, *parted[gkey])
         return
     last = max(session.last_group.get(gkey, (0, 0)), id_tuple(since[gkey]))
     bound = id_tuple(now)

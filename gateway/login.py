@@ -45,7 +45,8 @@ from protocol.names import group_name, id_tuple, login_name
 
 from .client_ip import client_ip, peer
 from .dispatch import redis_failure, reply_error
-from .group_relay import cursors_of, join_groups_at_login
+from .group_cursors import cursors_of
+from .group_relay import join_groups_at_login
 from .recovery import id_str
 from .session import Session
 
@@ -149,7 +150,7 @@ class Logins:
                     bc_from = resume.get(f.STREAM_BROADCAST)
                     broadcasts = await gw.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
                     group_replays = await join_groups_at_login(gw.relay, gw.groups, gw.store, session, resume)
-                    owed = await gw.relay.owed_at_login(  # groups resumed but left by removal meanwhile
+                    owed = await gw.relay.backlog.at_login(  # groups resumed but left by removal meanwhile
                         key, {group_name(s)[1]: p for s, p in resume.items() if s.startswith("#")},
                         {g for g, *_ in group_replays.values()})
                     invitations = await gw.groups.invitations(key)

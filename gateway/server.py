@@ -50,6 +50,7 @@ from .connection import bounded_connection
 from .dispatch import Dispatcher
 from .fanout import Fanout
 from .files import FileService
+from .group_cursors import run_cursor_flusher
 from .group_relay import GroupRelay
 from .groups import Groups
 from .keepalive import cut_off, keepalive, sweep_buffers
@@ -174,7 +175,8 @@ class Gateway:
         self.spawn(sweep_buffers(self.settings.max_write_buffer, self.sessions.values, self.on_slow), "buffer-sweep")
         if self.settings.ping_interval > 0:
             self.spawn(keepalive(self.settings.ping_interval, self._connections, self.spawn), "keepalive")
-        self.spawn(self.relay.run_cursor_flusher(self.settings.group_cursor_interval), "group-cursors")
+        self.spawn(run_cursor_flusher(self.groups, self.relay.members, self.settings.group_cursor_interval),
+                   "group-cursors")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self.recovery.on_broadcast)
         self.router.set_handler(keys.PRESENCE_CHANNEL, self.fanout.on_presence)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
