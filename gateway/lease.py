@@ -9,7 +9,7 @@ DM would move the client's position (and the server's cursor) past the DMs
 stored while it was gone, and those would be lost to every delivery path.
 
 So the gateway treats a lost lease like lost pub/sub subscriptions, and the
-same recovery task does both (gateway/server.py ``_recover``):
+same recovery task does both (gateway/recovery.py ``Recovery``):
 
 1. the moment the lease renewal says "gone", every session starts *holding*
    live frames (before any name is claimed again, so nothing published to a

@@ -130,8 +130,7 @@ class Logins:
                 presented=token_hash(frame.session) if frame.session else None, ip=client_ip(ws),
             )
             session = Session(
-                ws, key, name, token, token_hash(token), gw.settings.max_write_buffer, gw.on_slow,
-                gw.m_out,
+                ws, key, name, token, token_hash(token), gw.settings.max_write_buffer, gw.on_slow, gw.m_out,
                 presence=frame.presence,
             )
             session.last_broadcast = gw.recovery.last_broadcast  # later fan-outs are held for this session
@@ -244,7 +243,6 @@ class Logins:
             del self.gw.sessions[session.key]
             return True
         return False
-
 
     async def logout(self, session: Session) -> None:
         self.gw.fanout.drop(session.ws)
