@@ -36,6 +36,7 @@ import tkinter as tk
 from tkinter import messagebox, ttk
 from typing import Literal
 
+from chinwag.admin_layout import build_admin_window
 from chinwag.admin_node import (
     _PORT_ERRORS,
     GatewayRow,
@@ -47,14 +48,8 @@ from chinwag.admin_node import (
 )
 from client.bridge import Bridge
 from client.gui_layout import (
-    BG,
-    MUTED_FG,
-    PANE_BG,
     STATE_FG,
-    FlowBar,
     FollowText,
-    app_frame,
-    labelled,
     report_callback_exception,
     run_mainloop,
 )
@@ -89,6 +84,20 @@ class AdminWindow:
     that Redis at once and Run Server joins that cluster instead of starting
     an embedded Redis.
     """
+
+    # Widgets (made by chinwag.admin_layout.build_admin_window); tests drive them through the screen.
+    host_var: tk.StringVar
+    port_var: tk.StringVar
+    online_var: tk.StringVar
+    status_var: tk.StringVar
+    host_entry: ttk.Entry
+    port_entry: ttk.Entry
+    run_button: ttk.Button
+    stop_button: ttk.Button
+    gateway_tree: ttk.Treeview
+    log_text: tk.Text
+    log_follow: FollowText
+    state_dot: tk.Label
 
     def __init__(
         self,
@@ -128,66 +137,7 @@ class AdminWindow:
     # -- layout -----------------------------------------------------------------
 
     def _build(self) -> None:
-        top = self.top
-        title = "Chinwag Server" if not self.redis_url else "Chinwag Cluster"
-        outer = app_frame(top, title, "860x600", (620, 420), grow_row=2)
-
-        bar = FlowBar(outer)  # wraps when narrow: Stop Server used to fall off the right edge
-        bar.grid(row=0, column=0, sticky="ew", pady=(0, 10))
-        self.host_var = tk.StringVar(top, self.settings.host)
-        self.port_var = tk.StringVar(top, str(self.settings.port))
-        self.host_entry = labelled(bar, "IP address", lambda p: ttk.Entry(p, textvariable=self.host_var, width=18))
-        self.port_entry = labelled(bar, "Port", lambda p: ttk.Entry(p, textvariable=self.port_var, width=7))
-        self.run_button = ttk.Button(bar, text="Run Server", command=self.run_server, style="Accent.TButton")
-        bar.add(self.run_button)
-        self.stop_button = ttk.Button(bar, text="Stop Server", command=self.stop_server)
-        bar.add(self.stop_button)
-        self.online_var = tk.StringVar(top, "")
-        bar.add(ttk.Label(bar, textvariable=self.online_var, style="Status.TLabel"))
-
-        where = f"Cluster at {redacted_url(self.redis_url)}" if self.redis_url else "Gateways"
-        gw_box = ttk.Labelframe(outer, text=where, padding=8)
-        gw_box.grid(row=1, column=0, sticky="ew")
-        gw_box.columnconfigure(0, weight=1)
-        self.gateway_tree = ttk.Treeview(gw_box, columns=("node", "users", "names", "lease"), show="headings",
-                                         height=4, selectmode="none")
-        self.gateway_tree.heading("node", text="Gateway", anchor="w")
-        self.gateway_tree.heading("users", text="Users", anchor="e")
-        self.gateway_tree.heading("names", text="Who", anchor="w")
-        self.gateway_tree.heading("lease", text="Lease expires in", anchor="e")
-        self.gateway_tree.column("node", width=250, minwidth=120, anchor="w", stretch=False)
-        self.gateway_tree.column("users", width=60, minwidth=50, anchor="e", stretch=False)
-        self.gateway_tree.column("names", width=200, minwidth=100, anchor="w", stretch=True)
-        self.gateway_tree.column("lease", width=140, minwidth=100, anchor="e", stretch=False)
-        self.gateway_tree.tag_configure("local", foreground="#1a5fb4")
-        self.gateway_tree.grid(row=0, column=0, sticky="ew")
-
-        log_box = ttk.Labelframe(outer, text="Log", padding=8)
-        log_box.grid(row=2, column=0, sticky="nsew", pady=(10, 0))
-        log_box.columnconfigure(0, weight=1)
-        log_box.rowconfigure(0, weight=1)
-        self.log_text = tk.Text(log_box, height=14, wrap="word", state="disabled", font="ChinwagText",
-                                background=PANE_BG, relief="flat", borderwidth=0, highlightthickness=1,
-                                highlightbackground="#d0d4da", padx=10, pady=8, spacing1=2, cursor="arrow")
-        scroll = ttk.Scrollbar(log_box, orient="vertical", command=self.log_text.yview)
-        self.log_text.configure(yscrollcommand=scroll.set)
-        self.log_follow = FollowText(self.log_text, scroll)  # keeps the newest line in view, also after resizing
-        self.log_text.grid(row=0, column=0, sticky="nsew")
-        scroll.grid(row=0, column=1, sticky="ns")
-        self.log_text.tag_configure("time", foreground=MUTED_FG, font="ChinwagSmall")
-        self.log_text.tag_configure("online", foreground="#26803a", font="ChinwagName")
-        self.log_text.tag_configure("offline", foreground="#b42318", font="ChinwagName")
-        self.log_text.tag_configure("info", foreground="#374151")
-        self.log_text.tag_configure("warning", foreground="#b7791f")
-        self.log_text.tag_configure("detail", foreground=MUTED_FG, font="ChinwagSmall")
-
-        status = ttk.Frame(top, padding=(12, 2, 12, 8), style="App.TFrame")
-        status.pack(fill="x", side="bottom", before=outer)  # packed first: always keeps its line
-        self.state_dot = tk.Label(status, text="\u25cf", background=BG, foreground=STATE_FG["disconnected"],
-                                  font="ChinwagText")
-        self.state_dot.pack(side="left")
-        self.status_var = tk.StringVar(top, "")
-        ttk.Label(status, textvariable=self.status_var, style="Status.TLabel").pack(side="left", padx=(4, 0))
+        build_admin_window(self)
 
     # -- what the widgets show (tests, screenshots) ------------------------------------
 

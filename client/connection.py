@@ -69,7 +69,13 @@ Event = (
 
 
 class Connection:
-    """The socket(s) of one client, its login and reconnects; decisions are the core's (``self.core``)."""
+    """The socket(s) of one client, its login and reconnects; decisions are the core's (``self.core``).
+
+    One thing: the I/O of one logical connection, whose parts (open, login,
+    reader, reconnect, request writes) share the current socket and the
+    ready/closing state and must change together; every decision already lives
+    in the sans-I/O core, and typed requests in :class:`client.chat.ChatClient`.
+    """
 
     def __init__(
         self,

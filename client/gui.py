@@ -26,7 +26,9 @@ minimum size.
 
 Modules: this one is the window and the connection; :mod:`client.gui_model`
 (pure rules and the conversation model), :mod:`client.gui_layout` (style and
-widgets), :mod:`client.gui_conversations` (opening, sending, receiving).
+widgets), :mod:`client.gui_conversations` (opening, receiving, drawing),
+:mod:`client.gui_sending` (sending lines and files), :mod:`client.gui_events`
+(what the network thread reports: login, reconnects, events, the end).
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ import os
 import sys
 import tkinter as tk
 from collections.abc import Callable
-from functools import partial
 from tkinter import filedialog, messagebox, ttk
-from typing import Any, Literal
+from typing import Any
 
 from client.bridge import Bridge
-from client.chat import ChatClient, Closed, Event, StateChanged
+from client.chat import ChatClient
 from client.gui_conversations import Conversations
+from client.gui_events import ServerEvents, State, session
 from client.gui_files import FileView
 from client.gui_groups import GroupsPanel
 from client.gui_layout import (
@@ -63,17 +65,13 @@ from client.gui_model import (
     DEFAULT_PORT,
     DEFAULT_SERVER,
     DialogKind,
-    describe_close,
     format_time,
-    login_failure,
-    reason,
     server_url,
     server_urls,
 )
 from client.gui_online import OnlineList
-from protocol import frames as f
 from protocol.errors import InvalidUsername
-from protocol.names import name_key, normalize_name
+from protocol.names import normalize_name
 
 __all__ = ["BG", "DEFAULT_PORT", "MUTED_FG", "PANE_BG", "STATE_FG", "ChatWindow", "app_frame", "format_time",
            "main", "run_mainloop", "server_url", "server_urls"]
@@ -83,10 +81,8 @@ log = logging.getLogger("chinwag.gui")
 CLOSE_GRACE_MS = 3000  # closing the window waits at most this long for a clean logout
 NOTICE_MS = 6000  # how long a notice stays in the status line
 
-State = Literal["disconnected", "connecting", "connected", "reconnecting"]
 
-
-class ChatWindow(Conversations, OnlineList):
+class ChatWindow(ServerEvents):
     """The chinwag-tk window, built inside ``top`` (a Tk root or a Toplevel)."""
 
     # Widgets (made by client.gui_layout.build_chat_window); tests drive them through the screen.
@@ -221,7 +217,7 @@ class ChatWindow(Conversations, OnlineList):
         self.url = ", ".join(urls)
         self._set_state("connecting", f"Connecting to {self.url} as {user}\u2026")
         self._session = self.bridge.submit(
-            _session(urls, user, password, self.gen, self.bridge.post, self), done=self._session_ended
+            session(urls, user, password, self.gen, self.bridge.post, self), done=self._session_ended
         )
 
     def disconnect(self) -> None:
@@ -281,123 +277,6 @@ class ChatWindow(Conversations, OnlineList):
         except tk.TclError:
             pass
 
-    # network thread -> here (each runs in the Tk thread, posted through the bridge)
-
-    def _logged_in(self, gen: int, client: ChatClient, online: list[str]) -> None:
-        if gen != self.gen:  # cancelled, or the window is closing
-            self.bridge.submit(client.close())
-            return
-        self.client = client
-        self.url = client.url or self.url
-        me = client.user or self.user_var.get().strip()
-        if self.me and name_key(me) != name_key(self.me):  # someone else now: not their conversations
-            self.forget_conversations()
-            self.groups.forget_all()
-        self.me = me
-        node = f" (gateway {client.node})" if client.node else ""
-        self._set_state("connected", f"Connected to {self.url} as {self.me}{node}")
-        self.top.title(f"Chinwag \u2014 {self.me}")
-        self.online = {name_key(u): u for u in online}
-        self.online[name_key(self.me)] = self.me
-        self.mark_stale()
-        self._rebuild_list()
-        self.groups.refresh()
-        self.load_broadcasts()
-        if self.current is not None:
-            self.load_history(self.current)
-        self.render_chat()
-        self.message_entry.focus_set()
-
-    def _login_failed(self, gen: int, user: str, exc: BaseException) -> None:
-        if gen != self.gen:
-            return
-        kind, title, text = login_failure(exc, user, self.url)
-        self._set_state("disconnected", f"Not connected: {title.lower()}.")
-        self._dialog(kind, title, text)
-
-    def _state_changed(self, event: StateChanged) -> None:
-        """The client library lost the connection and is reconnecting, or is back."""
-        if self.client is None:
-            return
-        if event.state == "reconnecting":
-            self._set_state("reconnecting", f"Reconnecting to the server\u2026 (lost {event.url or self.url})")
-            self._rebuild_list()  # nobody is known to be online while we cannot see
-            return
-        if event.state != "connected":
-            return
-        self.url = event.url or self.url
-        node = f" (gateway {self.client.node})" if self.client.node else ""
-        self._set_state("connected", f"Connected to {self.url} as {self.me}{node} \u2014 reconnected")
-        if event.recovered is not None and not all(event.recovered.values()):
-            self.mark_stale()  # the server no longer had everything we missed: refill from history
-            if self.current is not None:
-                self.load_history(self.current)
-            self.load_broadcasts()
-        self.groups.refresh()
-        gen = self.gen
-        # One page, not everyone: a thousand reconnecting windows must not each fetch every name.
-        self.bridge.submit(self.client.who_page(), done=partial(self._who_answered, gen))
-
-    def _who_answered(self, gen: int, fut: concurrent.futures.Future[f.Online]) -> None:
-        if gen != self.gen or fut.cancelled() or fut.exception() is not None:
-            return
-        self._online_snapshot(fut.result().users)
-
-    def _online_snapshot(self, users: list[str]) -> None:
-        """Presence events may have been missed: take the server's list (its first page, when capped)."""
-        self.online = {name_key(u): u for u in users}
-        if self.me:
-            self.online[name_key(self.me)] = self.me
-        self._rebuild_list()
-        if self.current is not None:
-            self.render_chat()
-
-    def _connection_closed(self, gen: int, closed: Closed) -> None:
-        if gen != self.gen:
-            return
-        self.client = None
-        if self._user_disconnect:
-            self._set_state("disconnected", f"Disconnected from {self.url}. Press Connect to log in again.")
-        else:
-            self._set_state("disconnected", f"Disconnected: {describe_close(closed)}. Press Connect to reconnect.")
-        self.online = {}
-        self.fail_pending("disconnected")
-        self._rebuild_list()
-        self.render_chat()
-
-    def _session_ended(self, fut: concurrent.futures.Future[None]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            log.error("chat session failed", exc_info=exc)
-            if self.state != "disconnected" and not self._closing:
-                self.client = None
-                self._set_state("disconnected", f"Disconnected: {reason(exc)}. Press Connect to reconnect.")
-
-    def _on_event(self, gen: int, event: Event) -> None:
-        if gen != self.gen:
-            return
-        if isinstance(event, f.Message):
-            self.on_message(event)
-        elif isinstance(event, f.Presence):
-            self._on_presence(event)
-        elif isinstance(event, f.PresenceBatch):
-            for user in event.offline:
-                self._on_presence(f.Presence(user=user, status="offline"))
-            for user in event.online:
-                self._on_presence(f.Presence(user=user, status="online"))
-        elif isinstance(event, f.Online):
-            self._online_snapshot(event.users)
-        elif isinstance(event, f.GroupEvent):
-            self.groups.on_event(event)
-        elif isinstance(event, StateChanged):
-            self._state_changed(event)
-        elif isinstance(event, f.Error):
-            self.flash(f"Server: {event.message}")
-        elif isinstance(event, Closed):
-            self._connection_closed(gen, event)
-
     # -- state, status and dialogs ---------------------------------------------------------
 
     def _set_state(self, state: State, message: str) -> None:
@@ -447,27 +326,6 @@ class ChatWindow(Conversations, OnlineList):
 
     def _ask_open_file(self) -> str | None:
         return filedialog.askopenfilename(parent=self.top, title="Send a file") or None
-
-
-async def _session(urls: list[str], user: str, password: str, gen: int,
-                   post: Callable[[Callable[[], None]], None], window: ChatWindow) -> None:
-    """One connection, on the network thread: log in, then forward every event to the Tk thread.
-
-    Only ``post`` is used to reach the window; the methods it names run later in
-    the Tk thread.  Everything goes through one queue in order, so the window
-    sees the login before the first event and the Closed event last.
-    """
-    try:
-        client = await ChatClient.open(urls, user, password)
-    except Exception as exc:
-        post(partial(window._login_failed, gen, user, exc))
-        return
-    try:
-        post(partial(window._logged_in, gen, client, sorted(client.online)))
-        async for event in client.events():
-            post(partial(window._on_event, gen, event))
-    finally:
-        await client.close()
 
 
 # -- program ------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ class Dispatcher:
             # What the group stored while we were a member (gateway/lease.py).
             await lease.deliver_before_leaving(self.store, self.groups, self.relay, session, gkey)
             left = await self.relay.leave(session, gkey, lambda: self.groups.leave(gkey, session.key, session.name))
-            self.relay.deliver_owed(session, gkey, left.since, left.upto)  # stored after the read above
+            self.relay.backlog.deliver(session, gkey, left.since, left.upto)  # stored after the read above
             return f.encode(f.GroupInfo(op=op, group=gname, owner="", invite_only=False, members=[], ref=frame.ref))
         elif op in ("invite", "remove"):
             target, tkey = normalize_name((frame.user or "").removeprefix("@"))

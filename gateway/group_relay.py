@@ -35,10 +35,9 @@ over elsewhere is detached from every group when the kick arrives.  After the
 pub/sub connection was lost (and control messages with it), :meth:`verify`
 re-reads every local membership before anything is replayed.
 
-Group resume positions are saved as they advance: delivering marks the
-session dirty (one attribute write), and :meth:`run_cursor_flusher` writes the
-dirty ones in one pipelined round trip per interval (each cursor only moves
-forward), plus once more at logout.
+What a membership that ended while this gateway could not see it still owes
+the session is written by :mod:`gateway.group_backlog`; group resume positions
+are saved by :mod:`gateway.group_cursors`.
 """
 
 from __future__ import annotations
@@ -51,11 +50,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
-from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from common import keys
-from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
 from common.runtime import retrieve
 from protocol import control
@@ -63,6 +59,7 @@ from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound
 from protocol.names import group_name, id_tuple
 
+from .group_backlog import GroupBacklog, Replayer
 from .groups import Groups, GroupState
 from .router import Router
 from .session import Session
@@ -75,8 +72,6 @@ _events = msgspec.json.Decoder(dict[str, object])
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
 T = TypeVar("T")
-Replayer = Callable[[str, str], Awaitable[Any]]  # (stream, after id) -> a Replay (``.frames``: (id, frame))
-_OWED_DEADLINE = 60.0  # seconds a removed member's backlog is retried while Redis cannot answer
 
 
 class _Pending:
@@ -111,7 +106,8 @@ class GroupRelay:
         self.router = router
         self.groups = groups
         self._spawn = spawn
-        self._replay = replay  # reads a stream after an id (Store.replay)
+        # What memberships that ended while this gateway could not see it still owe (group_backlog.py).
+        self.backlog = GroupBacklog(groups, spawn, replay)
         self.members: dict[str, set[Session]] = {}  # group key -> sessions Redis confirmed as members
         self._pending: dict[str, dict[Session, _Pending]] = {}
         self._subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
@@ -132,7 +128,7 @@ class GroupRelay:
             if new and state.position is not None:
                 # A removal whose notice was lost came first: what that membership stored is still owed.
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await self._write_ended(session, gkey)
+                    await self.backlog.write_ended(session, gkey)
                 self._floor(session, gkey, id_tuple(state.position))
             return state
         nonce = secrets.token_hex(8)
@@ -270,64 +266,7 @@ class GroupRelay:
         if session is not None:
             self.detach(session, gkey)
             if upto and gkey in session.last_group:  # not a session that began after the removal
-                self.deliver_owed(session, gkey, since or "0-0", upto)
-
-    def deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
-        """In the background: write ``gkey``'s messages after ``since`` and up to ``upto`` (a membership
-        Redis recorded as ended) that ``session`` has not had (id-checked, so never twice)."""
-        if self._replay is None:
-            return
-        start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
-        if start >= id_tuple(upto):
-            return
-        self._spawn(self._deliver_owed(session, gkey, since, upto), "group-owed")
-
-    async def owed_at_login(
-        self, ukey: str, resume: dict[str, str], joined: set[str]
-    ) -> list[tuple[str, list[bytes]]]:
-        """Groups a client resumes (``resume``: group key -> its position) that the owner removed the user
-        from (not in ``joined``): per group, what was stored after the position, within the membership
-        that ended (a removal while the client was reconnecting, or its session cut off from Redis).
-        The position only narrows what the membership recorded, so nothing outside it is sent."""
-        gone = {gkey: pos for gkey, pos in resume.items() if gkey not in joined}
-        if not gone or self._replay is None:
-            return []
-        out = []
-        for gkey, (since, upto) in (await self.groups.parted(ukey, list(gone))).items():
-            start, bound = max(id_tuple(gone[gkey]), id_tuple(since)), id_tuple(upto)
-            if start >= bound:
-                continue
-            replay = await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")
-            frames = [data for mid, data in replay.frames if id_tuple(mid) <= bound]
-            if frames:
-                out.append((gkey, frames))
-        return out
-
-    async def _deliver_owed(self, session: Session, gkey: str, since: str, upto: str) -> None:
-        assert self._replay is not None
-        bound = id_tuple(upto)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _OWED_DEADLINE
-        backoff = Backoff(base=0.05, cap=1.0)
-        while True:
-            start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
-            if start >= bound or session.ws.state is not State.OPEN:
-                return
-            try:
-                replay = await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")
-                for mid, frame in replay.frames:
-                    if id_tuple(mid) > bound:
-                        break
-                    await session.replay_group(gkey, frame, member=True)
-                return
-            except ConnectionClosed:
-                return
-            except REDIS_ERRORS as exc:
-                if loop.time() > deadline:
-                    log.error("%s: gave up writing what %s stored before the removal (%s)", session.name, gkey,
-                              type(exc).__name__)
-                    return
-                await asyncio.sleep(backoff.next_delay())
+                self.backlog.deliver(session, gkey, since or "0-0", upto)
 
     # -- delivery -----------------------------------------------------------
 
@@ -442,67 +381,12 @@ class GroupRelay:
                     log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
                     self.detach(session, gkey)
                     if gkey in parted:  # removed by the owner while the notice could not reach us
-                        self.deliver_owed(session, gkey, *parted[gkey])
+                        self.backlog.deliver(session, gkey, *parted[gkey])
                 else:
                     if id_tuple(since[gkey]) > session.last_group.get(gkey, (0, 0)):
-                        await self._write_ended(session, gkey)  # removed (or left) and back meanwhile?
+                        await self.backlog.write_ended(session, gkey)  # removed (or left) and back meanwhile?
                     self._floor(session, gkey, id_tuple(since[gkey]))
         return bounds
-
-    async def _write_ended(self, session: Session, gkey: str) -> None:
-        """Before a new membership's position moves ``session`` on: write what the user's previous
-        membership (recorded when it ended, while this session missed it) stored after what the session
-        has had.  Bounded by that record, so nothing from outside a membership is written."""
-        if self._replay is None:
-            return
-        ended = (await self.groups.parted(session.key, [gkey])).get(gkey)
-        if ended is None:
-            return
-        start = max(session.last_group.get(gkey, (0, 0)), id_tuple(ended[0]))
-        bound = id_tuple(ended[1])
-        if start >= bound:
-            return
-        for mid, frame in (await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")).frames:
-            if id_tuple(mid) > bound:
-                break
-            with contextlib.suppress(ConnectionClosed):
-                await session.replay_group(gkey, frame, member=True)
-
-    # -- resume positions ---------------------------------------------------
-
-    async def flush_cursors(self) -> int:
-        """Save the group positions of every session that received something since the last flush
-        (one pipelined round trip); returns how many sessions were written."""
-        dirty = {s for members in self.members.values() for s in members if s.cursors_dirty}
-        if not dirty:
-            return 0
-        for session in dirty:
-            session.cursors_dirty = False
-        try:
-            async with self.groups.redis.pipeline(transaction=False) as pipe:
-                for session in dirty:
-                    await self.groups.save_cursors(session.key, cursors_of(session), client=pipe)
-                await pipe.execute()
-        except BaseException:
-            for session in dirty:
-                session.cursors_dirty = True
-            raise
-        return len(dirty)
-
-    async def run_cursor_flusher(self, interval: float) -> None:
-        """Every ``interval`` seconds, save the positions that advanced (a crash loses at most that much:
-        a later login without ``resume`` then sees those messages again, never misses one)."""
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.flush_cursors()
-            except asyncio.CancelledError:
-                raise
-            except REDIS_ERRORS as exc:
-                log.warning("could not save group positions (%s); retrying", type(exc).__name__)
-            except Exception:
-                log.exception("saving group positions failed")
-
 
 async def join_groups_at_login(
     relay: GroupRelay, groups: Groups, store: Store, session: Session, resume: dict[str, str]
@@ -543,10 +427,3 @@ async def join_groups_at_login(
         frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
         out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
     return out
-
-
-def cursors_of(session: Session) -> dict[str, str]:
-    """The session's position in each group it is a member of, as ids."""
-    return {g: f"{mid[0]}-{mid[1]}" for g, mid in session.last_group.items() if g in session.groups}
-
-

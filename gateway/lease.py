@@ -9,7 +9,7 @@ DM would move the client's position (and the server's cursor) past the DMs
 stored while it was gone, and those would be lost to every delivery path.
 
 So the gateway treats a lost lease like lost pub/sub subscriptions, and the
-same recovery task does both (gateway/server.py ``_recover``):
+same recovery task does both (gateway/recovery.py ``Recovery``):
 
 1. the moment the lease renewal says "gone", every session starts *holding*
    live frames (before any name is claimed again, so nothing published to a
@@ -29,6 +29,10 @@ same recovery task does both (gateway/server.py ``_recover``):
 
 The recovery is re-runnable: if it is superseded (Redis drops again), the next
 one finds the claim still pending and does all of it again.
+
+:func:`run` is the loop that keeps the lease alive (renewing it every third of
+its TTL), notices it was lost, retries name releases Redis did not answer, and
+tells readiness whether Redis answers.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from common import keys
+from common.backoff import Backoff
+from common.redis import REDIS_ERRORS
 from protocol.errors import CloseCode
 from protocol.names import id_tuple
 
@@ -49,6 +55,36 @@ if TYPE_CHECKING:
     from .store import Store
 
 log = logging.getLogger("chinwag.lease")
+_gateway_log = logging.getLogger("chinwag.gateway")  # the loop's messages are the gateway's readiness
+
+
+async def run(gateway: Gateway) -> None:
+    """Keep this gateway's lease alive; re-claim names if it was lost (through ``Recovery.lease_lost``)."""
+    recovery = gateway.recovery
+    backoff = Backoff(base=0.1, cap=gateway.settings.lease_ttl / 3)
+    registered = False
+    while True:
+        try:
+            if not registered:
+                await gateway.registry.register_gateway(gateway.node_id)
+                registered = True
+            elif not recovery.reclaim_pending and not await gateway.registry.renew_lease(gateway.node_id):
+                recovery.lease_lost()
+            if recovery.reclaim_pending and not recovery.running:
+                recovery.start()  # an earlier recovery gave up before it could re-claim
+            await gateway.logins.retry_releases()
+            if not gateway.redis_ok:
+                _gateway_log.info("Redis is reachable again")
+            gateway.redis_ok = True
+            backoff.reset()
+            await asyncio.sleep(gateway.settings.lease_ttl / 3)
+        except asyncio.CancelledError:
+            raise
+        except REDIS_ERRORS as exc:
+            if gateway.redis_ok:
+                _gateway_log.warning("Redis unreachable (%s); answering sends with 'unavailable'", type(exc).__name__)
+            gateway.redis_ok = False
+            await asyncio.sleep(backoff.next_delay())
 
 
 async def reclaim(gateway: Gateway) -> set[Session]:
@@ -95,7 +131,7 @@ async def deliver_before_leaving(
         # What was stored up to that leave is still owed, if this session was a member here.
         parted = await groups.parted(session.key, [gkey])
         if gkey in parted and gkey in session.last_group:
-            relay.deliver_owed(session, gkey, *parted[gkey])
+            relay.backlog.deliver(session, gkey, *parted[gkey])
         return
     last = max(session.last_group.get(gkey, (0, 0)), id_tuple(since[gkey]))
     bound = id_tuple(now)

@@ -1,22 +1,18 @@
-"""The WebSocket gateway (``chinwag-gateway``): accept, login, per-connection loop, shutdown.
+"""The WebSocket gateway (``chinwag-gateway``): build the parts, accept, per-connection loop, shutdown.
 
 Data flows one way: socket -> :mod:`protocol` (parse) -> :mod:`gateway.store`
 (one Lua call: store and publish) -> Redis -> :mod:`gateway.router` ->
 :class:`gateway.session.Session` -> socket.  The gateway keeps no chat state of
 its own beyond its live sockets, so any number of them can run side by side.
 
-Redis pub/sub is at-most-once: what is published while the gateway's
-subscriptions are down (a Redis restart, a network blip) never arrives.  So
-when the router has resubscribed, the gateway replays the broadcast stream and
-each local user's inbox after the last id it wrote, holding live frames back
-meanwhile; every message stored while the gateway was cut off still arrives,
-once and in order.
-
 ``Gateway`` wires the concerns, each in a module of its own (docs/architecture.md):
 admission.py (the handshake: per-IP limits, TLS, origins, probes), dispatch.py
 (a logged-in connection's requests), fanout.py (the live set and presence),
-keepalive.py (pings, slow consumers), group_relay.py (group delivery), and here
-the login, the lease, and recovery after a pub/sub outage.
+keepalive.py (pings, slow consumers), group_relay.py (group delivery), login.py
+(login and logout), recovery.py (held frames and the catch-up after a pub/sub
+outage), lease.py (the lease loop and re-claiming names after a lost lease).
+What stays here is the lifecycle: start, accept, the per-connection loop, and
+the SIGTERM drain.
 
 Lifecycle (like uvicorn): SIGTERM stops accepting, closes sockets with 1001,
 releases every name this gateway holds in one atomic step, and drains for at
@@ -27,8 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,41 +32,33 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from common import keys
-from common.backoff import Backoff
 from common.config import Settings
 from common.http import Route, health_routes, serve_http
 from common.redis import REDIS_ERRORS, connect_redis, redacted_url
 from common.runtime import cancel_and_wait, service_main
-from presence.registry import Claim, NoLease, Registry, token_hash
+from presence.registry import Registry
 from protocol import control
 from protocol import frames as f
-from protocol.errors import (
-    ChatError,
-    CloseCode,
-    LoginError,
-    NotLoggedIn,
-    RateLimited,
-    Unavailable,
-    UnsupportedVersion,
-    UsernameTaken,
-)
-from protocol.frames import frame_id
-from protocol.names import group_name, id_tuple, login_name
+from protocol.errors import CloseCode
+from protocol.names import id_tuple
 
 from . import lease
 from .accounts import Accounts
 from .admission import Admission
-from .client_ip import TrustedProxies, client_ip, peer
+from .client_ip import TrustedProxies, peer
 from .connection import bounded_connection
-from .dispatch import Dispatcher, redis_failure, reply_error
+from .dispatch import Dispatcher
 from .fanout import Fanout
 from .files import FileService
-from .group_relay import GroupRelay, cursors_of, join_groups_at_login
+from .group_cursors import run_cursor_flusher
+from .group_relay import GroupRelay
 from .groups import Groups
 from .keepalive import cut_off, keepalive, sweep_buffers
 from .limits import SharedIpLimiter
+from .login import Logins
 from .metrics import GatewayMetrics
 from .pipeline import AutoPipeline
+from .recovery import Recovery
 from .request_rate import RequestLimiter
 from .router import Router
 from .session import Session
@@ -83,12 +69,8 @@ log = logging.getLogger("chinwag.gateway")
 _WS_LOG = logging.getLogger("websockets.server")
 
 
-def _id_str(mid: tuple[int, int]) -> str:
-    return f"{mid[0]}-{mid[1]}"
-
-
 class Gateway:
-    """One gateway node: its sockets, its lease, its subscriptions."""
+    """One gateway node: builds its parts and wires their callbacks; owns its sockets' lifecycle."""
 
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         if not settings.redis_url:
@@ -126,23 +108,15 @@ class Gateway:
         self.parser = f.FrameParser(f.Limits(settings.max_frame_bytes, settings.max_body_chars))
         self.sessions: dict[str, Session] = {}  # name key -> logged-in session
         self.joining: set[Session] = set()  # claimed but welcome/replay not yet sent
-        self._by_token: dict[str, Session] = {}  # token hash -> session, for takeover kicks
         self.groups = Groups(self.redis)
         # Local members and their delivery.
-        self.relay = GroupRelay(self.router, self.groups, self._spawn, self.store.replay)
+        self.relay = GroupRelay(self.router, self.groups, self.spawn, self.store.replay)
         self.requests = RequestLimiter(self.redis, settings.rate_requests, settings.rate_request_burst, self.pipeline)
         self.server: Server | None = None
         self.stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._to_release: dict[tuple[str, str], None] = {}  # (key, token) whose release failed
         self.redis_ok = True
-        # Id of the last broadcast fanned out; start() sets it from Redis's clock.
-        self.last_broadcast = (int(time.time() * 1000), 0)
-        self._broadcast_held: list[bytes] | None = None  # broadcasts arriving during recovery
         self._lease_task: asyncio.Task[Any] | None = None
-        self._recovery: asyncio.Task[Any] | None = None
-        self._reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
-        self._pubsub_losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
         self.http: asyncio.Server | None = None
         gm = GatewayMetrics.create(
             connections=lambda: len(self.sessions), reconnects=lambda: self.router.reconnects,
@@ -159,6 +133,8 @@ class Gateway:
             settings, self.parser, self.redis, self.store, self.registry, self.groups, self.relay, self.files,
             self.requests, self.m_in, self.m_out, self.m_errors, self.m_publish,
         )
+        self.recovery = Recovery(self)  # held frames and the catch-up after a pub/sub outage or lost lease
+        self.logins = Logins(self)  # login (claim, replay, welcome) and logout
         self.admission = Admission(
             settings, self.ip_connections, lambda: self.server, self.files.http_download, self.health_routes,
             self.m_errors,
@@ -187,26 +163,26 @@ class Gateway:
     async def _start(self) -> None:
         try:
             last: Any = await self.redis.get(keys.LAST_ID)
-            self.last_broadcast = id_tuple(last.decode()) if last else (0, 0)
+            self.recovery.last_broadcast = id_tuple(last.decode()) if last else (0, 0)
             # A predecessor with this node id (a restart within the lease TTL) may still hold
             # names whose sockets are gone: free them before taking the lease over.
             if freed := await self.registry.release_gateway(self.node_id):
                 log.warning("freed %d names left by a previous run of %s", len(freed), self.node_id)
         except REDIS_ERRORS:
             log.warning("Redis unreachable at start; serving anyway and retrying in the background")
-        self._spawn(self.router.run(), "router")
-        self._spawn(self.accounts.backfill_skeletons(), "skeleton-backfill")
-        self._spawn(sweep_buffers(self.settings.max_write_buffer, self.sessions.values, self._on_slow),
-                    "buffer-sweep")
+        self.spawn(self.router.run(), "router")
+        self.spawn(self.accounts.backfill_skeletons(), "skeleton-backfill")
+        self.spawn(sweep_buffers(self.settings.max_write_buffer, self.sessions.values, self.on_slow), "buffer-sweep")
         if self.settings.ping_interval > 0:
-            self._spawn(keepalive(self.settings.ping_interval, self._connections, self._spawn), "keepalive")
-        self._spawn(self.relay.run_cursor_flusher(self.settings.group_cursor_interval), "group-cursors")
-        self.router.set_handler(keys.BROADCAST_CHANNEL, self._on_broadcast)
+            self.spawn(keepalive(self.settings.ping_interval, self._connections, self.spawn), "keepalive")
+        self.spawn(run_cursor_flusher(self.groups, self.relay.members, self.settings.group_cursor_interval),
+                   "group-cursors")
+        self.router.set_handler(keys.BROADCAST_CHANNEL, self.recovery.on_broadcast)
         self.router.set_handler(keys.PRESENCE_CHANNEL, self.fanout.on_presence)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
-        self.router.on_resubscribed = self._start_recovery
-        self.router.on_lost = self._pubsub_lost
-        self._lease_task = self._spawn(self._lease_loop(), "lease")
+        self.router.on_resubscribed = self.recovery.start
+        self.router.on_lost = self.recovery.pubsub_lost
+        self._lease_task = self.spawn(lease.run(self), "lease")
         self.server = await serve(
             self._handle,
             self.settings.host,
@@ -278,7 +254,7 @@ class Gateway:
         await self.redis.aclose()
         log.info("gateway %s stopped", self.node_id)
 
-    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
@@ -290,52 +266,10 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def _lease_loop(self) -> None:
-        """Keep this gateway's lease alive; re-claim names if it was lost."""
-        backoff = Backoff(base=0.1, cap=self.settings.lease_ttl / 3)
-        registered = False
-        while True:
-            try:
-                if not registered:
-                    await self.registry.register_gateway(self.node_id)
-                    registered = True
-                elif not self._reclaim_pending and not await self.registry.renew_lease(self.node_id):
-                    self._lease_lost()
-                if self._reclaim_pending and (self._recovery is None or self._recovery.done()):
-                    self._start_recovery()  # an earlier recovery gave up before it could re-claim
-                await self._retry_releases()
-                if not self.redis_ok:
-                    log.info("Redis is reachable again")
-                self.redis_ok = True
-                backoff.reset()
-                await asyncio.sleep(self.settings.lease_ttl / 3)
-            except asyncio.CancelledError:
-                raise
-            except REDIS_ERRORS as exc:
-                if self.redis_ok:
-                    log.warning("Redis unreachable (%s); answering sends with 'unavailable'", type(exc).__name__)
-                self.redis_ok = False
-                await asyncio.sleep(backoff.next_delay())
-
-    def _lease_lost(self) -> None:
-        """The lease was reaped: hold every session's live frames now, then re-claim and catch up
-        in the recovery task (gateway/lease.py explains why in this order)."""
-        if self._reclaim_pending:
-            return
-        log.warning("lease of %s was lost; holding live frames, re-claiming names and catching up", self.node_id)
-        self._hold_everything()
-        self._reclaim_pending = True
-        self._start_recovery()
-
     def close_session(self, session: Session, code: int, reason: str) -> None:
         """Stop fanning out to a session and close its socket (its handler then logs it out)."""
         self.fanout.drop(session.ws)
         self._close_later(session.ws, code, reason)
-
-    async def _retry_releases(self) -> None:
-        for key, token in list(self._to_release):
-            await self.registry.release(key, self.node_id, token)
-            del self._to_release[(key, token)]
 
     # -- connections --------------------------------------------------------
 
@@ -354,7 +288,7 @@ class Gateway:
             if self.stopping:
                 await ws.close(CloseCode.GOING_AWAY, "shutting down")
                 return
-            session = await self._login(ws)
+            session = await self.logins.login(ws)
             if session is not None:
                 await self.dispatcher.serve(session)
         except ConnectionClosed:
@@ -364,181 +298,7 @@ class Gateway:
             await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             if session is not None:
-                await self._logout(session)
-
-    async def _login(self, ws: ServerConnection) -> Session | None:
-        """Wait for a good login frame; None if the socket closed or was refused."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.login_timeout
-        while True:
-            try:
-                raw = await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                await ws.close(CloseCode.LOGIN_TIMEOUT, "login timeout")
-                return None
-            frame: f.ClientFrame | None = None
-            try:
-                frame = self.parser.parse(raw)
-                if not isinstance(frame, f.Login):
-                    raise NotLoggedIn()
-                if wait := await self.ip_logins.take(_ip(ws)):
-                    raise RateLimited("too many logins from your address", retry_after=round(wait, 3))
-                return await self._authenticate(ws, frame)
-            except ChatError as exc:
-                if exc.ref is None and frame is not None:
-                    exc.ref = frame.ref
-                if not await self._refuse(ws, exc):
-                    return None
-
-    async def _refuse(self, ws: ServerConnection, exc: ChatError) -> bool:
-        """Answer a failed pre-login frame; False once the socket is closed for it.
-
-        A refused login (bad name or password, name taken, wrong version) closes
-        with 4001 and a login while Redis is away with 1013; anything else before
-        login is answered and the client may still log in.
-        """
-        self._reply_error(ws, exc)
-        if isinstance(exc, LoginError | UnsupportedVersion | Unavailable | RateLimited):
-            self.m_logins.inc(exc.code.value)
-        if isinstance(exc, LoginError | UnsupportedVersion):
-            await ws.close(CloseCode.LOGIN_FAILED, exc.code.value)
-            return False
-        if isinstance(exc, Unavailable):
-            await ws.close(CloseCode.TRY_AGAIN_LATER, exc.code.value)
-            return False
-        return True
-
-    async def _authenticate(self, ws: ServerConnection, frame: f.Login) -> Session:
-        """Check the password, claim (or take over) the name, then replay and go live.
-
-        Order matters for "no gap, no duplicate": the session holds live frames
-        from before the claim, subscribes, reads the streams after the resume
-        points, writes the replay, and only then releases what it held,
-        dropping anything the replay already carried.
-        """
-        user = login_name(frame.user)
-        key = user.key
-        resume = frame.resume or {}
-        try:
-            token = secrets.token_urlsafe(24)
-            name = await self.accounts.authenticate(
-                user, frame.password, issued=token_hash(token),
-                presented=token_hash(frame.session) if frame.session else None, ip=_ip(ws),
-            )
-            session = Session(
-                ws, key, name, token, token_hash(token), self.settings.max_write_buffer, self._on_slow, self.m_out,
-                presence=frame.presence,
-            )
-            session.last_broadcast = self.last_broadcast  # later fan-outs are held for this session
-            losses = self._pubsub_losses
-            self.joining.add(session)
-            try:
-                claim = await self._claim(session, frame.session)
-                if claim is None:
-                    raise UsernameTaken()
-                self.sessions[key] = session
-                self._by_token[session.token_hash] = session
-                try:
-                    await self.router.subscribe(keys.user_channel(key), session.deliver_dm)
-                    dm_from = resume.get(f.STREAM_DM, claim.delivered)
-                    dms = await self.store.replay(keys.inbox_stream(key), dm_from)
-                    bc_from = resume.get(f.STREAM_BROADCAST)
-                    broadcasts = await self.store.replay(keys.BROADCAST_STREAM, bc_from) if bc_from else None
-                    group_replays = await join_groups_at_login(self.relay, self.groups, self.store, session, resume)
-                    owed = await self.relay.owed_at_login(  # groups resumed but left by removal meanwhile
-                        key, {group_name(s)[1]: p for s, p in resume.items() if s.startswith("#")},
-                        {g for g, *_ in group_replays.values()})
-                    invitations = await self.groups.invitations(key)
-                except BaseException:
-                    self.relay.detach_all(session)
-                    self._forget(session)
-                    await self._release(session)
-                    raise
-            except BaseException:
-                self.joining.discard(session)
-                raise
-        except REDIS_ERRORS as exc:
-            raise redis_failure(exc) from None
-        recovered = {f.STREAM_DM: dms.recovered} if f.STREAM_DM in resume else {}
-        if broadcasts is not None:
-            recovered[f.STREAM_BROADCAST] = broadcasts.recovered
-        positions = {f.STREAM_DM: dm_from, f.STREAM_BROADCAST: bc_from or _id_str(session.last_broadcast)}
-        for stream, (_, start, replay, resumed) in group_replays.items():
-            positions[stream] = start
-            if resumed:
-                recovered[stream] = replay.recovered
-        welcome = f.Welcome(
-            user=name, online=claim.online.names, v=f.PROTOCOL_VERSION, session=token, positions=positions,
-            node=self.node_id, recovered=recovered or None, online_total=claim.online.total,
-            online_next=claim.online.next, ref=frame.ref,
-        )
-        session.push(f.encode(welcome))
-        session.last_dm = id_tuple(dm_from)
-        try:
-            for _, data in dms.frames:
-                await session.replay_dm(data)
-            if broadcasts is not None:
-                session.last_broadcast = id_tuple(bc_from or "0-0")
-                for _, data in broadcasts.frames:
-                    await session.replay_broadcast(data)
-            for gkey, start, replay, _ in group_replays.values():
-                session.last_group[gkey] = max(session.last_group.get(gkey, (0, 0)), id_tuple(start))
-                for _, data in replay.frames:
-                    await session.replay_group(gkey, data)
-            for gkey, frames in owed:
-                for data in frames:
-                    await session.replay_group(gkey, data, member=True)
-            for data in invitations:  # invitations still pending, made while offline or not
-                session.push(data)
-        except BaseException:  # the socket died mid-replay: it never became a live session
-            self.joining.discard(session)
-            self.relay.detach_all(session)
-            if self._forget(session):
-                await self.router.unsubscribe(keys.user_channel(key))
-                await self._release(session)
-            raise
-        self.joining.discard(session)
-        if self._pubsub_losses != losses:
-            # The subscriptions dropped during this login: its replay may end before what was published
-            # while they were down, and a catch-up that began meanwhile skipped it (still joining).
-            # Still holding, so no live frame moves the client's positions past that gap: close, and
-            # the client resumes from what it got (its next login reads everything after that).
-            log.info("pub/sub was lost during the login of %s; closing it so that it resumes", name)
-            self.close_session(session, CloseCode.SESSION_LOST, "session lost")
-        else:
-            session.go_live()
-            self.fanout.add(session)
-        self.m_logins.inc("ok")
-        self.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
-        try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on
-            await self.store.settle(key, session.token_hash, session.last_dm_id)
-        except REDIS_ERRORS:
-            log.warning("could not record delivery for %s; replay may repeat", name)
-        log.info(
-            "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, peer(ws),
-            " taking over its session" if claim.took_over else "", len(dms.frames),
-            len(broadcasts.frames) if broadcasts else 0,
-            "" if all(recovered.values()) else "; history no longer reaches the resume point",
-        )
-        return session
-
-    async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
-        page = 0 if session.presence == f.PRESENCE_OFF else self.settings.online_page
-        args = (session.key, session.name, self.node_id, session.token, takeover, page)
-        try:
-            return await self.registry.claim(*args)
-        except NoLease:
-            self._lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
-            await self.registry.register_gateway(self.node_id)
-            return await self.registry.claim(*args)
-
-    def _forget(self, session: Session) -> bool:
-        """Drop a session from the local maps; True if it still owned its name here."""
-        self._by_token.pop(session.token_hash, None)
-        if self.sessions.get(session.key) is session:
-            del self.sessions[session.key]
-            return True
-        return False
+                await self.logins.logout(session)
 
     def _on_control(self, data: bytes) -> None:
         """Messages for this gateway alone: a session was taken over elsewhere."""
@@ -555,178 +315,19 @@ class Gateway:
             if member is not None:
                 member.push(bytes(msg.frame))
             return
-        session = self._by_token.get(msg.token)
+        session = self.logins.by_token.get(msg.token)
         if session is not None and session.key == msg.user:
             log.info("session of %s taken over by a new connection; closing the old one", session.name)
             self.fanout.drop(session.ws)
             self.relay.detach_all(session)  # group membership moved with the name
             self._close_later(session.ws, CloseCode.TAKEN_OVER, "session taken over")
 
-    # -- groups at login, logout ---------------------------------------------
-
-    async def _logout(self, session: Session) -> None:
-        self.fanout.drop(session.ws)
-        self.joining.discard(session)
-        owned = self.sessions.get(session.key) is session
-        cursors = cursors_of(session)
-        self.relay.detach_all(session)
-        if owned and cursors:
-            try:  # where a later login without resume positions picks each group up
-                await self.groups.save_cursors(session.key, cursors)
-            except REDIS_ERRORS:
-                log.warning("could not save group positions of %s", session.name)
-        if not self._forget(session):  # taken over on this very gateway: the new session owns it all
-            return
-        await self.router.unsubscribe(keys.user_channel(session.key))
-        await self._release(session)
-        log.info("logout %s (close code %s)", session.name, session.ws.close_code)
-
-    async def _release(self, session: Session) -> None:
-        try:
-            await self.registry.release(session.key, self.node_id, session.token)
-        except REDIS_ERRORS:
-            self._to_release[(session.key, session.token)] = None
-
-    def _reply_error(self, ws: ServerConnection, exc: ChatError, session: Session | None = None) -> None:
-        """The one place a ChatError becomes an error frame on the wire."""
-        self.m_errors.inc(exc.code.value)
-        reply_error(ws, exc, self.m_errors, session)
-
-    # -- broadcasts and recovery ---------------------------------------------
-
-    def _on_broadcast(self, frame: bytes) -> None:
-        if self._broadcast_held is not None:
-            self._broadcast_held.append(frame)
-        else:
-            self._emit_broadcast(frame)
-
-    def _emit_broadcast(self, frame: bytes) -> None:
-        mid = frame_id(frame)
-        if mid > self.last_broadcast:  # older or equal: already fanned out by replay or live
-            self.last_broadcast = mid
-            self.m_out.inc("broadcast", amount=self.fanout.broadcast(frame))
-            for session in self.joining:
-                session.hold_broadcast(frame)
-
-    def _hold_everything(self) -> None:
-        """Subscriptions are gone: from now on live frames wait until the catch-up has run."""
-        if self._broadcast_held is None:
-            self._broadcast_held = []
-        for session in self.sessions.values():
-            if session not in self.joining:
-                session.start_holding()
-
-    def _pubsub_lost(self) -> None:
-        self._pubsub_losses += 1
-        self._hold_everything()
-
-    def _start_recovery(self) -> None:
-        if self._recovery is not None and not self._recovery.done():
-            self._recovery.cancel()  # superseded: its finally releases what it held
-        self._recovery = self._spawn(self._recover(), "recover")
-
-    async def _recover(self) -> None:
-        """After resubscribing: deliver what was stored while the subscriptions were down.
-
-        Retried with backoff while Redis cannot answer yet (a restarted Redis
-        accepts subscriptions while still loading its AOF); live frames are held
-        meanwhile, and nothing new can be stored until Redis has loaded.
-        """
-        self._hold_everything()  # normally already holding since the connection was lost
-        losses = self._pubsub_losses
-        sessions = [s for s in self.sessions.values() if s not in self.joining]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        backoff = Backoff(base=0.05, cap=1.0)
-        try:
-            while True:
-                try:
-                    if self._reclaim_pending:
-                        lost = await lease.reclaim(self)
-                        self._reclaim_pending = False
-                        sessions = [s for s in sessions if s not in lost]
-                    recovered = await self._catch_up(sessions)
-                except (*REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
-                    if loop.time() > deadline:
-                        log.error("gave up catching up after reconnect (%s); clients resume on their next login",
-                                  type(exc).__name__)
-                        break
-                    log.info("cannot catch up yet (%s); retrying", type(exc).__name__)
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                log.info("recovered %d messages stored while pub/sub was down", recovered)
-                self.m_replayed.inc("resubscribe", amount=recovered)
-                break
-        except asyncio.CancelledError:
-            raise  # superseded by a newer catch-up, which inherits everything held
-        except BaseException:
-            if self._pubsub_losses == losses and self.router.live:
-                self._release_held(sessions)
-            raise
-        if self._pubsub_losses != losses or not self.router.live:
-            # The subscriptions are down (again): releasing now would let the first live frames
-            # after the resubscribe overtake the messages stored meanwhile (their ids would move
-            # every position past them).  Keep holding: the resubscribe starts the next catch-up.
-            log.info("pub/sub is down again; holding live frames until the next catch-up")
-            return
-        self._release_held(sessions)
-        try:
-            await lease.settle(self, sessions)
-        except REDIS_ERRORS as exc:
-            log.warning("could not record delivery after catching up (%s); replay may repeat", type(exc).__name__)
-
-    def _release_held(self, sessions: list[Session]) -> None:
-        held, self._broadcast_held = self._broadcast_held or [], None
-        for frame in held:
-            self._emit_broadcast(frame)
-        for session in sessions:
-            session.go_live()
-
-    async def _catch_up(self, sessions: list[Session]) -> int:
-        """Replay broadcasts and each session's DMs after what was last written (id-checked, so re-runnable)."""
-        recovered = 0
-        for _, frame in (await self.store.replay(keys.BROADCAST_STREAM, _id_str(self.last_broadcast))).frames:
-            self._emit_broadcast(frame)
-            recovered += 1
-        for session in sessions:
-            missed = (await self.store.replay(keys.inbox_stream(session.key), session.last_dm_id)).frames
-            try:
-                for _, frame in missed:
-                    await session.replay_dm(frame)
-            except ConnectionClosed:
-                continue  # that client left; its handler logs it out
-            recovered += len(missed)
-        # Memberships that ended (or began again) while the subscriptions were down; each member's
-        # replay stops at the newest id when its membership was read: later ones arrive live.
-        bounds = await self.relay.verify()
-        caught_up = set(sessions)  # not sessions still logging in: their login replays their groups
-        for gkey, members in list(self.relay.members.items()):
-            readers = [s for s in members if s in caught_up]
-            if not readers:
-                continue
-            # (0, 0) is a position like any other (a group joined before anything was stored): from the start.
-            since = min(s.last_group.get(gkey, (0, 0)) for s in readers)
-            for _, frame in (await self.store.replay(keys.group_stream(gkey), _id_str(since))).frames:
-                mid = frame_id(frame)
-                for session in readers:
-                    if mid > bounds.get(session, (0, 0)):
-                        continue
-                    try:
-                        await session.replay_group(gkey, frame)
-                    except ConnectionClosed:
-                        continue
-                recovered += 1
-        page = await self.registry.online_page(None, self.settings.online_page)  # clients page on with `who`
-        online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
-        self.fanout.broadcast(online)
-        return recovered
-
-    def _on_slow(self, session: Session) -> None:
+    def on_slow(self, session: Session) -> None:
         if session.ws in self.fanout.live:
             self.fanout.drop(session.ws)
             log.warning("%s is not reading; closing as slow consumer", session.name)
             self.m_slow.inc()
-            self._spawn(cut_off(session.ws), "cut-off")
+            self.spawn(cut_off(session.ws), "cut-off")
 
     def _on_dropped(self, ws: ServerConnection, reason: str, detail: str) -> None:
         """A socket was aborted for sending without reading or for a ping flood (gateway/connection.py)."""
@@ -740,12 +341,7 @@ class Gateway:
         return list(self.server.connections) if self.server is not None else []
 
     def _close_later(self, ws: ServerConnection, code: int, reason: str) -> None:
-        self._spawn(ws.close(code, reason), "close")
-
-
-def _ip(ws: ServerConnection) -> str:
-    """The client's address: the TCP peer's, or a trusted proxy's X-Forwarded-For (gateway/client_ip.py)."""
-    return client_ip(ws)
+        self.spawn(ws.close(code, reason), "close")
 
 
 async def serve_until(settings: Settings, stop: asyncio.Event, ready: Callable[[Gateway], None] | None = None) -> None:

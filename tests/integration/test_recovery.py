@@ -100,8 +100,9 @@ async def test_a_catch_up_that_ends_while_pubsub_is_down_keeps_holding(
         await async_wait_until(lambda: not gateway.router.live, 5, "the gateway's pub/sub to be down")
         await Registry(admin).release_gateway(gateway.node_id)  # what the reaper does
         during = [await bob.send("@alice", f"during {i}") for i in range(3)]
-        await async_wait_until(lambda: gateway._reclaim_pending is False and gateway._recovery is not None
-                               and gateway._recovery.done(), 10, "the lease recovery to finish")
+        await async_wait_until(lambda: gateway.recovery.reclaim_pending is False and gateway.recovery.task is not None
+                               and gateway.recovery.task.done(),
+                               10, "the lease recovery to finish")
         assert session.holding, "released held frames while the subscriptions were still down"
         await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
         after = await bob.send("@alice", "after")
@@ -237,14 +238,15 @@ async def test_a_login_spanning_a_pubsub_loss_loses_nothing(
         invitations = gateway.groups.invitations
 
         async def outage_after_the_reads(ukey: str) -> list[bytes]:  # the login's last read
-            losses = gateway._pubsub_losses
+            losses = gateway.recovery.losses
             await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")  # it cannot come back
             await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-            await async_wait_until(lambda: gateway._pubsub_losses > losses, 5, "the gateway's pub/sub to drop")
+            await async_wait_until(lambda: gateway.recovery.losses > losses, 5, "the gateway's pub/sub to drop")
             missed.append(await owner.send("#devs", "published while the subscriptions were down"))
             await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
-            await async_wait_until(lambda: gateway.router.live and gateway._recovery is not None
-                                   and gateway._recovery.done(), 10, "the resubscribe's catch-up")
+            await async_wait_until(lambda: gateway.router.live and gateway.recovery.task is not None
+                                   and gateway.recovery.task.done(),
+                                   10, "the resubscribe's catch-up")
             return await invitations(ukey)
 
         gateway.groups.invitations = outage_after_the_reads  # type: ignore[method-assign]

@@ -1,0 +1,213 @@
+"""Recovery after a pub/sub outage or a lost lease: hold live frames, catch up from the streams, release.
+
+Redis pub/sub is at-most-once: what is published while the gateway's
+subscriptions are down (a Redis restart, a network blip) never arrives.  So the
+moment the router loses its connection (``on_lost``) every live session starts
+*holding* live frames, and broadcasts arriving meanwhile are kept here; when the
+router has resubscribed (``on_resubscribed``) the catch-up replays the broadcast
+stream, each session's inbox and each group after the last id written to it,
+then releases what was held.  Every message stored while the gateway was cut off
+still arrives, once and in order: each replay and each held frame is id-checked
+by :class:`gateway.session.Session`.
+
+A lost lease (gateway/lease.py) goes through the same task: hold first, re-claim
+the names, then catch up.  The broadcast position (``last_broadcast``) lives here
+because the catch-up and the live fan-out must share it to drop what the other
+already wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.exceptions import ConnectionClosed
+
+from common import keys
+from common.backoff import Backoff
+from common.redis import REDIS_ERRORS
+from presence.registry import NoLease
+from protocol import frames as f
+from protocol.frames import frame_id
+
+from . import lease
+
+if TYPE_CHECKING:
+    from .server import Gateway
+    from .session import Session
+
+log = logging.getLogger("chinwag.gateway")
+
+
+def id_str(mid: tuple[int, int]) -> str:
+    """A stream id tuple as Redis writes it."""
+    return f"{mid[0]}-{mid[1]}"
+
+
+class Recovery:
+    """The broadcast fan-out position, the held frames and the one recovery task of a gateway.
+
+    Interface: ``on_broadcast`` (the router's handler for the broadcast channel),
+    ``pubsub_lost`` and ``start`` (the router's ``on_lost``/``on_resubscribed``),
+    ``lease_lost`` (the lease loop and a login's claim), and for a login the
+    position it starts from (``last_broadcast``) and ``losses``, the count of
+    pub/sub losses, by which a login notices one happened while it ran.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        # Id of the last broadcast fanned out; Gateway.start sets it from Redis's clock.
+        self.last_broadcast = (int(time.time() * 1000), 0)
+        self.held: list[bytes] | None = None  # broadcasts arriving during recovery
+        self.task: asyncio.Task[Any] | None = None
+        self.reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
+        self.losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    # -- broadcasts ------------------------------------------------------------
+
+    def on_broadcast(self, frame: bytes) -> None:
+        if self.held is not None:
+            self.held.append(frame)
+        else:
+            self.emit_broadcast(frame)
+
+    def emit_broadcast(self, frame: bytes) -> None:
+        mid = frame_id(frame)
+        if mid > self.last_broadcast:  # older or equal: already fanned out by replay or live
+            self.last_broadcast = mid
+            self.gw.m_out.inc("broadcast", amount=self.gw.fanout.broadcast(frame))
+            for session in self.gw.joining:
+                session.hold_broadcast(frame)
+
+    # -- holding and the recovery task -----------------------------------------
+
+    def hold_everything(self) -> None:
+        """Subscriptions are gone: from now on live frames wait until the catch-up has run."""
+        if self.held is None:
+            self.held = []
+        for session in self.gw.sessions.values():
+            if session not in self.gw.joining:
+                session.start_holding()
+
+    def pubsub_lost(self) -> None:
+        self.losses += 1
+        self.hold_everything()
+
+    def lease_lost(self) -> None:
+        """The lease was reaped: hold every session's live frames now, then re-claim and catch up
+        in the recovery task (gateway/lease.py explains why in this order)."""
+        if self.reclaim_pending:
+            return
+        log.warning("lease of %s was lost; holding live frames, re-claiming names and catching up", self.gw.node_id)
+        self.hold_everything()
+        self.reclaim_pending = True
+        self.start()
+
+    def start(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # superseded: its finally releases what it held
+        self.task = self.gw.spawn(self._recover(), "recover")
+
+    async def _recover(self) -> None:
+        """After resubscribing: deliver what was stored while the subscriptions were down.
+
+        Retried with backoff while Redis cannot answer yet (a restarted Redis
+        accepts subscriptions while still loading its AOF); live frames are held
+        meanwhile, and nothing new can be stored until Redis has loaded.
+        """
+        gw = self.gw
+        self.hold_everything()  # normally already holding since the connection was lost
+        losses = self.losses
+        sessions = [s for s in gw.sessions.values() if s not in gw.joining]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        backoff = Backoff(base=0.05, cap=1.0)
+        try:
+            while True:
+                try:
+                    if self.reclaim_pending:
+                        lost = await lease.reclaim(gw)
+                        self.reclaim_pending = False
+                        sessions = [s for s in sessions if s not in lost]
+                    recovered = await self._catch_up(sessions)
+                except (*REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
+                    if loop.time() > deadline:
+                        log.error("gave up catching up after reconnect (%s); clients resume on their next login",
+                                  type(exc).__name__)
+                        break
+                    log.info("cannot catch up yet (%s); retrying", type(exc).__name__)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                log.info("recovered %d messages stored while pub/sub was down", recovered)
+                gw.m_replayed.inc("resubscribe", amount=recovered)
+                break
+        except asyncio.CancelledError:
+            raise  # superseded by a newer catch-up, which inherits everything held
+        except BaseException:
+            if self.losses == losses and gw.router.live:
+                self._release_held(sessions)
+            raise
+        if self.losses != losses or not gw.router.live:
+            # The subscriptions are down (again): releasing now would let the first live frames
+            # after the resubscribe overtake the messages stored meanwhile (their ids would move
+            # every position past them).  Keep holding: the resubscribe starts the next catch-up.
+            log.info("pub/sub is down again; holding live frames until the next catch-up")
+            return
+        self._release_held(sessions)
+        try:
+            await lease.settle(gw, sessions)
+        except REDIS_ERRORS as exc:
+            log.warning("could not record delivery after catching up (%s); replay may repeat", type(exc).__name__)
+
+    def _release_held(self, sessions: list[Session]) -> None:
+        held, self.held = self.held or [], None
+        for frame in held:
+            self.emit_broadcast(frame)
+        for session in sessions:
+            session.go_live()
+
+    async def _catch_up(self, sessions: list[Session]) -> int:
+        """Replay broadcasts and each session's DMs after what was last written (id-checked, so re-runnable)."""
+        gw = self.gw
+        recovered = 0
+        for _, frame in (await gw.store.replay(keys.BROADCAST_STREAM, id_str(self.last_broadcast))).frames:
+            self.emit_broadcast(frame)
+            recovered += 1
+        for session in sessions:
+            missed = (await gw.store.replay(keys.inbox_stream(session.key), session.last_dm_id)).frames
+            try:
+                for _, frame in missed:
+                    await session.replay_dm(frame)
+            except ConnectionClosed:
+                continue  # that client left; its handler logs it out
+            recovered += len(missed)
+        # Memberships that ended (or began again) while the subscriptions were down; each member's
+        # replay stops at the newest id when its membership was read: later ones arrive live.
+        bounds = await gw.relay.verify()
+        caught_up = set(sessions)  # not sessions still logging in: their login replays their groups
+        for gkey, members in list(gw.relay.members.items()):
+            readers = [s for s in members if s in caught_up]
+            if not readers:
+                continue
+            # (0, 0) is a position like any other (a group joined before anything was stored): from the start.
+            since = min(s.last_group.get(gkey, (0, 0)) for s in readers)
+            for _, frame in (await gw.store.replay(keys.group_stream(gkey), id_str(since))).frames:
+                mid = frame_id(frame)
+                for session in readers:
+                    if mid > bounds.get(session, (0, 0)):
+                        continue
+                    try:
+                        await session.replay_group(gkey, frame)
+                    except ConnectionClosed:
+                        continue
+                recovered += 1
+        page = await gw.registry.online_page(None, gw.settings.online_page)  # clients page on with `who`
+        online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
+        gw.fanout.broadcast(online)
+        return recovered
