@@ -1,0 +1,656 @@
+// The web client's I/O and controller: the WebSocket, reconnects, uploads, downloads, and the page.
+//
+// What the client knows and decides is in core.js (tested without a browser); this module is the
+// adapter, as client/connection.py is for the Python core.  Which gateway it talks to: the page's
+// own origin (ws(s)://<host>/), which behind the compose load balancer is any live gateway; or, when
+// the page is opened with ?gateways=ws://a:9000,ws://b:9000, those URLs in turn, one more on every
+// reconnect (how a page fails over between gateways that have no balancer in front of them).
+
+import {
+  ClientCore, Conversations, EVENT, LOGIN_FAILED, REPLY, UPLOAD, WELCOMED,
+  backoffDelay, conversationOf, encodeChunk, hex, loginErrorText, nameKey, parseFrame, reconnectsAfter, sha256Hex,
+} from "./core.js";
+import {
+  $, el, fileLabel, messageItem, renderConversations, renderInvitations, renderOnline, title,
+} from "./ui.js";
+
+const LOGIN_TIMEOUT_MS = 10000;
+const REQUEST_TIMEOUT_MS = 20000;
+const UPLOAD_WINDOW = 4; // chunks in flight
+const INLINE_IMAGE_BYTES = 8 * 1024 * 1024;
+
+function gatewayUrls() {
+  const listed = new URLSearchParams(location.search).get("gateways");
+  if (listed) {
+    const urls = listed.split(",").map((u) => u.trim()).filter((u) => /^wss?:\/\/[^/]+/.test(u));
+    if (urls.length) return urls;
+  }
+  return [`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`];
+}
+
+function randomPrefix() {
+  const bytes = new Uint8Array(6);
+  crypto.getRandomValues(bytes);
+  return `w${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+class Chat {
+  constructor() {
+    this.core = new ClientCore(randomPrefix());
+    this.convs = new Conversations();
+    this.urls = gatewayUrls();
+    this.urlIndex = 0;
+    this.attempt = 0;
+    this.ws = null;
+    this.loggedIn = false; // the current socket got its welcome
+    this.everWelcomed = false;
+    this.credentials = null;
+    this.invitations = new Map(); // group key -> {group, by}
+    this.blobUrls = new Map(); // file id -> object URL
+    this.stopped = true;
+    this.reconnectTimer = null;
+    this.loginTimer = null;
+    this.groupInfo = new Map(); // group key -> last group_info / summary
+    this.onReconnected = [];
+    this.counts = { welcomes: 0 };
+    this.retryRefused = false;
+  }
+
+  // -- connection ------------------------------------------------------------
+
+  start(user, password) {
+    this.credentials = { user, password };
+    this.stopped = false;
+    this.connect();
+  }
+
+  connect() {
+    clearTimeout(this.reconnectTimer);
+    const url = this.urls[this.urlIndex % this.urls.length];
+    setStatus(this.everWelcomed ? `Reconnecting to ${url}…` : `Connecting to ${url}…`);
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (err) {
+      this.scheduleReconnect(null);
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      const { user, password } = this.credentials;
+      ws.send(JSON.stringify(this.core.login(user, password, "batched")));
+      this.loginTimer = setTimeout(() => {
+        if (this.ws === ws && !this.loggedIn) {
+          this.core.loginAbandoned();
+          ws.close();
+        }
+      }, LOGIN_TIMEOUT_MS);
+    };
+    ws.onmessage = (event) => {
+      if (this.ws !== ws || typeof event.data !== "string") return;
+      const frame = parseFrame(event.data);
+      if (frame) this.receive(frame);
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      clearTimeout(this.loginTimer);
+      this.ws = null;
+      const wasLoggedIn = this.loggedIn;
+      this.loggedIn = false;
+      this.core.loginAbandoned();
+      for (const hook of this.core.uploads.values()) hook({ type: "disconnected" });
+      if (this.stopped) return;
+      if (event.code === 4004) {
+        this.stop("Logged in elsewhere: this page stopped (your newer login holds the name).");
+        return;
+      }
+      if (this.retryRefused) {
+        this.retryRefused = false; // a reconnect's login was turned away for now: try again later
+      } else if (!reconnectsAfter(event.code)) {
+        return; // a refused login (receive() has shown why), or our own close
+      }
+      this.scheduleReconnect(wasLoggedIn ? 0 : null);
+    };
+  }
+
+  scheduleReconnect(resetTo) {
+    if (this.stopped) return;
+    if (resetTo !== null) this.attempt = resetTo;
+    const delay = backoffDelay(this.attempt);
+    this.attempt += 1;
+    this.urlIndex += 1; // the next gateway, if there are several
+    setStatus(`Disconnected. Reconnecting in ${(delay / 1000).toFixed(1)} s…`);
+    this.reconnectTimer = setTimeout(() => this.connect(), delay);
+  }
+
+  stop(reason) {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearTimeout(this.loginTimer);
+    const ws = this.ws;
+    this.ws = null;
+    this.loggedIn = false;
+    if (ws) ws.close(1000);
+    setStatus(reason);
+  }
+
+  write(data) {
+    if (this.ws && this.loggedIn && this.ws.readyState === WebSocket.OPEN) this.ws.send(data);
+  }
+
+  /** A request: resolved with its reply, rejected with its error; written again after each reconnect. */
+  request(frame, { timeout = REQUEST_TIMEOUT_MS } = {}) {
+    frame.ref = this.core.nextRef();
+    return new Promise((resolve, reject) => {
+      const waiter = { resolve, reject, timer: null };
+      if (timeout) {
+        waiter.timer = setTimeout(() => {
+          this.core.finished(frame.ref);
+          reject(Object.assign(new Error("no answer from the server"), { code: "timeout" }));
+        }, timeout);
+      }
+      this.write(this.core.request(frame, waiter));
+    });
+  }
+
+  receive(frame) {
+    const outcome = this.core.receive(frame);
+    switch (outcome) {
+      case WELCOMED:
+        this.welcomed(frame);
+        return;
+      case LOGIN_FAILED:
+        this.loginFailed(frame);
+        return;
+      case REPLY: {
+        const pending = this.core.pending.get(frame.ref);
+        this.core.finished(frame.ref);
+        clearTimeout(pending.waiter.timer);
+        if (frame.type === "error") pending.waiter.reject(Object.assign(new Error(frame.message), frame));
+        else pending.waiter.resolve(frame);
+        return;
+      }
+      case UPLOAD:
+        this.core.uploads.get(frame.upload)(frame);
+        return;
+      case EVENT:
+        this.event(frame);
+        return;
+      default:
+    }
+  }
+
+  welcomed(welcome) {
+    clearTimeout(this.loginTimer);
+    this.loggedIn = true;
+    this.attempt = 0;
+    this.counts.welcomes += 1;
+    const first = !this.everWelcomed;
+    this.everWelcomed = true;
+    setStatus(`Connected to ${welcome.node}`);
+    document.body.dataset.node = welcome.node;
+    document.body.dataset.welcomes = String(this.counts.welcomes);
+    for (const data of this.core.resend()) this.ws.send(data);
+    const lost = Object.entries(welcome.recovered || {}).filter(([, ok]) => !ok).map(([s]) => s);
+    for (const stream of lost) {
+      const address = stream === "dm" ? null : stream;
+      if (address) this.system(address, "Some older messages were trimmed from the server and could not be replayed.");
+    }
+    if (first) showChat(welcome.user);
+    this.refreshGroups();
+    this.renderSide();
+    if (first) this.open("*");
+    for (const callback of this.onReconnected.splice(0)) callback();
+  }
+
+  loginFailed(error) {
+    clearTimeout(this.loginTimer);
+    const retry = this.everWelcomed && (error.code === "username_taken" || error.code === "unavailable" ||
+      error.code === "rate_limited");
+    if (retry) {
+      // Our old connection may still hold the name, or Redis is away: try again with backoff.
+      this.retryRefused = true;
+      setStatus(`Reconnect refused (${error.code}); retrying…`);
+      if (this.ws) this.ws.close();
+      return;
+    }
+    this.stop("Not connected");
+    showLogin(loginErrorText(error.code, error.message));
+  }
+
+  // -- pushed frames --------------------------------------------------------
+
+  event(frame) {
+    switch (frame.type) {
+      case "message":
+        this.message(frame);
+        break;
+      case "presence":
+      case "presence_batch":
+      case "online":
+        this.renderSide();
+        break;
+      case "group_event":
+        this.groupEvent(frame);
+        break;
+      case "error":
+        setStatus(`Server: ${frame.message}`);
+        break;
+      default:
+    }
+  }
+
+  message(message) {
+    const me = this.core.user;
+    if (!this.convs.add(message, me)) return;
+    const address = this.convs.get(conversationOf(message, me)).address;
+    if (this.convs.key(address) === this.convs.active) this.renderMessages();
+    this.renderSide();
+    if (me !== null && nameKey(message.from) !== nameKey(me)) {
+      const text = message.body || (message.file ? `sent ${fileLabel(message.file)}` : "");
+      announce(`New message in ${title(address)} from ${message.from}: ${text}`);
+      notify(message.from, address, text);
+    }
+  }
+
+  groupEvent(event) {
+    const me = this.core.user;
+    const mine = me !== null && nameKey(event.user) === nameKey(me);
+    if (event.event === "invited" && mine) {
+      if (!this.core.groups.has(nameKey(event.group))) {
+        this.invitations.set(nameKey(event.group), { group: event.group, by: event.by });
+        announce(`${event.by} invited you to #${event.group}`);
+      }
+    } else if ((event.event === "removed" || event.event === "left") && mine) {
+      this.system(`#${event.group}`, "You are no longer a member of this group.");
+    } else {
+      const text = {
+        joined: `${event.user} joined`,
+        left: `${event.user} left`,
+        invited: `${event.by} invited ${event.user}`,
+        removed: `${event.by} removed ${event.user}`,
+        owner: `${event.user} is now the owner`,
+        updated: `${event.user} made the group ${event.invite_only ? "invite only" : "open"}`,
+      }[event.event];
+      if (text && this.core.groups.has(nameKey(event.group))) this.system(`#${event.group}`, text);
+    }
+    this.renderSide();
+  }
+
+  system(address, body) {
+    const conv = this.convs.get(address);
+    conv.entries.push({ system: true, body, id: null, pending: false });
+    if (this.convs.key(address) === this.convs.active) this.renderMessages();
+  }
+
+  // -- requests from the page ------------------------------------------------
+
+  async send(to, body, file = null) {
+    const me = this.core.user;
+    const frame = { type: "send", to, body };
+    if (file) frame.file = file;
+    const promise = this.request(frame, { timeout: 0 }); // pending until acked, across reconnects
+    this.convs.addPending(frame.ref, to, body, me, file);
+    this.renderMessages();
+    try {
+      const ack = await promise;
+      this.convs.acked(frame.ref, to, ack);
+    } catch (err) {
+      this.convs.failed(frame.ref, to, err.message || err.code);
+    }
+    if (this.convs.key(to) === this.convs.active) this.renderMessages();
+  }
+
+  async loadOlder(address) {
+    const conv = this.convs.get(address);
+    const frame = { type: "history", conv: address, limit: 50 };
+    if (conv.oldest) frame.before = conv.oldest;
+    const reply = await this.request(frame);
+    this.convs.addHistory(address, reply.messages, this.core.user);
+    conv.loaded = true;
+    if (this.convs.key(address) === this.convs.active) this.renderMessages({ keepScroll: true });
+  }
+
+  async group(op, group, extra = {}) {
+    const reply = await this.request({ type: "group", op, group, ...extra });
+    this.groupInfo.set(nameKey(reply.group), reply);
+    if (op === "create" || op === "join") {
+      this.invitations.delete(nameKey(reply.group));
+      this.convs.get(`#${reply.group}`);
+    }
+    this.renderSide();
+    return reply;
+  }
+
+  async refreshGroups() {
+    try {
+      const reply = await this.request({ type: "groups" });
+      for (const g of reply.groups) {
+        this.groupInfo.set(nameKey(g.group), { ...this.groupInfo.get(nameKey(g.group)), ...g });
+        this.convs.get(`#${g.group}`);
+      }
+      this.renderSide();
+    } catch (err) {
+      setStatus(`Could not list your groups: ${err.message}`);
+    }
+  }
+
+  // -- files ------------------------------------------------------------------
+
+  async upload(file, onProgress) {
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    const sha256 = crypto.subtle ? hex(await crypto.subtle.digest("SHA-256", bytes)) : sha256Hex(bytes);
+    const declare = { type: "upload", name: file.name, size: bytes.length, sha256 };
+    if (file.type && /^[\w.+-]+\/[\w.+-]+$/.test(file.type)) declare.mime = file.type.toLowerCase();
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const ready = await this.request({ ...declare });
+      if (ready.type === "uploaded") return ready.file;
+      const done = await this.pumpChunks(ready, bytes, onProgress);
+      if (done) return done;
+      if (!this.loggedIn) await new Promise((resolve) => this.onReconnected.push(resolve));
+    }
+    throw new Error("the upload kept failing");
+  }
+
+  /** Chunks from ready.offset with a window in flight; the file ref when stored, null to declare again. */
+  pumpChunks(ready, bytes, onProgress) {
+    return new Promise((resolve, reject) => {
+      let next = ready.offset;
+      let inFlight = 0;
+      const unhook = this.core.watchUpload(ready.upload, (reply) => {
+        if (reply.type === "chunk_ack") {
+          inFlight -= 1;
+          onProgress(reply.offset / Math.max(1, bytes.length));
+          pump();
+        } else if (reply.type === "uploaded") {
+          unhook();
+          onProgress(1);
+          resolve(reply.file);
+        } else if (reply.type === "error" && reply.code === "invalid_frame" && reply.offset !== undefined) {
+          unhook();
+          resolve(null); // out of step: ask where the server is
+        } else if (reply.type === "disconnected") {
+          unhook();
+          resolve(null);
+        } else {
+          unhook();
+          reject(Object.assign(new Error(reply.message || "upload failed"), reply));
+        }
+      });
+      const pump = () => {
+        while (inFlight < UPLOAD_WINDOW && next < bytes.length && this.loggedIn) {
+          const end = Math.min(bytes.length, next + ready.chunk);
+          this.ws.send(encodeChunk(ready.upload, next, bytes.subarray(next, end)));
+          inFlight += 1;
+          next = end;
+        }
+      };
+      pump();
+    });
+  }
+
+  /** The file's bytes as an object URL, fetched with this connection's session token. */
+  async fileUrl(file) {
+    let url = this.blobUrls.get(file.id);
+    if (url) return url;
+    const query = new URLSearchParams({ user: this.core.user });
+    const response = await fetch(`/files/${file.id}?${query}`, {
+      headers: { Authorization: `Bearer ${this.core.session}` },
+      cache: "no-store",
+    });
+    if (!response.ok) throw new Error(`download failed: HTTP ${response.status}`);
+    const blob = await response.blob();
+    url = URL.createObjectURL(new Blob([blob], { type: file.mime || "application/octet-stream" }));
+    this.blobUrls.set(file.id, url);
+    return url;
+  }
+
+  fileView(file) {
+    const box = el("span", { class: "file", "data-file": file.id });
+    const save = el("button", {
+      type: "button",
+      class: "link",
+      text: `Download ${fileLabel(file)}`,
+      onclick: async () => {
+        try {
+          const url = await this.fileUrl(file);
+          const a = el("a", { href: url, download: file.name });
+          document.body.append(a);
+          a.click();
+          a.remove();
+        } catch (err) {
+          save.textContent = `${fileLabel(file)}: ${err.message}`;
+        }
+      },
+    });
+    box.append(save);
+    if ((file.mime || "").startsWith("image/") && file.size <= INLINE_IMAGE_BYTES) {
+      this.fileUrl(file).then(
+        (url) => box.append(el("img", { src: url, alt: `image ${file.name}` })),
+        () => {},
+      );
+    }
+    return box;
+  }
+
+  // -- rendering --------------------------------------------------------------
+
+  open(address) {
+    const conv = this.convs.open(address);
+    $("conv-title").textContent = title(conv.address);
+    const group = conv.address[0] === "#";
+    $("group-tools").hidden = !group;
+    $("group-members-list").hidden = true;
+    if (group) {
+      const info = this.groupInfo.get(nameKey(conv.address.slice(1)));
+      $("group-private").checked = Boolean(info && info.invite_only);
+    }
+    this.renderMessages();
+    this.renderSide();
+    if (!conv.loaded) this.loadOlder(conv.address).catch((err) => setStatus(`History: ${err.message}`));
+  }
+
+  activeAddress() {
+    const conv = this.convs.convs.get(this.convs.active);
+    return conv ? conv.address : "*";
+  }
+
+  renderMessages({ keepScroll = false } = {}) {
+    const list = $("messages");
+    const conv = this.convs.convs.get(this.convs.active);
+    if (!conv) return;
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    const atBottom = fromBottom - list.clientHeight < 40;
+    list.replaceChildren(...conv.entries.map((e) => messageItem(e, this.core.user, (f) => this.fileView(f))));
+    $("older").disabled = Boolean(conv.exhausted);
+    $("older").textContent = conv.exhausted ? "No older messages" : "Load older messages";
+    if (keepScroll) list.scrollTop = list.scrollHeight - fromBottom;
+    else if (atBottom || !keepScroll) list.scrollTop = list.scrollHeight;
+  }
+
+  renderSide() {
+    renderConversations(this.convs, this.core.groups, (a) => this.open(a));
+    renderOnline(this.core.online, this.core.onlineTotal, this.core.user, (a) => this.open(a));
+    renderInvitations(this.invitations, (g) => this.joinGroup(g));
+    const unread = this.convs.unreadTotal();
+    document.title = unread ? `(${unread}) Chinwag` : "Chinwag";
+  }
+
+  async joinGroup(name) {
+    $("group-error").textContent = "";
+    try {
+      const info = await this.group("join", name);
+      this.open(`#${info.group}`);
+    } catch (err) {
+      $("group-error").textContent = `Could not join ${name}: ${err.message}`;
+    }
+  }
+}
+
+function setStatus(text) {
+  $("status").textContent = text;
+}
+
+function announce(text) {
+  const region = $("announce");
+  region.append(el("p", { text }));
+  while (region.childElementCount > 5) region.firstElementChild.remove();
+}
+
+function notify(from, address, text) {
+  if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
+  try {
+    const n = new Notification(address === `@${from}` ? from : `${from} in ${title(address)}`, { body: text });
+    n.onclick = () => window.focus();
+  } catch {
+    // some browsers only allow notifications from a service worker
+  }
+}
+
+function showChat(user) {
+  $("login-view").hidden = true;
+  $("chat-view").hidden = false;
+  $("me").textContent = user;
+  $("logout").hidden = false;
+  $("notify").hidden = !("Notification" in window) || Notification.permission !== "default";
+  $("composer-input").focus();
+}
+
+function showLogin(error) {
+  $("login-view").hidden = false;
+  $("chat-view").hidden = true;
+  $("logout").hidden = true;
+  $("login-error").textContent = error || "";
+  $("login-submit").disabled = false;
+  $("login-user").focus();
+}
+
+function plainName(text, prefix) {
+  const name = text.trim();
+  return name.startsWith(prefix) ? name.slice(1) : name;
+}
+
+function main() {
+  let chat = null;
+  $("login-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const user = $("login-user").value.trim();
+    const password = $("login-password").value;
+    if (!user || !password) {
+      $("login-error").textContent = "Enter a username and a password.";
+      return;
+    }
+    $("login-error").textContent = "";
+    $("login-submit").disabled = true;
+    if (chat) chat.stop("Not connected");
+    chat = new Chat();
+    window.chinwag = chat; // for tests and the curious: the page's state
+    chat.start(user, password);
+  });
+  $("logout").addEventListener("click", () => {
+    if (chat) chat.stop("Logged out");
+    chat = null;
+    showLogin("");
+  });
+  $("notify").addEventListener("click", async () => {
+    await Notification.requestPermission();
+    $("notify").hidden = Notification.permission !== "default";
+  });
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("composer-input");
+    const body = input.value;
+    if (!chat || !body.trim()) return;
+    input.value = "";
+    chat.send(chat.activeAddress(), body);
+  });
+  $("composer-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("file-input").addEventListener("change", async () => {
+    const input = $("file-input");
+    const file = input.files && input.files[0];
+    if (!chat || !file) return;
+    const to = chat.activeAddress();
+    const bar = $("upload-progress");
+    $("composer-error").textContent = "";
+    bar.hidden = false;
+    bar.value = 0;
+    try {
+      const ref = await chat.upload(file, (fraction) => { bar.value = fraction; });
+      await chat.send(to, "", ref);
+    } catch (err) {
+      $("composer-error").textContent = `Could not send ${file.name}: ${err.message}`;
+    } finally {
+      bar.hidden = true;
+      input.value = "";
+    }
+  });
+  $("older").addEventListener("click", () => {
+    if (chat) chat.loadOlder(chat.activeAddress()).catch((err) => setStatus(`History: ${err.message}`));
+  });
+  $("dm-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = plainName($("dm-user").value, "@");
+    if (chat && name) {
+      chat.open(`@${name}`);
+      $("dm-user").value = "";
+      $("composer-input").focus();
+    }
+  });
+  $("group-create").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = plainName($("group-create-name").value, "#");
+    if (!chat || !name) return;
+    $("group-error").textContent = "";
+    try {
+      const info = await chat.group("create", name, { invite_only: $("group-create-private").checked });
+      $("group-create-name").value = "";
+      chat.open(`#${info.group}`);
+    } catch (err) {
+      $("group-error").textContent = `Could not create ${name}: ${err.message}`;
+    }
+  });
+  $("group-join").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const name = plainName($("group-join-name").value, "#");
+    if (!chat || !name) return;
+    await chat.joinGroup(name);
+    $("group-join-name").value = "";
+  });
+  const groupOp = async (op, extra = {}) => {
+    const address = chat.activeAddress();
+    $("group-error").textContent = "";
+    try {
+      return await chat.group(op, address.slice(1), extra);
+    } catch (err) {
+      $("group-error").textContent = `${op}: ${err.message}`;
+      return null;
+    }
+  };
+  $("group-members").addEventListener("click", async () => {
+    const info = await groupOp("members");
+    if (!info) return;
+    const box = $("group-members-list");
+    box.textContent = `Members: ${info.members.join(", ")} (owner ${info.owner}${info.invite_only ? ", invite only" : ""})`;
+    box.hidden = false;
+  });
+  $("group-invite").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const user = plainName($("group-invite-user").value, "@");
+    if (!user) return;
+    if (await groupOp("invite", { user })) $("group-invite-user").value = "";
+  });
+  $("group-private").addEventListener("change", () => groupOp("set", { invite_only: $("group-private").checked }));
+  $("group-leave").addEventListener("click", async () => {
+    if (await groupOp("leave")) chat.open("*");
+  });
+  $("login-user").focus();
+}
+
+main();
