@@ -41,7 +41,6 @@ export function renderConversations(conversations, groups, onOpen) {
   list.replaceChildren(
     ...convs.map((conv) => {
       const key = conversations.key(conv.address);
-      const label = conv.unread ? `${title(conv.address)}, ${conv.unread} unread` : title(conv.address);
       return el(
         "li",
         {},
@@ -51,11 +50,13 @@ export function renderConversations(conversations, groups, onOpen) {
             type: "button",
             "data-conv": conv.address,
             "aria-current": key === conversations.active ? "true" : "false",
-            "aria-label": label,
             onclick: () => onOpen(conv.address),
           },
           el("span", { text: title(conv.address) }),
-          conv.unread ? el("span", { class: "badge", "data-unread": String(conv.unread), text: String(conv.unread) }) : null,
+          conv.unread
+            ? el("span", { class: "badge", "data-unread": String(conv.unread) }, String(conv.unread),
+              el("span", { class: "visually-hidden", text: " unread" }))
+            : null,
         ),
       );
     }),
