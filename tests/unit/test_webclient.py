@@ -65,3 +65,15 @@ def test_origin_rule() -> None:
     assert not ok(("Host", "gw:9000"), ("Origin", "null"))
     assert not ok(("Host", "gw:9000"), ("Origin", "http://gw:9000"), ("Origin", "http://gw:9000"))
     assert ok(("Host", "gw:9000"), ("Origin", "https://evil.example"), allow=None)  # no allow-list: anyone
+
+
+def test_pyproject_ships_every_served_file() -> None:
+    """``pip install .`` must carry the web client: each routed file matches a package-data glob."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway"]
+    for name, _ in ROUTES.values():
+        assert any(fnmatch.fnmatch(f"web/{name}", g) for g in globs), name
