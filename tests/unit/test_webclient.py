@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
+import tomllib
+from pathlib import Path
+
 from websockets.datastructures import Headers
 from websockets.http11 import Request
 
@@ -69,10 +73,6 @@ def test_origin_rule() -> None:
 
 def test_pyproject_ships_every_served_file() -> None:
     """``pip install .`` must carry the web client: each routed file matches a package-data glob."""
-    import fnmatch
-    import tomllib
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2]
     globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["gateway"]
     for name, _ in ROUTES.values():

@@ -41,9 +41,11 @@ async def browser() -> AsyncIterator[Any]:
 def pages(browser: Any) -> Any:
     """``await pages(url)``: a page in a context of its own (its own storage, like another person)."""
 
-    async def open_page(url: str, **context_args: Any) -> Any:
+    async def open_page(url: str, init_script: str | None = None, **context_args: Any) -> Any:
         context = await browser.new_context(**context_args)
         context.set_default_timeout(TIMEOUT_MS)
+        if init_script:
+            await context.add_init_script(init_script)
         page = await context.new_page()
         page.errors = []
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))

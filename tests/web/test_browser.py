@@ -207,14 +207,39 @@ async def test_a_page_fails_over_when_its_gateway_is_killed_and_shows_every_mess
     assert [e for e in alice.errors if "WebSocket" not in e and "ERR_CONNECTION_REFUSED" not in e] == []
 
 
+# The tab is in the background and may notify: what it shows is recorded (the desktop's own
+# notifications are not something a headless browser has).
+HIDDEN_TAB = """
+Object.defineProperty(Document.prototype, "hidden", { get: () => true });
+window.shownNotifications = [];
+window.Notification = class {
+  constructor(title, options) { window.shownNotifications.push([title, options.body]); }
+  static permission = "granted";
+  static requestPermission() { return Promise.resolve("granted"); }
+};
+"""
+
+
 async def test_a_python_client_and_a_browser_chat(
     redis_server: RedisServer, processes: Processes, pages: Any, clients: Clients, tmp_path: Path
 ) -> None:
     gw1, gw2 = gateways(processes, redis_server, tmp_path / "blobs", 2)
     carol = await clients.login(gw1.url, "carol")
-    dave = await pages(http_url(gw2))
+    for i in range(60):  # before dave's first login: reached by scrolling back through history only
+        await carol.send("*", f"old news {i}")
+    dave = await pages(http_url(gw2), init_script=HIDDEN_TAB)
     await log_in(dave, "dave")
+    await shown(dave, "old news 59").wait_for()
+    assert await dave.locator("#messages li[data-id]").count() == 50  # one page
+    await dave.click("#older")
+    await shown(dave, "old news 0").wait_for()
+    assert await dave.locator("#messages li[data-id]").count() == 60
+    await dave.click("#older")
+    await dave.locator("#older:disabled").filter(has_text="No older messages").wait_for()
+
     await carol.send("@dave", "hello from python")
+    await dave.wait_for_function("window.shownNotifications.length > 0")
+    assert await dave.evaluate("window.shownNotifications") == [["carol", "hello from python"]]
     await dave.locator('#conversations [data-conv="@carol"]').click()
     await shown(dave, "hello from python").wait_for()
     await say(dave, "hello from the browser")
