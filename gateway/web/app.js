@@ -245,8 +245,12 @@ class Chat {
   message(message) {
     const me = this.core.user;
     if (!this.convs.add(message, me)) return;
-    const address = this.convs.get(conversationOf(message, me)).address;
-    if (this.convs.key(address) === this.convs.active) this.renderMessages();
+    const conv = this.convs.get(conversationOf(message, me));
+    const address = conv.address;
+    if (this.convs.key(address) === this.convs.active) {
+      if (conv.entries[conv.entries.length - 1].id === message.id) this.appendMessage(conv.entries[conv.entries.length - 1]);
+      else this.renderMessages(); // older than something shown, or pending sends below it
+    }
     this.renderSide();
     if (me !== null && nameKey(message.from) !== nameKey(me)) {
       const text = message.body || (message.file ? `sent ${fileLabel(message.file)}` : "");
@@ -462,12 +466,19 @@ class Chat {
     const conv = this.convs.convs.get(this.convs.active);
     if (!conv) return;
     const fromBottom = list.scrollHeight - list.scrollTop;
-    const atBottom = fromBottom - list.clientHeight < 40;
     list.replaceChildren(...conv.entries.map((e) => messageItem(e, this.core.user, (f) => this.fileView(f))));
     $("older").disabled = Boolean(conv.exhausted);
     $("older").textContent = conv.exhausted ? "No older messages" : "Load older messages";
-    if (keepScroll) list.scrollTop = list.scrollHeight - fromBottom;
-    else if (atBottom || !keepScroll) list.scrollTop = list.scrollHeight;
+    // After a page of older messages, keep what was on screen in place; otherwise show the newest.
+    list.scrollTop = keepScroll ? list.scrollHeight - fromBottom : list.scrollHeight;
+  }
+
+  /** The newest entry of the open conversation, added without rebuilding the list (the common case). */
+  appendMessage(entry) {
+    const list = $("messages");
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    list.append(messageItem(entry, this.core.user, (f) => this.fileView(f)));
+    if (atBottom) list.scrollTop = list.scrollHeight;
   }
 
   renderSide() {
