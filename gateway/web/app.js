@@ -18,6 +18,7 @@ const LOGIN_TIMEOUT_MS = 10000;
 const REQUEST_TIMEOUT_MS = 20000;
 const UPLOAD_WINDOW = 4; // chunks in flight
 const INLINE_IMAGE_BYTES = 8 * 1024 * 1024;
+const RETRIED = new Set(["rate_limited", "unavailable", "internal"]); // a send is retried after these
 
 function gatewayUrls() {
   const listed = new URLSearchParams(location.search).get("gateways");
@@ -142,7 +143,7 @@ class Chat {
 
   /** A request: resolved with its reply, rejected with its error; written again after each reconnect. */
   request(frame, { timeout = REQUEST_TIMEOUT_MS } = {}) {
-    frame.ref = this.core.nextRef();
+    frame.ref = frame.ref || this.core.nextRef(); // a retried send keeps its ref: the server acks it once
     return new Promise((resolve, reject) => {
       const waiter = { resolve, reject, timer: null };
       if (timeout) {
@@ -295,14 +296,24 @@ class Chat {
     const me = this.core.user;
     const frame = { type: "send", to, body };
     if (file) frame.file = file;
-    const promise = this.request(frame, { timeout: 0 }); // pending until acked, across reconnects
+    let promise = this.request(frame, { timeout: 0 }); // pending until acked, across reconnects
     this.convs.addPending(frame.ref, to, body, me, file);
     this.renderMessages();
-    try {
-      const ack = await promise;
-      this.convs.acked(frame.ref, to, ack);
-    } catch (err) {
-      this.convs.failed(frame.ref, to, err.message || err.code);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const ack = await promise;
+        this.convs.acked(frame.ref, to, ack);
+        break;
+      } catch (err) {
+        // Too fast, or Redis away: the same frame again later, same ref (stored at most once).
+        if (!RETRIED.has(err.code) || attempt >= 8) {
+          this.convs.failed(frame.ref, to, err.message || err.code);
+          break;
+        }
+        const wait = err.retry_after ? err.retry_after * 1000 : backoffDelay(attempt + 3);
+        await new Promise((resolve) => setTimeout(resolve, wait));
+        promise = this.request(frame, { timeout: 0 });
+      }
     }
     if (this.convs.key(to) === this.convs.active) this.renderMessages();
   }
@@ -312,7 +323,7 @@ class Chat {
     const frame = { type: "history", conv: address, limit: 50 };
     if (conv.oldest) frame.before = conv.oldest;
     const reply = await this.request(frame);
-    this.convs.addHistory(address, reply.messages, this.core.user);
+    this.convs.addHistory(address, reply.messages, this.core.user, frame.limit);
     conv.loaded = true;
     if (this.convs.key(address) === this.convs.active) this.renderMessages({ keepScroll: true });
   }
@@ -657,7 +668,10 @@ function main() {
     if (!user) return;
     if (await groupOp("invite", { user })) $("group-invite-user").value = "";
   });
-  $("group-private").addEventListener("change", () => groupOp("set", { invite_only: $("group-private").checked }));
+  $("group-private").addEventListener("change", async () => {
+    const box = $("group-private");
+    if (!(await groupOp("set", { invite_only: box.checked }))) box.checked = !box.checked; // only the owner may
+  });
   $("group-leave").addEventListener("click", async () => {
     if (await groupOp("leave")) chat.open("*");
   });

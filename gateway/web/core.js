@@ -408,12 +408,12 @@ export class Conversations {
     }
   }
 
-  /** Merge a history page (oldest first); returns how many were new. */
-  addHistory(address, messages, me) {
+  /** Merge a history page (oldest first) asked for with `limit`; returns how many were new. */
+  addHistory(address, messages, me, limit = 50) {
     const conv = this.get(address);
     let added = 0;
     for (const message of messages) if (this.add(message, me, { live: false })) added += 1;
-    if (messages.length === 0) conv.exhausted = true;
+    if (messages.length < limit) conv.exhausted = true; // a short page is the oldest one stored
     return added;
   }
 

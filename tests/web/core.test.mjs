@@ -114,8 +114,11 @@ test("conversations: replay, history and live copies of a message make one entry
   assert.equal(convs.addHistory("@bob", [m("3-0", "me", "@Bob"), m("5-0", "bob", "@me")], "me"), 1);
   assert.deepEqual(convs.get("@BOB").entries.map((e) => e.id), ["3-0", "5-0"]);
   assert.equal(convs.get("@bob").oldest, "3-0");
-  assert.equal(convs.addHistory("@bob", [], "me"), 0);
-  assert.ok(convs.get("@bob").exhausted);
+  assert.ok(convs.get("@bob").exhausted); // 2 of 50: nothing older is stored
+  assert.equal(convs.addHistory("*", [m("1-0", "bob", "*")], "me", 1), 1);
+  assert.ok(!convs.get("*").exhausted); // a full page: there may be more
+  assert.equal(convs.addHistory("*", [], "me", 1), 0);
+  assert.ok(convs.get("*").exhausted);
 });
 
 test("conversations: a pending send becomes its ack's message, whichever of ack and echo comes first", () => {

@@ -234,8 +234,7 @@ async def test_a_python_client_and_a_browser_chat(
     await dave.click("#older")
     await shown(dave, "old news 0").wait_for()
     assert await dave.locator("#messages li[data-id]").count() == 60
-    await dave.click("#older")
-    await dave.locator("#older:disabled").filter(has_text="No older messages").wait_for()
+    await dave.locator("#older:disabled").filter(has_text="No older messages").wait_for()  # 10 < 50: the last
 
     await carol.send("@dave", "hello from python")
     await dave.wait_for_function("window.shownNotifications.length > 0")
@@ -291,3 +290,24 @@ async def test_accessibility_phone_width_keyboard_and_screenshot(
     await page.locator("#composer-input").scroll_into_view_if_needed()
     assert await page.locator("#send").is_visible()
     assert page.errors == []
+
+
+async def test_sends_over_the_rate_limit_are_retried_until_acked(
+    redis_server: RedisServer, processes: Processes, pages: Any, clients: Clients, tmp_path: Path
+) -> None:
+    gw = processes.gateway(redis_server.url, env={"CHINWAG_RATE_MESSAGES": "4", "CHINWAG_RATE_BURST": "1"})
+    watcher = await clients.login(gw.url, "watcher")
+    page = await pages(http_url(gw))
+    await log_in(page, "hasty")
+    for i in range(4):  # faster than 4 a second with a burst of 1: some get rate_limited first
+        await say(page, f"quick {i}")
+    for i in range(4):
+        await shown(page, f"quick {i}").wait_for()
+    assert await page.locator("#messages li.failed, #messages li.pending").count() == 0
+    bodies: list[str] = []
+    while len(bodies) < 4:
+        got = await wait_for_event(watcher, lambda e: isinstance(e, f.Message) and e.body.startswith("quick"))
+        assert isinstance(got, f.Message)
+        bodies.append(got.body)
+    assert sorted(bodies) == [f"quick {i}" for i in range(4)]  # each stored once
+    assert 'chinwag_errors_total{code="rate_limited"}' in gw.http_get("/metrics")  # the limit did bite
