@@ -45,6 +45,8 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/core.js": ("core.js", "text/javascript; charset=utf-8"),
     "/static/ui.js": ("ui.js", "text/javascript; charset=utf-8"),
+    "/static/files.js": ("files.js", "text/javascript; charset=utf-8"),
+    "/static/controls.js": ("controls.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
     "/static/icon.svg": ("icon.svg", "image/svg+xml"),
 }

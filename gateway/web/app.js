@@ -1,4 +1,5 @@
-// The web client's I/O and controller: the WebSocket, reconnects, uploads, downloads, and the page.
+// The web client's I/O and controller: the WebSocket, reconnects, requests, pushed frames, rendering.
+// files.js adds uploads and downloads, controls.js wires the page's forms, ui.js builds the DOM.
 //
 // What the client knows and decides is in core.js (tested without a browser); this module is the
 // adapter, as client/connection.py is for the Python core.  Which gateway it talks to: the page's
@@ -8,16 +9,17 @@
 
 import {
   ClientCore, Conversations, EVENT, LOGIN_FAILED, REPLY, UPLOAD, WELCOMED,
-  backoffDelay, conversationOf, encodeChunk, hex, loginErrorText, nameKey, parseFrame, reconnectsAfter, sha256Hex,
+  backoffDelay, conversationOf, loginErrorText, nameKey, parseFrame, reconnectsAfter,
 } from "./core.js";
+import { wireControls } from "./controls.js";
+import { FileMethods } from "./files.js";
 import {
-  $, el, fileLabel, messageItem, renderConversations, renderInvitations, renderOnline, title,
+  $, announce, fileLabel, messageItem, notify, renderConversations, renderInvitations, renderOnline, setStatus,
+  showChat, showLogin, title,
 } from "./ui.js";
 
 const LOGIN_TIMEOUT_MS = 10000;
 const REQUEST_TIMEOUT_MS = 20000;
-const UPLOAD_WINDOW = 4; // chunks in flight
-const INLINE_IMAGE_BYTES = 8 * 1024 * 1024;
 const RETRIED = new Set(["rate_limited", "unavailable", "internal"]); // a send is retried after these
 
 function gatewayUrls() {
@@ -352,104 +354,6 @@ class Chat {
     }
   }
 
-  // -- files ------------------------------------------------------------------
-
-  async upload(file, onProgress) {
-    const bytes = new Uint8Array(await file.arrayBuffer());
-    const sha256 = crypto.subtle ? hex(await crypto.subtle.digest("SHA-256", bytes)) : sha256Hex(bytes);
-    const declare = { type: "upload", name: file.name, size: bytes.length, sha256 };
-    if (file.type && /^[\w.+-]+\/[\w.+-]+$/.test(file.type)) declare.mime = file.type.toLowerCase();
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const ready = await this.request({ ...declare });
-      if (ready.type === "uploaded") return ready.file;
-      const done = await this.pumpChunks(ready, bytes, onProgress);
-      if (done) return done;
-      if (!this.loggedIn) await new Promise((resolve) => this.onReconnected.push(resolve));
-    }
-    throw new Error("the upload kept failing");
-  }
-
-  /** Chunks from ready.offset with a window in flight; the file ref when stored, null to declare again. */
-  pumpChunks(ready, bytes, onProgress) {
-    return new Promise((resolve, reject) => {
-      let next = ready.offset;
-      let inFlight = 0;
-      const unhook = this.core.watchUpload(ready.upload, (reply) => {
-        if (reply.type === "chunk_ack") {
-          inFlight -= 1;
-          onProgress(reply.offset / Math.max(1, bytes.length));
-          pump();
-        } else if (reply.type === "uploaded") {
-          unhook();
-          onProgress(1);
-          resolve(reply.file);
-        } else if (reply.type === "error" && reply.code === "invalid_frame" && reply.offset !== undefined) {
-          unhook();
-          resolve(null); // out of step: ask where the server is
-        } else if (reply.type === "disconnected") {
-          unhook();
-          resolve(null);
-        } else {
-          unhook();
-          reject(Object.assign(new Error(reply.message || "upload failed"), reply));
-        }
-      });
-      const pump = () => {
-        while (inFlight < UPLOAD_WINDOW && next < bytes.length && this.loggedIn) {
-          const end = Math.min(bytes.length, next + ready.chunk);
-          this.ws.send(encodeChunk(ready.upload, next, bytes.subarray(next, end)));
-          inFlight += 1;
-          next = end;
-        }
-      };
-      pump();
-    });
-  }
-
-  /** The file's bytes as an object URL, fetched with this connection's session token. */
-  async fileUrl(file) {
-    let url = this.blobUrls.get(file.id);
-    if (url) return url;
-    const query = new URLSearchParams({ user: this.core.user });
-    const response = await fetch(`/files/${file.id}?${query}`, {
-      headers: { Authorization: `Bearer ${this.core.session}` },
-      cache: "no-store",
-    });
-    if (!response.ok) throw new Error(`download failed: HTTP ${response.status}`);
-    const blob = await response.blob();
-    url = URL.createObjectURL(new Blob([blob], { type: file.mime || "application/octet-stream" }));
-    this.blobUrls.set(file.id, url);
-    return url;
-  }
-
-  fileView(file) {
-    const box = el("span", { class: "file", "data-file": file.id });
-    const save = el("button", {
-      type: "button",
-      class: "link",
-      text: `Download ${fileLabel(file)}`,
-      onclick: async () => {
-        try {
-          const url = await this.fileUrl(file);
-          const a = el("a", { href: url, download: file.name });
-          document.body.append(a);
-          a.click();
-          a.remove();
-        } catch (err) {
-          save.textContent = `${fileLabel(file)}: ${err.message}`;
-        }
-      },
-    });
-    box.append(save);
-    if ((file.mime || "").startsWith("image/") && file.size <= INLINE_IMAGE_BYTES) {
-      this.fileUrl(file).then(
-        (url) => box.append(el("img", { src: url, alt: `image ${file.name}` })),
-        () => {},
-      );
-    }
-    return box;
-  }
-
   // -- rendering --------------------------------------------------------------
 
   open(address) {
@@ -511,171 +415,6 @@ class Chat {
   }
 }
 
-function setStatus(text) {
-  $("status").textContent = text;
-}
+Object.assign(Chat.prototype, FileMethods);
 
-function announce(text) {
-  const region = $("announce");
-  region.append(el("p", { text }));
-  while (region.childElementCount > 5) region.firstElementChild.remove();
-}
-
-function notify(from, address, text) {
-  if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
-  try {
-    const n = new Notification(address === `@${from}` ? from : `${from} in ${title(address)}`, { body: text });
-    n.onclick = () => window.focus();
-  } catch {
-    // some browsers only allow notifications from a service worker
-  }
-}
-
-function showChat(user) {
-  $("login-view").hidden = true;
-  $("chat-view").hidden = false;
-  $("me").textContent = user;
-  $("logout").hidden = false;
-  $("notify").hidden = !("Notification" in window) || Notification.permission !== "default";
-  $("composer-input").focus();
-}
-
-function showLogin(error) {
-  $("login-view").hidden = false;
-  $("chat-view").hidden = true;
-  $("logout").hidden = true;
-  $("login-error").textContent = error || "";
-  $("login-submit").disabled = false;
-  $("login-user").focus();
-}
-
-function plainName(text, prefix) {
-  const name = text.trim();
-  return name.startsWith(prefix) ? name.slice(1) : name;
-}
-
-function main() {
-  let chat = null;
-  $("login-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const user = $("login-user").value.trim();
-    const password = $("login-password").value;
-    if (!user || !password) {
-      $("login-error").textContent = "Enter a username and a password.";
-      return;
-    }
-    $("login-error").textContent = "";
-    $("login-submit").disabled = true;
-    if (chat) chat.stop("Not connected");
-    chat = new Chat();
-    window.chinwag = chat; // for tests and the curious: the page's state
-    chat.start(user, password);
-  });
-  $("logout").addEventListener("click", () => {
-    if (chat) chat.stop("Logged out");
-    chat = null;
-    showLogin("");
-  });
-  $("notify").addEventListener("click", async () => {
-    await Notification.requestPermission();
-    $("notify").hidden = Notification.permission !== "default";
-  });
-  $("composer").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const input = $("composer-input");
-    const body = input.value;
-    if (!chat || !body.trim()) return;
-    input.value = "";
-    chat.send(chat.activeAddress(), body);
-  });
-  $("composer-input").addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      $("composer").requestSubmit();
-    }
-  });
-  $("file-input").addEventListener("change", async () => {
-    const input = $("file-input");
-    const file = input.files && input.files[0];
-    if (!chat || !file) return;
-    const to = chat.activeAddress();
-    const bar = $("upload-progress");
-    $("composer-error").textContent = "";
-    bar.hidden = false;
-    bar.value = 0;
-    try {
-      const ref = await chat.upload(file, (fraction) => { bar.value = fraction; });
-      await chat.send(to, "", ref);
-    } catch (err) {
-      $("composer-error").textContent = `Could not send ${file.name}: ${err.message}`;
-    } finally {
-      bar.hidden = true;
-      input.value = "";
-    }
-  });
-  $("older").addEventListener("click", () => {
-    if (chat) chat.loadOlder(chat.activeAddress()).catch((err) => setStatus(`History: ${err.message}`));
-  });
-  $("dm-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    const name = plainName($("dm-user").value, "@");
-    if (chat && name) {
-      chat.open(`@${name}`);
-      $("dm-user").value = "";
-      $("composer-input").focus();
-    }
-  });
-  $("group-create").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const name = plainName($("group-create-name").value, "#");
-    if (!chat || !name) return;
-    $("group-error").textContent = "";
-    try {
-      const info = await chat.group("create", name, { invite_only: $("group-create-private").checked });
-      $("group-create-name").value = "";
-      chat.open(`#${info.group}`);
-    } catch (err) {
-      $("group-error").textContent = `Could not create ${name}: ${err.message}`;
-    }
-  });
-  $("group-join").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const name = plainName($("group-join-name").value, "#");
-    if (!chat || !name) return;
-    await chat.joinGroup(name);
-    $("group-join-name").value = "";
-  });
-  const groupOp = async (op, extra = {}) => {
-    const address = chat.activeAddress();
-    $("group-error").textContent = "";
-    try {
-      return await chat.group(op, address.slice(1), extra);
-    } catch (err) {
-      $("group-error").textContent = `${op}: ${err.message}`;
-      return null;
-    }
-  };
-  $("group-members").addEventListener("click", async () => {
-    const info = await groupOp("members");
-    if (!info) return;
-    const box = $("group-members-list");
-    box.textContent = `Members: ${info.members.join(", ")} (owner ${info.owner}${info.invite_only ? ", invite only" : ""})`;
-    box.hidden = false;
-  });
-  $("group-invite").addEventListener("submit", async (event) => {
-    event.preventDefault();
-    const user = plainName($("group-invite-user").value, "@");
-    if (!user) return;
-    if (await groupOp("invite", { user })) $("group-invite-user").value = "";
-  });
-  $("group-private").addEventListener("change", async () => {
-    const box = $("group-private");
-    if (!(await groupOp("set", { invite_only: box.checked }))) box.checked = !box.checked; // only the owner may
-  });
-  $("group-leave").addEventListener("click", async () => {
-    if (await groupOp("leave")) chat.open("*");
-  });
-  $("login-user").focus();
-}
-
-main();
+wireControls(() => new Chat());

@@ -118,3 +118,41 @@ export function messageItem(entry, me, fileView) {
 export function fileLabel(file) {
   return `${file.name} (${humanSize(file.size)})`;
 }
+
+export function setStatus(text) {
+  $("status").textContent = text;
+}
+
+export function announce(text) {
+  const region = $("announce");
+  region.append(el("p", { text }));
+  while (region.childElementCount > 5) region.firstElementChild.remove();
+}
+
+export function notify(from, address, text) {
+  if (!document.hidden || !("Notification" in window) || Notification.permission !== "granted") return;
+  try {
+    const n = new Notification(address === `@${from}` ? from : `${from} in ${title(address)}`, { body: text });
+    n.onclick = () => window.focus();
+  } catch {
+    // some browsers only allow notifications from a service worker
+  }
+}
+
+export function showChat(user) {
+  $("login-view").hidden = true;
+  $("chat-view").hidden = false;
+  $("me").textContent = user;
+  $("logout").hidden = false;
+  $("notify").hidden = !("Notification" in window) || Notification.permission !== "default";
+  $("composer-input").focus();
+}
+
+export function showLogin(error) {
+  $("login-view").hidden = false;
+  $("chat-view").hidden = true;
+  $("logout").hidden = true;
+  $("login-error").textContent = error || "";
+  $("login-submit").disabled = false;
+  $("login-user").focus();
+}
