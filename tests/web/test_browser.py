@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from protocol import frames as f
-from tests.helpers import Clients, Proc, Processes, RedisServer, wait_for_event
+from tests.helpers import Clients, Proc, Processes, RedisServer, self_signed_cert, wait_for_event
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -311,3 +311,42 @@ async def test_sends_over_the_rate_limit_are_retried_until_acked(
         bodies.append(got.body)
     assert sorted(bodies) == [f"quick {i}" for i in range(4)]  # each stored once
     assert 'chinwag_errors_total{code="rate_limited"}' in gw.http_get("/metrics")  # the limit did bite
+
+
+async def test_over_https_and_wss(
+    redis_server: RedisServer, processes: Processes, pages: Any, clients: Clients, tmp_path: Path
+) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    (gw,) = gateways(processes, redis_server, tmp_path / "blobs", 1, "--tls-cert", str(cert), "--tls-key", str(key))
+    # The browser is told to accept the test's own certificate; the Python client verifies it.
+    page = await pages(f"https://127.0.0.1:{gw.port}/", ignore_https_errors=True)
+    await log_in(page, "tess")
+    assert await page.evaluate("window.chinwag.ws.url") == f"wss://127.0.0.1:{gw.port}/"
+    uma = await clients.login(f"wss://127.0.0.1:{gw.port}", "uma", ca_file=str(cert))
+    await uma.send("@tess", "secure hello")
+    await page.click('#conversations [data-conv="@uma"]')
+    await shown(page, "secure hello").wait_for()
+    await page.set_input_files("#file-input", files=[{"name": "dot.png", "mimeType": "image/png", "buffer": png()}])
+    await page.locator('#messages img[alt="image dot.png"]').wait_for()  # uploaded over wss, fetched over https
+    got = await wait_for_event(uma, lambda e: isinstance(e, f.Message) and e.file is not None)
+    assert isinstance(got, f.Message) and got.file is not None and got.file.name == "dot.png"
+
+
+# crypto.subtle exists only in secure contexts (https, localhost): a page on plain http from
+# another host hashes uploads with core.js's own SHA-256, which the gateway then checks.
+NO_SUBTLE = 'Object.defineProperty(Crypto.prototype, "subtle", { get: () => undefined });'
+
+
+async def test_an_upload_without_web_crypto_hashes_in_javascript(
+    redis_server: RedisServer, processes: Processes, pages: Any, tmp_path: Path
+) -> None:
+    (gw,) = gateways(processes, redis_server, tmp_path / "blobs", 1)
+    page = await pages(http_url(gw), init_script=NO_SUBTLE)
+    await log_in(page, "vic")
+    assert await page.evaluate("crypto.subtle === undefined")
+    data = os.urandom(300_000)
+    await page.set_input_files("#file-input", files=[{"name": "r.bin", "mimeType": "application/octet-stream",
+                                                      "buffer": data}])
+    item = page.locator("#messages li[data-id] [data-file]")
+    await item.wait_for()
+    assert await item.get_attribute("data-file") == hashlib.sha256(data).hexdigest()
