@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from protocol import frames as f
-from tests.helpers import Clients, Proc, Processes, RedisServer, self_signed_cert, wait_for_event
+from tests.helpers import Clients, Proc, Processes, RedisServer, free_port, self_signed_cert, wait_for_event
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -172,7 +172,11 @@ async def test_a_page_fails_over_when_its_gateway_is_killed_and_shows_every_mess
     redis_server: RedisServer, processes: Processes, pages: Any, clients: Clients, tmp_path: Path
 ) -> None:
     gw1, gw2 = gateways(processes, redis_server, tmp_path / "blobs", 2)
-    listed = f"?gateways=ws://127.0.0.1:{gw1.port},ws://127.0.0.1:{gw2.port}"
+    # Three ports nobody listens on between the two: the page tries each in turn (connection refused,
+    # backoff growing) before it reaches gw2, which keeps it disconnected long enough to type into.
+    dead = [free_port() for _ in range(3)]
+    urls = [f"ws://127.0.0.1:{port}" for port in (gw1.port, *dead, gw2.port)]
+    listed = "?gateways=" + ",".join(urls)
     alice = await pages(http_url(gw1, listed))
     await log_in(alice, "alice")
     bob = await clients.login(gw2.url, "bob")
@@ -299,8 +303,8 @@ async def test_sends_over_the_rate_limit_are_retried_until_acked(
     watcher = await clients.login(gw.url, "watcher")
     page = await pages(http_url(gw))
     await log_in(page, "hasty")
-    for i in range(4):  # faster than 4 a second with a burst of 1: some get rate_limited first
-        await say(page, f"quick {i}")
+    # Four sends at once, faster than 4 a second with a burst of 1: some get rate_limited first.
+    await page.evaluate("for (let i = 0; i < 4; i++) window.chinwag.send('*', `quick ${i}`)")
     for i in range(4):
         await shown(page, f"quick {i}").wait_for()
     assert await page.locator("#messages li.failed, #messages li.pending").count() == 0
