@@ -293,6 +293,8 @@ async def test_accessibility_phone_width_keyboard_and_screenshot(
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     await page.locator("#composer-input").scroll_into_view_if_needed()
     assert await page.locator("#send").is_visible()
+    if screenshot:
+        await page.screenshot(path=screenshot.replace(".png", "-phone.png"), full_page=True)
     assert page.errors == []
 
 
