@@ -3,9 +3,11 @@
 ``process_request`` (websockets calls it with each handshake request) turns a
 client away early -- too many connection attempts from its address (429,
 shared by the cluster in Redis, gateway/limits.py), this gateway full (503) --
-and answers the plain HTTP paths the port also serves: file downloads
-(gateway/files.py) and the ``/healthz`` and ``/readyz`` probes.  TLS and the
-allowed browser Origins come from the settings here too.
+and answers the plain HTTP paths the port also serves: the web client
+(gateway/webclient.py), file downloads (gateway/files.py) and the
+``/healthz`` and ``/readyz`` probes.  It also checks a browser's Origin
+(``--allowed-origins``, plus the gateway's own origin: webclient.py says
+why).  TLS comes from the settings here too.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import http
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
@@ -26,6 +28,7 @@ from common.metrics import Counter
 
 from .client_ip import client_ip
 from .limits import SharedIpLimiter
+from .webclient import WebClient, origin_allowed, parse_origins
 
 
 @dataclass
@@ -36,6 +39,10 @@ class Admission:
     download: Callable[[Request], Awaitable[Response | None]]
     probes: Callable[[], dict[str, Route]]
     m_errors: Counter
+    web: WebClient = field(default_factory=WebClient)
+
+    def __post_init__(self) -> None:
+        self.web_origins = parse_origins(self.settings.allowed_origins)
 
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         """A response to send instead of accepting the WebSocket, or None to go on."""
@@ -49,12 +56,17 @@ class Admission:
         if server is not None and len(server.connections) >= self.settings.max_connections:
             self.m_errors.inc("max_connections")
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
+        if (page := self.web.respond(request)) is not None:
+            return page
         path = request.path.split("?", 1)[0]
         if path.startswith("/files/"):
             return await self.download(request)
         if path in ("/healthz", "/readyz"):  # the probes answer on the WebSocket port too
             status, _, body = self.probes()[path]()
             return _text(http.HTTPStatus(status), body.decode())
+        if not origin_allowed(request.headers, self.web_origins):  # a WebSocket from a browser
+            self.m_errors.inc("origin")
+            return _text(http.HTTPStatus.FORBIDDEN, "Failed to open a WebSocket connection: invalid Origin header.\n")
         return None
 
     def tls_context(self) -> ssl.SSLContext | None:
@@ -66,11 +78,8 @@ class Admission:
         return context
 
     def origins(self) -> list[Origin | None] | None:
-        """Browsers must come from an allowed Origin; other clients send none and are let in."""
-        if not self.settings.allowed_origins:
-            return None
-        allowed = [Origin(o.strip()) for o in self.settings.allowed_origins.split(",") if o.strip()]
-        return [None, *allowed]
+        """None: websockets checks no Origin, :meth:`process_request` does (it must also see ``Host``)."""
+        return None
 
 
 def _text(status: http.HTTPStatus, body: str) -> Response:

@@ -297,3 +297,14 @@ class Clients:
         for client in self.clients:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 5)
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A certificate (and its key) for 127.0.0.1 made by the test itself with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,24 +12,13 @@ from websockets.exceptions import InvalidStatus
 from client import ChatClient
 from client.errors import ConnectFailed
 from protocol import frames as f
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event
-
-
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 made by the test itself (openssl)."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
+from tests.helpers import Clients, Processes, RedisServer, self_signed_cert, wait_for_event
 
 
 async def test_tls_gateway_with_a_verified_self_signed_certificate(
     tmp_path: Path, redis_server: RedisServer, processes: Processes, clients: Clients
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     gw = processes.gateway(redis_server.url, args=["--tls-cert", str(cert), "--tls-key", str(key)])
     url = f"wss://127.0.0.1:{gw.port}"
     # Verified against the test's own CA file: chat works end to end over TLS.
