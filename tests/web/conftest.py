@@ -9,6 +9,7 @@ low, below), so a broken page fails a test in seconds instead of hanging it.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,7 +29,10 @@ TIMEOUT_MS = 10_000  # any single Playwright step
 async def browser() -> AsyncIterator[Any]:
     async_api = pytest.importorskip("playwright.async_api", reason="playwright is not installed (dev extra)")
     if not shutil.which(CHROMIUM):
-        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium)")
+        message = "chromium is not installed (.ci/run installs Debian's chromium)"
+        if os.environ.get("CI"):  # CI installed it: missing there is a failure, not a skip
+            pytest.fail(message)
+        pytest.skip(message)
     async with async_api.async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True, timeout=30_000)
         try:
