@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.deploy.harness import Cluster, Podman, timed, tools_missing
+from tests.web.conftest import browser, pages  # noqa: F401  (the web client through HAProxy)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from protocol.errors import ChatError, Unavailable
 from tests.deploy.harness import ROOT, Cluster, run
 from tests.deploy.load import ChatLoad
 from tests.helpers import wait_for_event, wait_until
+from tests.web.steps import log_in, say, shown
 
 # Generous: the first test also waits for the session's image builds (cold: minutes).
 pytestmark = pytest.mark.timeout(1200)
@@ -73,6 +75,25 @@ async def test_clients_through_haproxy_chat_across_gateways(cluster: Cluster) ->
     finally:
         for client in clients:
             await client.close()
+
+
+async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster: Cluster, pages: Any) -> None:
+    # GET / through the load balancer serves the page; its WebSocket goes back through HAProxy
+    # (same origin) to whichever gateway leastconn picks.
+    page = await pages(cluster.url.replace("ws://", "http://", 1) + "/")
+    await log_in(page, "webdeploy", "web-pw")
+    python = await _open(cluster, "pydeploy")
+    try:
+        await python.send("@webdeploy", "from python through haproxy")
+        await page.locator('#conversations [data-conv="@pydeploy"]').click()
+        await shown(page, "from python through haproxy").wait_for()
+        await say(page, "from the browser through haproxy")
+        got = await wait_for_event(python, lambda e: isinstance(e, f.Message) and e.to == "@pydeploy", 30)
+        assert isinstance(got, f.Message) and got.body == "from the browser through haproxy"
+        assert got.from_ == "webdeploy"
+        assert page.errors == []
+    finally:
+        await python.close()
 
 
 async def test_metrics_scraped_from_every_gateway_and_presence(cluster: Cluster) -> None:

@@ -6,6 +6,7 @@ import http.client
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,7 @@ from client import ChatClient
 from protocol import frames as f
 from tests.deploy.harness import Cluster, Podman, running_cluster
 from tests.helpers import free_port, wait_for_event
+from tests.web.steps import log_in, say, shown
 
 # Generous: the first test also waits for the session's image builds (cold: minutes).
 pytestmark = pytest.mark.timeout(1200)
@@ -49,6 +51,25 @@ async def test_wss_through_haproxy_with_a_test_certificate(tls: tuple[Cluster, P
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_the_web_client_over_https_and_wss(tls: tuple[Cluster, Path, int], pages: Any) -> None:
+    _, cert, port = tls
+    # The test certificate is not in Chromium's trust store: the page is taken over https
+    # anyway (the Python client below verifies the same certificate).
+    page = await pages(f"https://127.0.0.1:{port}/", ignore_https_errors=True)
+    await log_in(page, "tlsweb", "pw-web")
+    carol = await ChatClient.open(f"wss://127.0.0.1:{port}", "tlscarol", "pw-carol", ca_file=str(cert),
+                                  request_timeout=60)
+    try:
+        await carol.send("@tlsweb", "over wss to a browser")
+        await page.locator('#conversations [data-conv="@tlscarol"]').click()
+        await shown(page, "over wss to a browser").wait_for()
+        await say(page, "and back from https")
+        got = await wait_for_event(carol, lambda e: isinstance(e, f.Message) and e.to == "@tlscarol", 30)
+        assert isinstance(got, f.Message) and got.body == "and back from https" and got.from_ == "tlsweb"
+    finally:
+        await carol.close()
 
 
 def test_overlay_containers_resolve_only_inside_the_project_network(tls: tuple[Cluster, Path, int]) -> None:

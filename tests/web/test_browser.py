@@ -20,6 +20,7 @@ import pytest
 
 from protocol import frames as f
 from tests.helpers import Clients, Proc, Processes, RedisServer, free_port, self_signed_cert, wait_for_event
+from tests.web.steps import log_in, open_conv, say, shown
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,28 +33,6 @@ def http_url(gw: Proc, query: str = "") -> str:
 
 def gateways(processes: Processes, redis: RedisServer, blob_dir: Path, n: int, *args: str) -> list[Proc]:
     return [processes.gateway(redis.url, args=["--blob-dir", str(blob_dir), *args]) for _ in range(n)]
-
-
-async def log_in(page: Any, user: str, password: str = "pw") -> None:
-    await page.fill("#login-user", user)
-    await page.fill("#login-password", password)
-    await page.click("#login-submit")
-    await page.locator("#chat-view").wait_for(state="visible")
-
-
-async def say(page: Any, text: str) -> None:
-    await page.fill("#composer-input", text)
-    await page.press("#composer-input", "Enter")
-
-
-async def open_conv(page: Any, address: str) -> None:
-    await page.click(f'#conversations [data-conv="{address}"]')
-    await page.locator("#conv-title").filter(has_text=address if address != "*" else "Everyone").wait_for()
-
-
-def shown(page: Any, text: str) -> Any:
-    """The list items of the open conversation holding ``text``, sent and acked (an id)."""
-    return page.locator("#messages li[data-id]").filter(has_text=text)
 
 
 def png(width: int = 4, height: int = 3) -> bytes:
