@@ -183,7 +183,7 @@ class ShardedSubscriber:
     async def _repair(self) -> None:
         await self._close_dropped()
         if self._stale_map:
-            await self.cluster.nodes_manager.initialize()  # the slot map, as the cluster says now
+            await self._refresh_map()
             self._stale_map = False
             self._move_misplaced()
         missing = set(self._handlers) - self._placed()
@@ -213,6 +213,13 @@ class ShardedSubscriber:
             return self.cluster.nodes_manager.get_node_from_slot(key_slot(channel))
         except KeyError:
             raise SlotNotCoveredError(f"slot {key_slot(channel)} of {channel!r} is not covered") from None
+
+    async def _refresh_map(self) -> None:
+        """The slot map as the cluster says now (redis-py's own refresh waits for its next error)."""
+        if self.cluster.nodes_manager.slots_cache:
+            await self.cluster.nodes_manager.initialize()
+        else:
+            await self.cluster.initialize()  # never initialised: this also reads the command table
 
     async def _place(self, channels: Iterable[bytes]) -> None:
         if not self.cluster.nodes_manager.slots_cache:

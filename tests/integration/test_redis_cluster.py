@@ -23,7 +23,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from common.redis import REDIS_ERRORS, connect_redis_cluster
-from common.redis_cluster import RedisCluster
+from common.redis_cluster import ClusterNode, RedisCluster
 from common.sharded_pubsub import ShardedSubscriber
 from tests.helpers import async_wait_until
 from tests.integration.test_cluster import ClusterProc
@@ -158,6 +158,77 @@ async def test_sharded_subscriber_survives_a_master_failover(
         await subscriber.cluster.aclose()
         await asyncio.to_thread(redis_cluster.restart, master)
     assert redis_cluster.replicas_of(failover.promoted) == [master]  # the old master rejoined as a replica
+
+
+
+async def _running(subscriber: ShardedSubscriber) -> asyncio.Task[None]:
+    return asyncio.create_task(subscriber.run())
+
+
+async def _stop(subscriber: ShardedSubscriber, runner: asyncio.Task[None]) -> None:
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    await subscriber.cluster.aclose()
+
+
+def _move_slot(redis_cluster: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode) -> None:
+    """Hand an empty slot from ``source`` to ``target`` the way redis-cli --cluster reshard does."""
+    target_id, source_id = target.ask("CLUSTER", "MYID"), source.ask("CLUSTER", "MYID")
+    assert isinstance(target_id, bytes) and isinstance(source_id, bytes)
+    assert target.ask("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == b"OK"
+    assert source.ask("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == b"OK"
+    for master in redis_cluster.master_nodes():
+        assert master.ask("CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == b"OK"
+
+
+async def test_a_channel_whose_slot_moves_is_followed_to_its_new_master(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:moving"
+    slot = key_slot(channel)
+    source = redis_cluster.master_for_key(channel)
+    target = next(m for m in redis_cluster.master_nodes() if m is not source)
+    got: list[bytes] = []
+    events: list[tuple[str, set[bytes]]] = []
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    subscriber.on_lost = lambda chans: events.append(("lost", chans))
+    subscriber.on_resubscribed = lambda chans: events.append(("back", chans))
+    runner = await _running(subscriber)
+    try:
+        await subscriber.subscribe(channel, got.append)
+        moved_at = time.monotonic()
+        _move_slot(redis_cluster, slot, source, target)  # the old owner sends SUNSUBSCRIBE
+        await async_wait_until(lambda: subscriber.owner(channel) == target.address, 5, "the channel on its new master")
+        print(f"\nslot move: subscriber on the new master after {time.monotonic() - moved_at:.3f}s")
+        assert events == [("lost", {channel}), ("back", {channel})]
+        assert await client.spublish(channel, b"after the move") == 1  # redis-py follows the MOVED
+        await async_wait_until(lambda: got == [b"after the move"], 5, "delivery from the new master")
+    finally:
+        await _stop(subscriber, runner)
+        _move_slot(redis_cluster, slot, target, source)  # the session's cluster as it was
+
+
+async def test_a_link_that_stops_answering_is_dropped_and_replaced(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:paused"
+    master = redis_cluster.master_for_key(channel)
+    got: list[bytes] = []
+    lost: list[float] = []
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url), keepalive=0.2, ping_timeout=0.4)
+    subscriber.on_lost = lambda chans: lost.append(time.monotonic())
+    runner = await _running(subscriber)
+    try:
+        await subscriber.subscribe(channel, got.append)
+        paused_at = time.monotonic()
+        assert master.ask("CLIENT", "PAUSE", "1500", "ALL") == b"OK"  # alive, connected, silent
+        await async_wait_until(lambda: lost, 3, "the silent link noticed")
+        assert 0.4 < lost[0] - paused_at < 1.5  # by the unanswered PING, before the pause ends
+        await async_wait_until(lambda: subscriber.healthy and subscriber.resubscribes == 1, 5, "subscribed again")
+        assert await client.spublish(channel, b"awake") == 1
+        await async_wait_until(lambda: got == [b"awake"], 5, "delivery after the pause")
+    finally:
+        master.ask("CLIENT", "UNPAUSE")
+        await _stop(subscriber, runner)
 
 
 async def test_chinwag_cluster_up_starts_a_redis_cluster_and_says_the_gateways_cannot_use_it(
