@@ -153,8 +153,8 @@ class ShardedSubscriber:
                     self.backoff.reset()
                 except asyncio.CancelledError:
                     raise
-                except CLUSTER_ERRORS as exc:
-                    await asyncio.sleep(self._retry_later(exc, log.warning))
+                except CLUSTER_ERRORS as exc:  # expected while a shard fails over: warn once per outage
+                    await asyncio.sleep(self._retry_later(exc, log.info if self.backoff.failures else log.warning))
                 except Exception as exc:
                     await asyncio.sleep(self._retry_later(exc, log.exception))
         finally:
