@@ -300,12 +300,20 @@ class RedisCluster:
         self._wait(lambda: all(n.cluster_ok() for n in self.alive_nodes()), timeout, "cluster_state:ok again")
         return Failover(master, promoted[0], seconds)
 
-    def restart(self, node: ClusterNode, timeout: float = 20.0) -> None:
-        """Start a stopped node again from its nodes.conf: a failed-over master rejoins as a replica."""
+    def restart(self, node: ClusterNode, timeout: float = 20.0, as_replica: bool = True) -> None:
+        """Start a stopped node again from its nodes.conf and wait until the cluster is whole.
+
+        A master whose replica was promoted rejoins as a replica of it
+        (``as_replica``): until it has heard so it still claims its old
+        slots, and its stale ``CLUSTER SLOTS`` would send clients there, so
+        this waits for its replication link to be up, not only for
+        ``cluster_state:ok``.
+        """
         if node.alive():
             return
         node.start()
-        self.wait_healthy(timeout)
+        self._wait(lambda: self.healthy() and (not as_replica or node.replica_link_up()), timeout,
+                   f"{node.address} back{' as a replica' if as_replica else ''}")
 
     def stop(self) -> None:
         for node in self.nodes:

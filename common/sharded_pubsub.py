@@ -100,8 +100,7 @@ class ShardedSubscriber:
     @property
     def healthy(self) -> bool:
         """Every channel confirmed on a working link."""
-        placed = {ch for link in self._links.values() if not link.broken for ch in link.channels}
-        return placed >= set(self._handlers)
+        return self._placed() >= set(self._handlers)
 
     def owner(self, channel: bytes) -> str | None:
         """The node (``host:port``) whose link carries ``channel``, if it is placed."""
@@ -111,14 +110,18 @@ class ShardedSubscriber:
         """Route ``channel`` to ``handler``; returns once its master confirms the ``SSUBSCRIBE``.
 
         Raises one of ``CLUSTER_ERRORS`` when that cannot be done now; the
-        handler is then not kept.
+        new handler is then not kept (a channel already subscribed keeps its old one).
         """
+        previous = self._handlers.get(channel)
         self._handlers[channel] = handler
         try:
             async with self._lock:
                 await self._place({channel})
         except BaseException:
-            self._handlers.pop(channel, None)
+            if previous is None:
+                self._handlers.pop(channel, None)
+            else:
+                self._handlers[channel] = previous
             self._stale_map = True
             raise
 
@@ -194,8 +197,7 @@ class ShardedSubscriber:
             self._lost -= back
             self.resubscribes += 1
             log.info("sharded pub/sub: %d channel(s) subscribed again", len(back))
-            if self.on_resubscribed is not None:
-                self.on_resubscribed(back)
+            _notify(self.on_resubscribed, back)
 
     def _move_misplaced(self) -> None:
         """Channels whose slot now belongs to another master leave their link (and count as lost)."""
@@ -326,8 +328,7 @@ class ShardedSubscriber:
             return
         log.warning("sharded pub/sub: %d channel(s) on %s dark (%s)", len(lost), link.name, why)
         self._lost |= lost
-        if self.on_lost is not None:
-            self.on_lost(lost)
+        _notify(self.on_lost, lost)
 
     def _break(self, link: _ShardLink, exc: BaseException) -> None:
         """The link is done: its channels are lost, the map is stale, the repair loop is woken."""
@@ -361,3 +362,13 @@ class ShardedSubscriber:
                 await link.client.aclose()
             except REDIS_ERRORS:
                 pass  # a dead node's socket: nothing to say goodbye to
+
+
+def _notify(callback: ChannelsCallback | None, channels: set[bytes]) -> None:
+    """Call an ``on_lost``/``on_resubscribed`` callback; its failure is logged, never the loop's."""
+    if callback is None:
+        return
+    try:
+        callback(channels)
+    except Exception:
+        log.exception("sharded pub/sub callback %r failed", callback)

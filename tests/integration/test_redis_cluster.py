@@ -266,3 +266,26 @@ def test_chinwag_cluster_refuses_to_run_gateways_on_a_cluster_url(tmp_path: Path
     launcher = ClusterProc(["--gateways", "1", "--redis-url", "redis+cluster://127.0.0.1:7000"], tmp_path)
     assert launcher.proc.wait(30) == 1
     assert "cannot run on a Redis Cluster yet" in launcher.err_path.read_text()
+
+
+async def test_a_failing_handler_or_callback_does_not_stop_delivery(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:faulty"
+    got: list[bytes] = []
+
+    def handler(data: bytes) -> None:
+        got.append(data)
+        if data == b"boom":
+            raise ValueError("a bug in one handler")
+
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    subscriber.on_lost = subscriber.on_resubscribed = lambda chans: 1 / 0  # type: ignore[func-returns-value]
+    runner = await _running(subscriber)
+    try:
+        await subscriber.subscribe(channel, handler)
+        await client.spublish(channel, b"boom")
+        await client.spublish(channel, b"after")
+        await async_wait_until(lambda: got == [b"boom", b"after"], 5, "delivery past the failing handler")
+        assert subscriber.healthy and not runner.done()
+    finally:
+        await _stop(subscriber, runner)
