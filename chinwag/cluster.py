@@ -7,6 +7,12 @@ N gateways on consecutive ports, each with its HTTP port (health and metrics)
 Ctrl-C or SIGTERM stops the gateways (so they release their names), then
 presence, then Redis.
 Tests, the load tester and the benchmarks start clusters this way.
+
+``--redis-shards N`` (N > 1) starts a real Redis Cluster instead -- N masters,
+N replicas, Redis >= 7 (common.redis_cluster) -- and prints its
+``redis+cluster://`` URL.  Gateways and presence cannot run on a cluster yet
+(their scripts are not single-slot, docs/cluster.md), so in that mode only the
+Redis Cluster is started, and the output says so.
 """
 
 from __future__ import annotations
@@ -25,7 +31,12 @@ from types import FrameType
 
 from common.embedded import EmbeddedRedis
 from common.http import http_status
+from common.redis import is_cluster_url, redacted_url
 from common.redis_binary import redis_server_binary
+from common.redis_cluster import ClusterStartError, RedisCluster
+
+GATEWAYS_NOT_ON_CLUSTER = ("gateways and presence NOT started: they cannot run on a Redis Cluster yet "
+                           "(their Lua scripts span hash slots; issue 15, docs/cluster.md)")
 
 
 def _free_port(host: str) -> int:
@@ -63,6 +74,8 @@ class Cluster:
     redis_proc: subprocess.Popen[bytes] | None = None
     redis_note: str = ""
     appendonly: bool = True
+    redis_shards: int = 1  # > 1: a Redis Cluster of that many masters (and as many replicas), nothing else
+    redis_cluster: RedisCluster | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # CHINWAG_* for every node (benchmarks tune with it)
 
     def gateway_ports(self) -> list[int]:
@@ -117,7 +130,28 @@ class Cluster:
         proc = subprocess.Popen([sys.executable, "-m", *args], env=self._env())
         self.procs.append((name, proc))
 
+    def start_redis_cluster(self) -> str:
+        """N masters + N replicas in a temporary directory, removed at ``down``.
+
+        Nothing is kept between runs: the ports are new every time, and a
+        cluster's nodes.conf names its peers by port.
+        """
+        try:
+            self.redis_cluster = RedisCluster(masters=self.redis_shards, host=self.host,
+                                              appendonly=self.appendonly).start()
+        except ClusterStartError as exc:
+            raise RuntimeError(f"Redis Cluster: {exc}") from None
+        started = self.redis_cluster
+        self.redis_note = (f"{self.redis_shards} masters + {self.redis_shards} replicas, {started.binary}, "
+                           f"started in {started.started_in:.1f}s, data in {started.directory}, removed at stop")
+        return started.url
+
     def up(self) -> str:
+        if self.redis_shards > 1:
+            self.redis_url = self.start_redis_cluster()
+            return self.redis_url
+        if self.redis_url and is_cluster_url(self.redis_url):
+            raise RuntimeError(f"{redacted_url(self.redis_url)}: {GATEWAYS_NOT_ON_CLUSTER}")
         redis_url = self.start_redis()
         self.redis_url = redis_url
         presence_port = self.presence_http_port or _free_port(self.host)
@@ -148,6 +182,13 @@ class Cluster:
 
     def describe(self) -> str:
         h = self._http_host()
+        if self.redis_cluster is not None:
+            lines = ["chinwag cluster", f"  redis      {self.redis_url}  ({self.redis_note})"]
+            for node in self.redis_cluster.nodes:
+                role = "master" if node.is_master() else f"replica of {node.master_address()}"
+                lines.append(f"    {node.address}  {role}")
+            lines.append(f"  {GATEWAYS_NOT_ON_CLUSTER}")
+            return "\n".join(lines)
         lines = ["chinwag cluster", f"  redis      {self.redis_url}  ({self.redis_note})",
                  f"  presence   http://{h}:{self.presence_http_port}/metrics"]
         for i, (url, port) in enumerate(zip(self.urls(), self.gateway_ports(), strict=True), 1):
@@ -178,17 +219,25 @@ class Cluster:
         if self.embedded is not None:
             self.embedded.stop()
             self.embedded = None
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+            self.redis_cluster = None
 
     def watch(self, stop: list[bool]) -> int:
         """Until asked to stop; reports (and returns 1 for) a node that died on its own."""
         status = 0
         dead: set[str] = set()
         while not stop:
-            for name, proc in self.procs:
-                if proc.poll() is not None and name not in dead:
+            exited = [(name, proc.returncode) for name, proc in self.procs if proc.poll() is not None]
+            if self.redis_cluster is not None:
+                exited += [(f"redis-server {node.address}", node.proc.returncode)
+                           for node in self.redis_cluster.nodes
+                           if node.proc is not None and not node.down_on_purpose and not node.alive()]
+            for name, returncode in exited:
+                if name not in dead:
                     dead.add(name)
                     status = 1
-                    print(f"{name} exited with {proc.returncode}", file=sys.stderr, flush=True)
+                    print(f"{name} exited with {returncode}", file=sys.stderr, flush=True)
             time.sleep(0.2)
         return status
 
@@ -202,13 +251,20 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--base-port", type=int, default=9001, help="first gateway's port (default 9001)")
     up.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="use this Redis instead of starting one "
                     "[env: REDIS_URL]")
+    up.add_argument("--redis-shards", type=int, default=1, help="more than 1: start a Redis Cluster of that many "
+                    "masters and as many replicas (Redis >= 7); gateways cannot run on it yet, so only the "
+                    "cluster is started (default 1: one Redis)")
     up.add_argument("--data-dir", type=Path, default=None, help="where a started Redis keeps its AOF")
     up.add_argument("--log-level", default=os.environ.get("CHINWAG_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if args.gateways < 1:
         parser.error("--gateways must be at least 1")
+    if args.redis_shards < 1:
+        parser.error("--redis-shards must be at least 1")
+    if args.redis_shards > 1 and args.redis_url:
+        parser.error("--redis-shards starts a Redis Cluster; it does not go with --redis-url")
     cluster = Cluster(gateways=args.gateways, host=args.host, base_port=args.base_port, redis_url=args.redis_url,
-                      log_level=args.log_level)
+                      log_level=args.log_level, redis_shards=args.redis_shards)
     if args.data_dir is not None:
         cluster.data_dir = args.data_dir
     stop: list[bool] = []

@@ -1,10 +1,23 @@
-"""Creating Redis command clients the same way everywhere."""
+"""Creating Redis command clients the same way everywhere.
+
+Two kinds of URL: a single Redis (``redis://``, ``rediss://``, ``unix://``), and
+a Redis Cluster, ``redis+cluster://[user:password@]host:port[,host:port…]``
+(``rediss+cluster://`` for TLS), naming one or more seed nodes; the client
+learns the rest of the cluster from them.  A cluster URL gets redis-py's
+asyncio ``RedisCluster`` (see docs/cluster.md for why that client), from
+``connect_redis_cluster``.  ``connect_redis`` serves single-Redis URLs as it
+always did and refuses a cluster URL with a clear error: the gateway and
+presence scripts are not yet single-slot, so they cannot run on a cluster.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
@@ -12,6 +25,91 @@ from redis.exceptions import ConnectionError, RedisError
 # What "Redis is away" looks like to a caller: redis-py's own errors, the socket's, and a
 # ``wait_for`` around a command running out.  Loops catch exactly these, back off and retry.
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterUrl:
+    """A parsed ``redis+cluster://`` URL: the seed nodes and the credentials, if any."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES if "://" in url else False
+
+
+def _host_port(part: str, url: str) -> tuple[str, int]:
+    if part.startswith("["):  # [::1]:7000
+        host, sep, rest = part[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad IPv6 address {part!r} in {redacted_url(url)!r}")
+        port_text = rest[1:]
+    else:
+        if part.count(":") > 1:
+            raise ValueError(f"IPv6 address {part!r} must be in brackets, e.g. [::1]:7000")
+        host, _, port_text = part.partition(":")
+    if not host:
+        raise ValueError(f"empty host in {redacted_url(url)!r}")
+    if not port_text:
+        return host, 6379
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port {port_text!r} in {redacted_url(url)!r}")
+    return host, int(port_text)
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """``redis+cluster://[user:password@]host:port[,host:port…][/0]`` -> its parts; ValueError names the fault.
+
+    A cluster has only database 0, so a path other than ``/`` or ``/0`` is an
+    error, and so is a query string (no option is read from it yet, and
+    silently dropping one would surprise).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a cluster URL (redis+cluster:// or rediss+cluster://): {redacted_url(url)!r}")
+    if "?" in rest or "#" in rest:
+        raise ValueError(f"a cluster URL takes no query or fragment: {redacted_url(url)!r}")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError(f"a cluster has only database 0, not {path!r}: {redacted_url(url)!r}")
+    username = password = None
+    if "@" in netloc:
+        userinfo, netloc = netloc.rsplit("@", 1)
+        user, has_password, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    parts = netloc.split(",")
+    if not netloc or any(not part for part in parts):
+        raise ValueError(f"a cluster URL needs host:port[,host:port…]: {redacted_url(url)!r}")
+    nodes = tuple(_host_port(part, url) for part in parts)
+    return ClusterUrl(nodes, username, password, CLUSTER_SCHEMES[scheme.lower()])
+
+
+def connect_redis_cluster(url: str, *, max_connections: int = 64) -> RedisCluster:
+    """redis-py's asyncio cluster client for a ``redis+cluster://`` URL (connects on first use).
+
+    ``require_full_coverage=False``: while one shard fails over, commands for
+    the other shards' slots still run.  Socket timeouts as for a single Redis.
+    ``max_connections`` is per node.
+    """
+    parsed = parse_cluster_url(url)
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
+        require_full_coverage=False,
+        max_connections=max_connections,
+        decode_responses=False,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+    )
 
 
 def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
@@ -23,7 +121,16 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 
     stale pooled socket left by a Redis restart; anything longer is the
     caller's backoff loop.  A timeout is not retried: the script may have run,
     and running a send twice would store it twice.
+
+    A ``redis+cluster://`` URL is refused here (ValueError): the programs that
+    call this run scripts that are not single-slot yet (docs/cluster.md).
     """
+    if is_cluster_url(url):
+        parse_cluster_url(url)  # a malformed one is reported as such first
+        raise ValueError(
+            f"{redacted_url(url)}: Chinwag's gateways and presence cannot run on a Redis Cluster yet "
+            "(their scripts are not single-slot; docs/cluster.md); use a single Redis URL"
+        )
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from common.redis_binary import redis_server_binary
+from common.redis_cluster import RedisCluster
 from tests.helpers import Clients, Processes, RedisServer
 
 
@@ -22,6 +23,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One real 3-master + 3-replica Redis Cluster for the whole session (it starts in about 2 s).
+
+    A test that kills a node restarts it before returning (``RedisCluster.restart``),
+    so the next test finds every shard with a linked replica again.
+    """
+    cluster = RedisCluster(masters=3, directory=tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

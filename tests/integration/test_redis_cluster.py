@@ -1,0 +1,291 @@
+"""A real 3+3 Redis Cluster: sharded pub/sub, single-slot scripts, and a master's failover.
+
+The cluster is the session's (``redis_cluster`` in tests/conftest.py).  The
+failover tests kill -9 a master, measure how long its replica takes to be
+promoted and how long a sharded subscriber stays dark, then restart the killed
+node (it rejoins as a replica) so the cluster is whole for the next test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+
+from common.redis import REDIS_ERRORS, connect_redis_cluster
+from common.redis_cluster import ClusterNode, RedisCluster
+from common.sharded_pubsub import ShardedSubscriber
+from tests.helpers import async_wait_until
+from tests.integration.test_cluster import ClusterProc
+
+FAILOVER_DEADLINE = 15.0  # node timeout 2 s + election; measured about 4 to 5 s here
+
+
+@pytest.fixture
+async def client(redis_cluster: RedisCluster) -> AsyncIterator[ClusterClient]:
+    redis = connect_redis_cluster(redis_cluster.url)
+    yield redis
+    await redis.aclose()
+
+
+def test_cluster_is_up_with_a_replica_per_master(redis_cluster: RedisCluster) -> None:
+    masters = redis_cluster.master_nodes()
+    assert len(masters) == 3
+    assert all(len(redis_cluster.replicas_of(m)) == 1 for m in masters)
+    assert redis_cluster.healthy()
+    assert redis_cluster.binary is not None and redis_cluster.binary.version >= (7, 0)
+    print(f"\ncluster started in {redis_cluster.started_in:.2f}s with {redis_cluster.binary}")
+
+
+async def test_sharded_publish_reaches_subscribers_on_every_shard(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    # One channel per master, so every shard's link is exercised.
+    channels: dict[str, bytes] = {}
+    for n in itertools.count():
+        name = f"cw:test:ch{n}".encode()
+        channels.setdefault(redis_cluster.master_for_key(name).address, name)
+        if len(channels) == 3:
+            break
+    got: dict[bytes, list[bytes]] = {ch: [] for ch in channels.values()}
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    runner = asyncio.create_task(subscriber.run())
+    try:
+        for ch in channels.values():
+            await subscriber.subscribe(ch, got[ch].append)
+        assert {subscriber.owner(ch) for ch in channels.values()} == set(channels)  # one link per master
+        for ch in channels.values():
+            assert await client.spublish(ch, b"hello " + ch) == 1  # SPUBLISH counts the shard's subscribers
+        await async_wait_until(lambda: all(got[ch] == [b"hello " + ch] for ch in channels.values()), 5,
+                               "a message on every shard")
+        await subscriber.unsubscribe(next(iter(channels.values())))
+        assert await client.spublish(next(iter(channels.values())), b"gone") == 0
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await subscriber.cluster.aclose()
+
+
+async def test_a_script_on_keys_sharing_a_hash_tag_runs_in_one_slot(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    stream, inbox = b"cw:{u:bob}:inbox", b"cw:{u:bob}:delivered"
+    assert key_slot(stream) == key_slot(inbox)
+    script = client.register_script(
+        "local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[1]) "
+        "redis.call('HSET', KEYS[2], 'last', id) return id")
+    first = await script(keys=[stream, inbox], args=[b"hi"])
+    assert await client.hget(inbox, "last") == first
+    assert [entry[1] for entry in await client.xrange(stream)] == [{b"m": b"hi"}]
+    two_slots = (b"cw:{u:bob}:x", b"cw:{u:carol}:x")
+    with pytest.raises(RedisClusterException, match="same key slot"):  # the client refuses before sending …
+        await client.eval("return 1", 2, *two_slots)
+    node = redis_cluster.master_nodes()[0].client()
+    try:
+        with pytest.raises(REDIS_ERRORS, match="same slot"):  # … and so does Redis (CROSSSLOT)
+            node.eval("return 1", 2, *two_slots)
+    finally:
+        node.close()
+    await client.delete(stream)
+    await client.delete(inbox)
+
+
+async def _publish_forever(client: ClusterClient, channel: bytes, sent: list[tuple[int, float]]) -> None:
+    """SPUBLISH 1, 2, 3, … every 10 ms; failures (the shard failing over) are skipped, not retried."""
+    for n in itertools.count(1):
+        with contextlib.suppress(*REDIS_ERRORS):
+            await client.spublish(channel, str(n).encode())
+            sent.append((n, time.monotonic()))
+        await asyncio.sleep(0.01)  # the publishing rate, not a synchronisation
+
+
+async def test_sharded_subscriber_survives_a_master_failover(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:failover"
+    other = next(f"cw:test:other{n}".encode() for n in itertools.count()
+                 if redis_cluster.master_for_key(f"cw:test:other{n}") != redis_cluster.master_for_key(channel))
+    received: list[tuple[int, float]] = []
+    others: list[bytes] = []
+    events: list[tuple[str, set[bytes], float]] = []
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    subscriber.on_lost = lambda chans: events.append(("lost", chans, time.monotonic()))
+    subscriber.on_resubscribed = lambda chans: events.append(("back", chans, time.monotonic()))
+    runner = asyncio.create_task(subscriber.run())
+    sent: list[tuple[int, float]] = []
+    publisher = asyncio.create_task(_publish_forever(client, channel, sent))
+    master = redis_cluster.master_for_key(channel)
+    try:
+        await subscriber.subscribe(channel, lambda data: received.append((int(data), time.monotonic())))
+        await subscriber.subscribe(other, others.append)
+        await async_wait_until(lambda: len(received) >= 5, 5, "messages before the failover")
+
+        killed_at = time.monotonic()
+        failover = await asyncio.to_thread(redis_cluster.kill_master, master, FAILOVER_DEADLINE)
+        assert failover.seconds < FAILOVER_DEADLINE
+        before = len(received)
+        await async_wait_until(lambda: len(received) > before + 5, FAILOVER_DEADLINE, "messages after the failover")
+        await async_wait_until(lambda: subscriber.healthy, 5, "every channel subscribed again")
+
+        dark = next(t for n, t in received if t > killed_at and n > received[before - 1][0]) - killed_at
+        after_promotion = dark - failover.seconds
+        print(f"\nfailover: replica {failover.promoted.address} promoted {failover.seconds:.2f}s after the kill; "
+              f"subscriber dark {dark:.2f}s ({after_promotion:+.2f}s after the promotion)")
+        assert [kind for kind, _, _ in events] == ["lost", "back"]
+        assert events[0][1] == events[1][1] == {channel}  # the other shard's channel was never lost
+        assert events[0][2] - killed_at < 1.0  # the loss is seen at once (the socket closes), not at a timeout
+        assert dark < FAILOVER_DEADLINE
+        assert subscriber.owner(channel) == failover.promoted.address
+        assert subscriber.resubscribes == 1
+        numbers = [n for n, _ in received]
+        assert numbers == sorted(set(numbers))  # no duplicate, no reordering on the wire
+        await client.spublish(other, b"still here")
+        await async_wait_until(lambda: b"still here" in others, 5, "the untouched shard still delivering")
+    finally:
+        publisher.cancel()
+        runner.cancel()
+        for task in (publisher, runner):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await subscriber.cluster.aclose()
+        await asyncio.to_thread(redis_cluster.restart, master)
+    assert redis_cluster.replicas_of(failover.promoted) == [master]  # the old master rejoined as a replica
+
+
+
+async def _running(subscriber: ShardedSubscriber) -> asyncio.Task[None]:
+    return asyncio.create_task(subscriber.run())
+
+
+async def _stop(subscriber: ShardedSubscriber, runner: asyncio.Task[None]) -> None:
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
+    await subscriber.cluster.aclose()
+
+
+def _move_slot(redis_cluster: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode) -> None:
+    """Hand an empty slot from ``source`` to ``target`` the way redis-cli --cluster reshard does."""
+    target_id, source_id = target.ask("CLUSTER", "MYID"), source.ask("CLUSTER", "MYID")
+    assert isinstance(target_id, bytes) and isinstance(source_id, bytes)
+    assert target.ask("CLUSTER", "SETSLOT", str(slot), "IMPORTING", source_id) == b"OK"
+    assert source.ask("CLUSTER", "SETSLOT", str(slot), "MIGRATING", target_id) == b"OK"
+    for master in redis_cluster.master_nodes():
+        assert master.ask("CLUSTER", "SETSLOT", str(slot), "NODE", target_id) == b"OK"
+
+
+async def test_a_channel_whose_slot_moves_is_followed_to_its_new_master(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:moving"
+    slot = key_slot(channel)
+    source = redis_cluster.master_for_key(channel)
+    target = next(m for m in redis_cluster.master_nodes() if m is not source)
+    got: list[bytes] = []
+    events: list[tuple[str, set[bytes]]] = []
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    subscriber.on_lost = lambda chans: events.append(("lost", chans))
+    subscriber.on_resubscribed = lambda chans: events.append(("back", chans))
+    runner = await _running(subscriber)
+    try:
+        await subscriber.subscribe(channel, got.append)
+        moved_at = time.monotonic()
+        _move_slot(redis_cluster, slot, source, target)  # the old owner sends SUNSUBSCRIBE
+        await async_wait_until(lambda: subscriber.owner(channel) == target.address, 5, "the channel on its new master")
+        print(f"\nslot move: subscriber on the new master after {time.monotonic() - moved_at:.3f}s")
+        assert events == [("lost", {channel}), ("back", {channel})]
+        assert await client.spublish(channel, b"after the move") == 1  # redis-py follows the MOVED
+        await async_wait_until(lambda: got == [b"after the move"], 5, "delivery from the new master")
+    finally:
+        await _stop(subscriber, runner)
+        _move_slot(redis_cluster, slot, target, source)  # the session's cluster as it was
+
+
+async def test_a_link_that_stops_answering_is_dropped_and_replaced(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:paused"
+    master = redis_cluster.master_for_key(channel)
+    got: list[bytes] = []
+    lost: list[float] = []
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url), keepalive=0.2, ping_timeout=0.4)
+    subscriber.on_lost = lambda chans: lost.append(time.monotonic())
+    runner = await _running(subscriber)
+    try:
+        await subscriber.subscribe(channel, got.append)
+        paused_at = time.monotonic()
+        assert master.ask("CLIENT", "PAUSE", "1500", "ALL") == b"OK"  # alive, connected, silent
+        await async_wait_until(lambda: lost, 3, "the silent link noticed")
+        assert 0.4 < lost[0] - paused_at < 1.5  # by the unanswered PING, before the pause ends
+        await async_wait_until(lambda: subscriber.healthy and subscriber.resubscribes == 1, 5, "subscribed again")
+        assert await client.spublish(channel, b"awake") == 1
+        await async_wait_until(lambda: got == [b"awake"], 5, "delivery after the pause")
+    finally:
+        master.ask("CLIENT", "UNPAUSE")
+        await _stop(subscriber, runner)
+
+
+async def test_chinwag_cluster_up_starts_a_redis_cluster_and_says_the_gateways_cannot_use_it(
+        tmp_path: Path) -> None:
+    launcher = ClusterProc(["--gateways", "3", "--redis-shards", "3"], tmp_path)
+    try:
+        launcher.wait_ready()
+        text = "\n".join(launcher.lines)
+        url = re.search(r"redis\s+(redis\+cluster://\S+)", text)
+        assert url, text
+        assert "gateways and presence NOT started" in text
+        assert not launcher.gateways()  # no gateway line: none pretends to run
+        assert len(re.findall(r"^\s+\S+:\d+\s+master", text, re.M)) == 3
+        assert len(re.findall(r"^\s+\S+:\d+\s+replica of", text, re.M)) == 3
+        redis = connect_redis_cluster(url.group(1))
+        try:
+            info = await redis.cluster_info()
+            assert info["cluster_state"] == "ok" and int(info["cluster_size"]) == 3
+            await redis.spublish(b"cw:test:launcher", b"x")  # a sharded publish is served
+        finally:
+            await redis.aclose()
+    finally:
+        assert launcher.stop() == 0
+    ports = [int(p) for p in re.findall(r":(\d+)", url.group(1))]
+    assert not any(_answers(port) for port in ports)  # every node stopped with the launcher
+
+
+def _answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+def test_chinwag_cluster_refuses_to_run_gateways_on_a_cluster_url(tmp_path: Path) -> None:
+    launcher = ClusterProc(["--gateways", "1", "--redis-url", "redis+cluster://127.0.0.1:7000"], tmp_path)
+    assert launcher.proc.wait(30) == 1
+    assert "cannot run on a Redis Cluster yet" in launcher.err_path.read_text()
+
+
+async def test_a_failing_handler_or_callback_does_not_stop_delivery(
+        redis_cluster: RedisCluster, client: ClusterClient) -> None:
+    channel = b"cw:test:faulty"
+    got: list[bytes] = []
+
+    def handler(data: bytes) -> None:
+        got.append(data)
+        if data == b"boom":
+            raise ValueError("a bug in one handler")
+
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    subscriber.on_lost = subscriber.on_resubscribed = lambda chans: 1 / 0  # type: ignore[func-returns-value]
+    runner = await _running(subscriber)
+    try:
+        await subscriber.subscribe(channel, handler)
+        await client.spublish(channel, b"boom")
+        await client.spublish(channel, b"after")
+        await async_wait_until(lambda: got == [b"boom", b"after"], 5, "delivery past the failing handler")
+        assert subscriber.healthy and not runner.done()
+    finally:
+        await _stop(subscriber, runner)
