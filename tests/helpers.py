@@ -18,9 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import redis as redis_sync
 
 from client import ChatClient
 from client.chat import Event
@@ -272,6 +274,28 @@ class Processes:
 
     def dump_logs(self) -> str:
         return "\n".join(f"===== {p.name} ({p.log_path.name})\n{p.log()[-4000:]}" for p in self.procs)
+
+
+@contextlib.contextmanager
+def subscriptions_cut(redis_url: str, frozen: Proc | None = None) -> Iterator[None]:
+    """Every pub/sub connection killed (each gateway's at least), none back until the block ends:
+    ``frozen`` (a gateway process) is stopped with SIGSTOP so it cannot resubscribe; without it,
+    SUBSCRIBE is denied to everyone.  Other commands still work meanwhile."""
+    admin = redis_sync.Redis.from_url(redis_url)
+    try:
+        if frozen is not None:
+            assert frozen.proc is not None
+            frozen.proc.send_signal(signal.SIGSTOP)
+        else:
+            admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+        yield
+    finally:
+        if frozen is not None and frozen.proc is not None:
+            frozen.proc.send_signal(signal.SIGCONT)
+        else:
+            admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
+        admin.close()
 
 
 class Clients:

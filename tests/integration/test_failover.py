@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
@@ -11,7 +10,15 @@ from client import ChatClient
 from client.chat import Closed
 from protocol import frames as f
 from protocol.errors import ChatError, Unavailable, UsernameTaken
-from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event, wait_for_presence
+from tests.helpers import (
+    Clients,
+    Processes,
+    RedisServer,
+    async_wait_until,
+    subscriptions_cut,
+    wait_for_event,
+    wait_for_presence,
+)
 
 
 async def test_kill_9_frees_names_within_15s(redis_server: RedisServer, processes: Processes, clients: Clients) -> None:
@@ -96,24 +103,14 @@ async def test_messages_published_while_subscriptions_are_down_still_arrive(
     redis_server: RedisServer, processes: Processes, clients: Clients
 ) -> None:
     """Pub/sub drops what is published while a gateway is unsubscribed; the gateway recovers it."""
-    import redis as redis_sync
-
     gw1 = processes.gateway(redis_server.url)
     gw2 = processes.gateway(redis_server.url)
     alice = await clients.login(gw1.url, "alice")
     bob = await clients.login(gw2.url, "bob")
     carol = await clients.login(gw2.url, "carol")
-    assert gw2.proc is not None
-    admin = redis_sync.Redis.from_url(redis_server.url)
-    try:
-        gw2.proc.send_signal(signal.SIGSTOP)  # frozen: it cannot resubscribe until we let it
-        killed = admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
-        assert killed >= 2  # both gateways' subscriptions are cut
+    with subscriptions_cut(redis_server.url, frozen=gw2):  # both gateways' subscriptions cut
         acks = [await alice.send("@bob", f"missed {i}") for i in range(5)]
         bcast = await alice.send("*", "missed broadcast")
-    finally:
-        gw2.proc.send_signal(signal.SIGCONT)
-        admin.close()
     got = [await wait_for_event(bob, lambda e: isinstance(e, f.Message)) for _ in range(6)]
     assert [m.id for m in got if m.to == "@bob"] == [a.id for a in acks]  # type: ignore[union-attr]
     assert [m.id for m in got if m.to == "*"] == [bcast.id]  # type: ignore[union-attr]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
-import redis as redis_sync
 import redis.asyncio as redis_async
 
 from client import ChatClient
@@ -16,7 +14,15 @@ from common.config import Settings
 from gateway.server import Gateway
 from presence.registry import Registry
 from protocol import frames as f
-from tests.helpers import Clients, Proc, Processes, RedisServer, async_wait_until, wait_for_event
+from tests.helpers import (
+    Clients,
+    Proc,
+    Processes,
+    RedisServer,
+    async_wait_until,
+    subscriptions_cut,
+    wait_for_event,
+)
 
 
 async def _messages(client: ChatClient, n: int, timeout: float = 10) -> list[f.Message]:
@@ -39,22 +45,8 @@ async def _member_and_owner(
     return gw1, member, owner
 
 
-@contextlib.contextmanager
-def _subscriptions_cut(redis_url: str) -> Iterator[None]:
-    """Every gateway's pub/sub connection killed, and SUBSCRIBE denied until the block ends (so they
-    cannot come back meanwhile); other commands still work."""
-    admin = redis_sync.Redis.from_url(redis_url)
-    try:
-        admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
-        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
-        yield
-    finally:
-        admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
-        admin.close()
-
-
 async def _cut_subscriptions(admin: redis_async.Redis) -> None:
-    """The async ``_subscriptions_cut`` for the in-process tests, which let SUBSCRIBE back themselves
+    """The async ``subscriptions_cut`` for the in-process tests, which let SUBSCRIBE back themselves
     (and again in ``_admin``'s exit)."""
     await admin.execute_command("ACL", "SETUSER", "default", "-subscribe")
     await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
@@ -104,15 +96,8 @@ async def test_group_created_on_a_fresh_cluster_is_caught_up_after_a_pubsub_loss
     assert info.position == "0-0"  # nothing stored anywhere yet
     assert (await member.group("join", "devs")).position == "0-0"
     await sender.group("join", "devs")
-    assert gw1.proc is not None
-    admin = redis_sync.Redis.from_url(redis_server.url)
-    try:
-        gw1.proc.send_signal(signal.SIGSTOP)  # it cannot resubscribe until we let it
-        assert admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+    with subscriptions_cut(redis_server.url, frozen=gw1):
         acks = [await sender.send("#devs", f"while gw1 was cut off {i}") for i in range(3)]
-    finally:
-        gw1.proc.send_signal(signal.SIGCONT)
-        admin.close()
     for client in (owner, member):
         assert [m.id for m in await _messages(client, 3)] == [a.id for a in acks]
     nxt = await sender.send("#devs", "live again")
@@ -126,7 +111,7 @@ async def test_leaving_a_group_during_a_pubsub_outage_first_delivers_what_was_st
     the group before the catch-up ran; what the group stored while they were still a member never
     reached them (no catch-up or resume covers a group you are no longer in)."""
     _, member, sender = await _member_and_owner(redis_server, processes, clients, "sender")
-    with _subscriptions_cut(redis_server.url):
+    with subscriptions_cut(redis_server.url):
         acks = [await sender.send("#devs", f"stored while member {i}") for i in range(3)]
         await member.group("leave", "devs")
     assert [m.id for m in await _messages(member, 3)] == [a.id for a in acks]
@@ -170,7 +155,7 @@ async def test_a_removal_during_a_pubsub_outage_first_delivers_what_was_stored(
     catch-up found the member gone and dropped the group without writing what it had stored while
     they were still a member.  The removal now records where the membership ended."""
     _, member, owner = await _member_and_owner(redis_server, processes, clients)
-    with _subscriptions_cut(redis_server.url):
+    with subscriptions_cut(redis_server.url):
         acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
         await owner.group("remove", "devs", user="member")
         after = await owner.send("#devs", "stored after the removal")
@@ -307,7 +292,7 @@ async def test_a_removal_and_a_rejoin_during_a_pubsub_outage_deliver_the_old_mem
     group before the catch-up; the new membership's position moved the session past what the old one
     had stored, which no path delivered.  Nothing from between the two memberships may arrive."""
     _, member, owner = await _member_and_owner(redis_server, processes, clients)
-    with _subscriptions_cut(redis_server.url):
+    with subscriptions_cut(redis_server.url):
         acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
         await owner.group("remove", "devs", user="member")
         out = await owner.send("#devs", "stored while out")
