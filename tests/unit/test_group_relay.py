@@ -16,6 +16,7 @@ from gateway.group_relay import GroupRelay
 from gateway.groups import GroupState
 from gateway.session import Session
 from protocol.errors import Forbidden
+from tests.helpers import async_wait_until
 
 
 class FakeRouter:
@@ -70,23 +71,22 @@ def relay() -> tuple[GroupRelay, FakeRouter, list[asyncio.Task[Any]]]:
     return GroupRelay(router, None, spawn), router, tasks  # type: ignore[arg-type]
 
 
-async def settle(router: FakeRouter) -> None:
-    """Let the join reach Redis's decision: subscribed, and (pretend) the script is running."""
-    for _ in range(100):
-        if CHANNEL in router.handlers:
-            break
-        await asyncio.sleep(0)
-    for _ in range(5):
-        await asyncio.sleep(0)
+async def start_join(
+    r: GroupRelay, router: FakeRouter, s: Session
+) -> tuple[asyncio.Future[tuple[GroupState, bool]], list[str], asyncio.Future[GroupState]]:
+    """Start ``s`` joining group "g" and wait until it has reached Redis's decision: subscribed, and
+    (pretend) the script is running.  Returns the future to answer for Redis, the nonce the join's
+    marker carries (once asked), and the join itself."""
+    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
+    nonces: list[str] = []
 
-
-async def _join(r: GroupRelay, s: Session, answer: asyncio.Future[tuple[GroupState, bool]],
-                nonce_box: list[str]) -> GroupState:
     async def decide(nonce: str) -> tuple[GroupState, bool]:
-        nonce_box.append(nonce)
+        nonces.append(nonce)
         return await answer
 
-    return await r.join(s, "g", decide)
+    joining = asyncio.ensure_future(r.join(s, "g", decide))
+    await async_wait_until(lambda: CHANNEL in router.handlers and nonces, 5, "the join to ask Redis", interval=0)
+    return answer, nonces, joining
 
 
 @pytest.mark.parametrize("answer_first", [True, False])
@@ -95,10 +95,7 @@ async def test_only_frames_after_the_marker_and_after_the_position_are_delivered
     member, joiner = session("alice"), session("bob")
     await r.open(member, "g", None)
     r.admit(member, "g", "G", "1-0", now=True)
-    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
-    nonces: list[str] = []
-    joining = asyncio.ensure_future(_join(r, joiner, answer, nonces))
-    await settle(router)
+    answer, nonces, joining = await start_join(r, router, joiner)
     deliver = router.handlers[CHANNEL]
     deliver(msg(2))  # before the membership: never the joiner's
     deliver(event("left", "carol"))
@@ -121,9 +118,7 @@ async def test_only_frames_after_the_marker_and_after_the_position_are_delivered
 async def test_a_refused_join_delivers_nothing_and_unsubscribes() -> None:
     r, router, tasks = relay()
     intruder = session("mallory")
-    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
-    joining = asyncio.ensure_future(_join(r, intruder, answer, []))
-    await settle(router)
+    answer, _, joining = await start_join(r, router, intruder)
     for n in range(5):
         router.handlers[CHANNEL](msg(n + 1))
     answer.set_exception(Forbidden("invite-only"))
@@ -136,10 +131,7 @@ async def test_a_refused_join_delivers_nothing_and_unsubscribes() -> None:
 async def test_messages_at_or_before_the_position_are_dropped_even_after_the_marker() -> None:
     r, router, _ = relay()
     joiner = session("bob")
-    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
-    nonces: list[str] = []
-    joining = asyncio.ensure_future(_join(r, joiner, answer, nonces))
-    await settle(router)
+    answer, nonces, joining = await start_join(r, router, joiner)
     router.handlers[CHANNEL](mark(nonces[0]))
     router.handlers[CHANNEL](msg(5))  # id not above the position: not the joiner's
     answer.set_result((GroupState("g", "G", "alice", False, [], "5-0"), True))
@@ -159,10 +151,7 @@ async def test_a_part_stops_delivery_at_once_and_a_stale_part_does_not_cancel_a_
     router.handlers[CHANNEL](msg(3))
     assert bob.written == [msg(2)] and "g" not in bob.groups
 
-    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
-    nonces: list[str] = []
-    joining = asyncio.ensure_future(_join(r, bob, answer, nonces))
-    await settle(router)
+    answer, nonces, joining = await start_join(r, router, bob)
     r.part("bob", "g", sessions)  # the part of the old membership, late: before this join's marker
     router.handlers[CHANNEL](mark(nonces[0]))
     answer.set_result((GroupState("g", "G", "alice", False, [], "3-0"), True))
@@ -174,10 +163,7 @@ async def test_a_part_stops_delivery_at_once_and_a_stale_part_does_not_cancel_a_
 async def test_a_removal_right_after_the_join_cancels_it_before_anything_is_delivered() -> None:
     r, router, _ = relay()
     bob = session("bob")
-    answer: asyncio.Future[tuple[GroupState, bool]] = asyncio.get_running_loop().create_future()
-    nonces: list[str] = []
-    joining = asyncio.ensure_future(_join(r, bob, answer, nonces))
-    await settle(router)
+    answer, nonces, joining = await start_join(r, router, bob)
     deliver = router.handlers[CHANNEL]
     deliver(mark(nonces[0]))
     deliver(msg(3))
@@ -206,8 +192,14 @@ async def test_leave_stops_delivery_before_redis_answers() -> None:
     await r.open(bob, "g", None)
     r.admit(bob, "g", "G", "1-0", now=True)
     answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    leaving = asyncio.ensure_future(r.leave(bob, "g", lambda: answer))
-    await asyncio.sleep(0)
+    asked: list[bool] = []
+
+    def decide() -> asyncio.Future[bool]:
+        asked.append(True)
+        return answer
+
+    leaving = asyncio.ensure_future(r.leave(bob, "g", decide))
+    await async_wait_until(lambda: asked, 5, "the leave to ask Redis", interval=0)
     router.handlers[CHANNEL](msg(2))  # published after the leave, arriving before its answer
     answer.set_result(False)
     await leaving
