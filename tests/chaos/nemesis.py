@@ -64,7 +64,7 @@ from protocol.errors import ChatError, Forbidden, NotFound, NotMember
 from protocol.names import id_tuple
 from tests.chaos.checker import Checker, History, Mid, Sent, Transition
 from tests.chaos.proxy import Proxy
-from tests.helpers import Proc, Processes, RedisServer, free_port
+from tests.helpers import Proc, Processes, RedisServer, async_wait_until, free_port
 
 log = logging.getLogger("nemesis")
 
@@ -492,16 +492,12 @@ class Run(Checker):
         deadline = heal_at + CONVERGE
 
         async def until(what: str, check: Any) -> bool:
-            while True:
-                result = check()
-                if asyncio.iscoroutine(result):
-                    result = await result
-                if result:
-                    return True
-                if time.monotonic() > deadline:
-                    self.problems.append(f"not converged within {CONVERGE:.0f}s of healing: {what}")
-                    return False
-                await asyncio.sleep(0.2)
+            try:
+                await async_wait_until(check, max(0.0, deadline - time.monotonic()), what, interval=0.2)
+            except AssertionError:
+                self.problems.append(f"not converged within {CONVERGE:.0f}s of healing: {what}")
+                return False
+            return True
 
         await until("all acked messages delivered", self._all_delivered)
         await until("every client connected", lambda: all(u.client.state == "connected" for u in self.users.values()))
