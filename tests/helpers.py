@@ -59,7 +59,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condit
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+        time.sleep(interval)  # the polling interval of this deadline-bounded wait
 
 
 async def async_wait_until(
@@ -75,7 +75,7 @@ async def async_wait_until(
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval)  # the polling interval of this deadline-bounded wait
 
 
 def presence_changes(event: Event, user: str | None = None, status: str | None = None) -> list[tuple[str, str]]:

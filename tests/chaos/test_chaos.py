@@ -80,7 +80,7 @@ async def _run(urls: list[str], fault: Callable[[Tally], Awaitable[None]]) -> tu
         for k, (to, body) in enumerate(plan[index]):
             due = start + k * per_client_interval  # steady offered rate (pacing, not synchronisation)
             if (delay := due - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the offered rate: pacing, not synchronisation
             ack = await client.send(to, body)
             tally.acked += 1
             if to == "*":

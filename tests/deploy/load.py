@@ -74,7 +74,7 @@ class ChatLoad:
                 return
             due = start + k * interval  # steady offered rate (pacing, not synchronisation)
             if (delay := due - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # the offered rate: pacing, not synchronisation
             to = self.users[(index + 1 + k % (len(self.users) - 1)) % len(self.users)]
             ack = await client.send(f"@{to}", f"{client.user} {k}")
             self.sent[to].append((client.user or "", ack.id))

@@ -20,6 +20,7 @@ manager's close button, resizing) live in :mod:`tests.gui.input`.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -33,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_until
 
 try:
     import tkinter as tk
@@ -115,13 +116,12 @@ def _start_window_manager(display: str) -> subprocess.Popen[bytes] | None:
     env.update(DISPLAY=display, XDG_CONFIG_HOME=str(home), XDG_CACHE_HOME=str(home), HOME=str(home))
     proc = subprocess.Popen([binary, "--sm-disable", "--startup", f"touch {ready}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + WM_READY_TIMEOUT
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            proc.wait(5)
-            raise RuntimeError(f"openbox did not start within {WM_READY_TIMEOUT}s (status {proc.poll()})")
-        time.sleep(0.05)
+    with contextlib.suppress(AssertionError):  # a timeout is reported below, with openbox's status
+        wait_until(lambda: ready.exists() or proc.poll() is not None, WM_READY_TIMEOUT, "openbox to start")
+    if not ready.exists():
+        proc.kill()
+        proc.wait(5)
+        raise RuntimeError(f"openbox did not start within {WM_READY_TIMEOUT}s (status {proc.poll()})")
     return proc
 
 
@@ -176,15 +176,12 @@ def pump_until(root: tk.Misc, predicate: Callable[[], Any], timeout: float = 10.
     This is how the tests wait: the programs' after() pollers run inside
     ``update()``, so network results reach the widgets while we wait.
     """
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def pumped() -> Any:
         root.update()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)  # yield the CPU between event-loop passes (not synchronisation)
+        return predicate()
+
+    return wait_until(pumped, timeout, what, interval=0.01)
 
 
 def screenshot(window: tk.Misc, name: str, tmp_dir: Path) -> Path:

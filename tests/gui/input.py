@@ -151,7 +151,7 @@ def resize(top: tk.Misc, root: tk.Misc, width: int, height: int) -> None:
 def _settled(top: tk.Misc) -> bool:
     before = (top.winfo_width(), top.winfo_height())
     top.update()
-    time.sleep(0.1)
+    time.sleep(0.1)  # the observation window of "settled" (same size 0.1 s apart); pump_until is the wait
     top.update()
     return (top.winfo_width(), top.winfo_height()) == before
 

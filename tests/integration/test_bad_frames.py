@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,7 +26,7 @@ from client import ChatClient
 from client.chat import Closed
 from protocol import frames as f
 from protocol.errors import InvalidUsername, NotLoggedIn, UnsupportedVersion, UsernameTaken
-from tests.helpers import Clients, Proc, Processes, RedisServer, wait_for_event
+from tests.helpers import Clients, Proc, Processes, RedisServer, async_wait_until, wait_for_event
 
 HARD_CAP = 1024 * 1024  # Settings.hard_frame_bytes with the default 64 KiB frame limit
 _names = itertools.count(1)
@@ -371,14 +372,14 @@ async def _close_code_after(ws: ClientConnection, timeout: float = 5.0) -> int |
 
 async def _login_again(clients: Clients, url: str, user: str, timeout: float = 10.0) -> ChatClient:
     """Log in once the gateway has released the name of the closed connection."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def login() -> ChatClient | None:
         try:
             return await clients.login(url, user)
         except UsernameTaken:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
+            return None
+
+    return cast(ChatClient, await async_wait_until(login, timeout, f"the name {user!r} to be released"))
 
 
 @pytest.mark.parametrize(

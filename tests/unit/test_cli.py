@@ -488,7 +488,7 @@ class FakeChat:
     async def group(
         self, op: str, group: str, *, user: str | None = None, invite_only: bool | None = None
     ) -> f.GroupInfo:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a real round trip yields to the loop
         self.group_ops.append((op, group, user, invite_only))
         name = group.removeprefix("#")
         if name == "secret":
@@ -623,7 +623,7 @@ class LostChat(FakeChat):
     """A client whose connection ends for good (no reconnect) at the first send."""
 
     async def send(self, to: str, body: str) -> f.Ack:
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a real round trip yields to the loop
         self.sent.append((to, body))
         if self.closed is None:
             self.closed = Closed(1001, "going away")
