@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from client import ChatClient
@@ -35,6 +36,11 @@ class Verdict:
         return (f"sent={self.sent} received={self.received} lost={self.lost} duplicated={self.duplicated} "
                 f"out_of_order={self.out_of_order} reconnects={self.reconnects} {self.lost_examples[:5]}")
 
+    def check(self) -> None:
+        """Every acknowledged DM arrived exactly once, in per-sender order (the guarantee under test)."""
+        assert (self.lost, self.duplicated, self.out_of_order) == (0, 0, 0), self
+        assert self.received == self.sent, self
+
 
 class ChatLoad:
     """``clients`` users sending DMs round-robin at ``rate`` messages/s in total, until stopped."""
@@ -52,6 +58,17 @@ class ChatLoad:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._readers: list[asyncio.Task[None]] = []
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ChatLoad]:
+        """The load, started, for the block to disturb the cluster under it and end with :meth:`stop`;
+        if anything in it (or the start) fails, every task and client is cleaned up instead."""
+        try:
+            await self.start()
+            yield self
+        except BaseException:
+            await self.abort()
+            raise
 
     async def start(self) -> None:
         for user in self.users:
