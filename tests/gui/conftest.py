@@ -30,11 +30,11 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import pytest
 
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, stop_process, wait_until
 
 try:
     import tkinter as tk
@@ -84,22 +84,12 @@ def xvfb() -> Iterator[str]:
         yield display
     finally:
         if wm is not None:
-            wm.terminate()
-            try:
-                wm.wait(10)
-            except subprocess.TimeoutExpired:
-                wm.kill()
-                wm.wait(5)
+            stop_process(wm)
         if saved is None:
             os.environ.pop("DISPLAY", None)
         else:
             os.environ["DISPLAY"] = saved
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 WM_READY_TIMEOUT = 20.0
@@ -259,12 +249,42 @@ class DialogWatcher:
             self._after = None
 
 
-class Windows:
-    """Opens chat windows on one Tk root and closes them all (cleanly) at teardown."""
+class _Bridge(Protocol):
+    def join(self, timeout: float) -> bool: ...
+
+
+class _Closable(Protocol):
+    closed: bool
+    bridge: _Bridge
+
+    def close(self) -> None: ...
+
+
+W = TypeVar("W", bound=_Closable)
+
+
+class Opened(Generic[W]):
+    """Windows opened on one Tk root (chat or admin), all closed cleanly at teardown: each is asked to
+    close, the root pumped until every one has, and each window's network thread must have ended."""
+
+    close_timeout = 10.0
+    join_timeout = 5.0
 
     def __init__(self, root: tk.Tk) -> None:
         self.root = root
-        self.opened: list[ChatWindow] = []
+        self.opened: list[W] = []
+
+    def close_all(self) -> None:
+        for window in self.opened:
+            if not window.closed:
+                window.close()
+        pump_until(self.root, lambda: all(w.closed for w in self.opened), self.close_timeout, "every window to close")
+        for window in self.opened:
+            assert window.bridge.join(self.join_timeout), "network thread still running"
+
+
+class Windows(Opened["ChatWindow"]):
+    """Opens chat windows on one Tk root and closes them all (cleanly) at teardown."""
 
     def open(self, url: str, user: str, password: str = "pw", at: tuple[int, int] = (0, 0)) -> ChatWindow:
         top = tk.Toplevel(self.root)
@@ -291,14 +311,6 @@ class Windows:
         window.close()
         pump_until(self.root, lambda: window.closed, 10, "the window to close")
         assert window.bridge.join(5), "network thread still running"
-
-    def close_all(self) -> None:
-        for window in self.opened:
-            if not window.closed:
-                window.close()
-        pump_until(self.root, lambda: all(w.closed for w in self.opened), 10, "every window to close")
-        for window in self.opened:
-            assert window.bridge.join(5), "network thread still running"
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from tkinter import ttk
 
 import pytest
 
-from tests.gui.conftest import HAVE_WM, HAVE_XDOTOOL, TEST_FONT, pump_until
+from tests.gui.conftest import HAVE_WM, HAVE_XDOTOOL, TEST_FONT, DialogWatcher, pump_until
 
 REFERENCE_DIR = Path(__file__).parent / "screenshots"
 FUZZ = "12%"  # colour difference below which two pixels count as equal (anti-aliasing, hinting)
@@ -98,6 +98,20 @@ def press(button: ttk.Button, root: tk.Misc, what: str = "") -> None:
     """Click a button, after checking a person could: it is enabled and wholly on screen."""
     pump_until(root, lambda: "disabled" not in button.state(), 10, f"{button.cget('text')!r} to be enabled")
     click(button)
+
+
+def press_for_dialog(
+    button: ttk.Button, top: tk.Misc, root: tk.Misc, what: str, timeout: float = 15.0
+) -> tuple[str, str, list[str]]:
+    """Click ``button`` and wait for the message box it brings up over ``top`` (answered with OK):
+    its title, its text and the X windows xdotool found for it."""
+    watcher = DialogWatcher(top)
+    press(button, root)
+    try:
+        pump_until(root, lambda: watcher.seen, timeout, what)
+    finally:
+        watcher.stop()
+    return watcher.seen[0]
 
 
 def focus_on(widget: tk.Misc, root: tk.Misc) -> None:

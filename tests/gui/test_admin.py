@@ -19,17 +19,16 @@ import pytest
 
 from chinwag.admin import AdminWindow
 from common.config import Settings
-from tests.gui.conftest import DialogWatcher, Windows, can_screenshot, pump_until, screenshot
-from tests.gui.input import needs_wm, needs_xdotool, press, resize
+from tests.gui.conftest import Opened, Windows, can_screenshot, pump_until, screenshot
+from tests.gui.input import needs_wm, needs_xdotool, press, press_for_dialog, resize
 from tests.helpers import Processes, RedisServer, free_port
 
 
-class Admins:
+class Admins(Opened[AdminWindow]):
     """Opens admin windows and closes them (stopping their servers) at teardown."""
 
-    def __init__(self, root: tk.Tk) -> None:
-        self.root = root
-        self.opened: list[AdminWindow] = []
+    close_timeout = 20.0
+    join_timeout = 10.0
 
     def open(self, **kwargs: object) -> AdminWindow:
         top = tk.Toplevel(self.root)
@@ -37,13 +36,6 @@ class Admins:
         admin = AdminWindow(top, **kwargs)  # type: ignore[arg-type]
         self.opened.append(admin)
         return admin
-
-    def close_all(self) -> None:
-        for admin in self.opened:
-            admin.close()
-        pump_until(self.root, lambda: all(a.closed for a in self.opened), 20, "admin windows to close")
-        for admin in self.opened:
-            assert admin.bridge.join(10), "admin loop thread still running"
 
 
 @pytest.fixture
@@ -142,12 +134,8 @@ def test_a_second_admin_on_a_busy_port_says_it_did_not_start(
     pump_until(tk_root, lambda: first.server_state == "running", 30, "the first server to run")
     second = admins.open(settings=node_settings(tmp_path / "second").with_(port=port))
     second.top.geometry("+200+120")
-    watcher = DialogWatcher(second.top)
     caplog.set_level(logging.INFO)
-    press(second.run_button, tk_root)
-    pump_until(tk_root, lambda: watcher.seen, 30, "the error dialog")
-    watcher.stop()
-    title, text, _ = watcher.seen[0]
+    title, text, _ = press_for_dialog(second.run_button, second.top, tk_root, "the error dialog", 30)
     assert title == "Server Not Started"
     assert f"port {port} on 127.0.0.1 is already in use by another program" in text
     assert "stopped" not in text and "Errno" not in text

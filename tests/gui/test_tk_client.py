@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from client.gui import ChatWindow, format_time, server_url
-from tests.gui.conftest import HAVE_XDOTOOL, DialogWatcher, Windows, can_screenshot, pump_until, screenshot
-from tests.gui.input import keys, needs_xdotool, press, type_into
+from tests.gui.conftest import HAVE_XDOTOOL, Windows, can_screenshot, pump_until, screenshot
+from tests.gui.input import keys, needs_xdotool, press, press_for_dialog, type_into
 from tests.helpers import Processes, RedisServer, free_port
 
 
@@ -150,11 +150,7 @@ def test_two_clients_chat_privately_and_broadcast(
 
     # A third window trying the same name gets the real "Username Exists" warning.
     carol = windows.open(gateway_url, "alice", "pw", at=(160, 60))
-    watcher = DialogWatcher(carol.top)
-    press(carol.connect_button, tk_root)
-    pump_until(tk_root, lambda: watcher.seen, 15, "the Username Exists dialog")
-    watcher.stop()
-    title, text, x_windows = watcher.seen[0]
+    title, text, x_windows = press_for_dialog(carol.connect_button, carol.top, tk_root, "the Username Exists dialog")
     assert title == "Username Exists"
     assert "\u201calice\u201d is already in use" in text
     assert x_windows or not HAVE_XDOTOOL, "the dialog was not a visible X window"
@@ -205,20 +201,13 @@ def test_wrong_password_and_unreachable_server_say_so(tk_root: tk.Tk, gateway_ur
     windows.login(gateway_url, "alice")
 
     intruder = windows.open(gateway_url, "alice", "not-her-password")
-    watcher = DialogWatcher(intruder.top)
-    press(intruder.connect_button, tk_root)
-    pump_until(tk_root, lambda: watcher.seen, 15, "the Wrong Password dialog")
-    watcher.stop()
-    assert watcher.seen[0][0] == "Wrong Password"
-    assert "Wrong password for \u201calice\u201d" in watcher.seen[0][1]
+    title, text, _ = press_for_dialog(intruder.connect_button, intruder.top, tk_root, "the Wrong Password dialog")
+    assert title == "Wrong Password"
+    assert "Wrong password for \u201calice\u201d" in text
     assert intruder.state == "disconnected"
 
     nowhere = windows.open(f"ws://127.0.0.1:{free_port()}", "bob")
-    watcher = DialogWatcher(nowhere.top)
-    press(nowhere.connect_button, tk_root)
-    pump_until(tk_root, lambda: watcher.seen, 15, "the Server Unreachable dialog")
-    watcher.stop()
-    title, text, _ = watcher.seen[0]
+    title, text, _ = press_for_dialog(nowhere.connect_button, nowhere.top, tk_root, "the Server Unreachable dialog")
     assert title == "Server Unreachable"
     assert "Cannot reach the chat server at ws://127.0.0.1:" in text
     assert nowhere.status_text() == "Not connected: server unreachable."
