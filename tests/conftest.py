@@ -47,6 +47,12 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
         print(procs.dump_logs())
 
 
+@pytest.fixture
+def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
+    """The URLs of two gateway processes on one Redis: what crosses between them went through Redis."""
+    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     rep = yield

@@ -6,14 +6,7 @@ import pytest
 
 from protocol import frames as f
 from protocol.errors import UnknownUser
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_for_presence
-
-
-@pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    gw1 = processes.gateway(redis_server.url)
-    gw2 = processes.gateway(redis_server.url)
-    return gw1.url, gw2.url
+from tests.helpers import Clients, wait_for_event, wait_for_presence
 
 
 def is_message(body: str):

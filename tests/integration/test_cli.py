@@ -134,11 +134,6 @@ def gateway_url(redis_server: RedisServer, processes: Processes) -> str:
     return processes.gateway(redis_server.url).url
 
 
-@pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
-
-
 def no_traceback(*texts: str) -> None:
     for text in texts:
         assert "Traceback" not in text, text

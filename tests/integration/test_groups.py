@@ -13,11 +13,6 @@ from protocol.errors import ChatError, Forbidden, GroupExists, NotMember
 from tests.helpers import Clients, Processes, RedisServer, wait_for_event
 
 
-@pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
-
-
 def to_group(body: str):
     return lambda e: isinstance(e, f.Message) and e.to.startswith("#") and e.body == body
 

@@ -11,11 +11,6 @@ from protocol.errors import BadPassword, ChatError, UsernameTaken
 from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_for_presence
 
 
-@pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
-
-
 async def test_same_name_on_two_gateways_is_refused(two_gateways: tuple[str, str], clients: Clients) -> None:
     url1, url2 = two_gateways
     await clients.login(url1, "alice")

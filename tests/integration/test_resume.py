@@ -14,11 +14,6 @@ from protocol.errors import UsernameTaken
 from tests.helpers import Clients, Processes, RedisServer, presence_changes, wait_for_event, wait_until
 
 
-@pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
-
-
 async def _drain(client: ChatClient, until: int, timeout: float = 10) -> list[f.Message]:
     got: list[f.Message] = []
     while len(got) < until:

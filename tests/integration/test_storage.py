@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from protocol import frames as f
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event
-
-
-@pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
+from tests.helpers import Clients, wait_for_event
 
 
 async def test_dm_to_offline_user_is_delivered_at_next_login(
