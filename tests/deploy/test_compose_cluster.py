@@ -23,7 +23,7 @@ from protocol.errors import ChatError, Unavailable
 from tests.deploy.harness import ROOT, Cluster, run
 from tests.deploy.load import ChatLoad
 from tests.helpers import wait_for_event, wait_until
-from tests.web.steps import log_in, say, shown
+from tests.web.steps import dm_round_trip, log_in
 
 # Generous: the first test also waits for the session's image builds (cold: minutes).
 pytestmark = pytest.mark.timeout(1200)
@@ -84,13 +84,8 @@ async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster
     await log_in(page, "webdeploy", "web-pw")
     python = await _open(cluster, "pydeploy")
     try:
-        await python.send("@webdeploy", "from python through haproxy")
-        await page.locator('#conversations [data-conv="@pydeploy"]').click()
-        await shown(page, "from python through haproxy").wait_for()
-        await say(page, "from the browser through haproxy")
-        got = await wait_for_event(python, lambda e: isinstance(e, f.Message) and e.to == "@pydeploy", 30)
-        assert isinstance(got, f.Message) and got.body == "from the browser through haproxy"
-        assert got.from_ == "webdeploy"
+        await dm_round_trip(page, "webdeploy", python, "from python through haproxy",
+                            "from the browser through haproxy")
         assert page.errors == []
     finally:
         await python.close()

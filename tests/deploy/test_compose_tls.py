@@ -14,7 +14,7 @@ from client import ChatClient
 from protocol import frames as f
 from tests.deploy.harness import Cluster, Podman, running_cluster
 from tests.helpers import free_port, wait_for_event
-from tests.web.steps import log_in, say, shown
+from tests.web.steps import dm_round_trip, log_in
 
 # Generous: the first test also waits for the session's image builds (cold: minutes).
 pytestmark = pytest.mark.timeout(1200)
@@ -62,12 +62,7 @@ async def test_the_web_client_over_https_and_wss(tls: tuple[Cluster, Path, int],
     carol = await ChatClient.open(f"wss://127.0.0.1:{port}", "tlscarol", "pw-carol", ca_file=str(cert),
                                   request_timeout=60)
     try:
-        await carol.send("@tlsweb", "over wss to a browser")
-        await page.locator('#conversations [data-conv="@tlscarol"]').click()
-        await shown(page, "over wss to a browser").wait_for()
-        await say(page, "and back from https")
-        got = await wait_for_event(carol, lambda e: isinstance(e, f.Message) and e.to == "@tlscarol", 30)
-        assert isinstance(got, f.Message) and got.body == "and back from https" and got.from_ == "tlsweb"
+        await dm_round_trip(page, "tlsweb", carol, "over wss to a browser", "and back from https")
     finally:
         await carol.close()
 
