@@ -68,6 +68,16 @@ Event = (
 )
 
 
+async def events_until_closed(queue: asyncio.Queue[Event]) -> AsyncIterator[Event]:
+    """Every event put on ``queue``, ending after the :class:`Closed` event (the one that is always
+    last): what :meth:`Connection.events` iterates, and anything standing in for a client."""
+    while True:
+        event = await queue.get()
+        yield event
+        if isinstance(event, Closed):
+            return
+
+
 class Connection:
     """The socket(s) of one client, its login and reconnects; decisions are the core's (``self.core``).
 
@@ -189,13 +199,9 @@ class Connection:
 
     # -- events -------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[Event]:
+    def events(self) -> AsyncIterator[Event]:
         """Every pushed event, ending after the :class:`Closed` event."""
-        while True:
-            event = await self._events.get()
-            yield event
-            if isinstance(event, Closed):
-                return
+        return events_until_closed(self._events)
 
     async def next_event(self, timeout: float | None = None) -> Event:
         return await asyncio.wait_for(self._events.get(), timeout)

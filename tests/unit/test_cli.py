@@ -48,6 +48,7 @@ from client.cli_format import (
     format_who,
     prompt_text,
 )
+from client.connection import events_until_closed
 from client.errors import ClientError, Disconnected, RequestTimeout, connect_failed
 from protocol import frames as f
 from protocol.errors import (
@@ -505,12 +506,8 @@ class FakeChat:
     async def history(self, conv: str, before: str | None = None, limit: int = 50) -> list[f.Message]:
         return [message("bob", conv, "older"), message("alice", conv, "newer")][-limit:]
 
-    async def events(self) -> AsyncIterator[Event]:
-        while True:
-            event = await self.queue.get()
-            yield event
-            if isinstance(event, Closed):
-                return
+    def events(self) -> AsyncIterator[Event]:
+        return events_until_closed(self.queue)
 
     async def close(self) -> None:
         if self.closed is None:
