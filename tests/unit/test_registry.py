@@ -16,6 +16,7 @@ import pytest
 from common import keys
 from presence.registry import Claim, NoLease, OnlinePage, Registry, token_hash
 from protocol import control
+from tests.unit.pubsub import Listener, listening
 
 
 @pytest.fixture
@@ -23,34 +24,11 @@ def registry(redis: fakeredis.FakeAsyncRedis) -> Registry:
     return Registry(redis, lease_ttl=10.0)
 
 
-class Listener:
-    """Collects what the scripts PUBLISH on the presence channel."""
-
-    def __init__(self, server: fakeredis.FakeServer) -> None:
-        self.client = fakeredis.FakeAsyncRedis(server=server)
-        self.pubsub = self.client.pubsub()
-
-    async def start(self) -> None:
-        await self.pubsub.subscribe(keys.PRESENCE_CHANNEL)
-        await self.pubsub.get_message(timeout=1)  # the subscribe confirmation
-
-    async def events(self) -> list[bytes]:
-        out = []
-        while (msg := await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
-            out.append(msg["data"])
-        return out
-
-    async def close(self) -> None:
-        await self.pubsub.aclose()
-        await self.client.aclose()
-
-
 @pytest.fixture
 async def presence(server: fakeredis.FakeServer) -> AsyncIterator[Listener]:
-    listener = Listener(server)
-    await listener.start()
-    yield listener
-    await listener.close()
+    """Collects what the scripts PUBLISH on the presence channel."""
+    async with listening(server, keys.PRESENCE_CHANNEL) as listener:
+        yield listener
 
 
 def _online(name: str) -> bytes:
@@ -112,7 +90,7 @@ async def test_claim_records_session_and_publishes_online(registry: Registry, re
     assert await redis.smembers(keys.gateway_users("gw1")) == {b"alice"}
     assert await registry.online() == ["Alice"]
     assert await registry.holder("alice") == "gw1"
-    assert await presence.events() == [_online("Alice")]
+    assert await presence.data() == [_online("Alice")]
 
 
 async def test_claim_returns_delivered_cursor_and_everyone_online_sorted(registry: Registry,
@@ -181,7 +159,7 @@ async def test_a_held_name_cannot_be_claimed_again(registry: Registry, redis: fa
     assert await redis.hget(keys.session("alice"), "token") == token_hash("tok1").encode()
     assert await registry.online() == ["Alice"]
     assert await redis.smembers(keys.gateway_users("gw2")) == set()
-    assert await presence.events() == [_online("Alice")]  # no event for the refused claims
+    assert await presence.data() == [_online("Alice")]  # no event for the refused claims
 
 
 async def test_claim_without_a_lease_raises_no_lease_and_changes_nothing(
@@ -191,7 +169,7 @@ async def test_claim_without_a_lease_raises_no_lease_and_changes_nothing(
         await registry.claim("alice", "Alice", "gw1", "tok1")
     assert await redis.exists(keys.session("alice")) == 0
     assert await registry.online() == []
-    assert await presence.events() == []
+    assert await presence.data() == []
 
 
 async def test_concurrent_claims_have_exactly_one_winner(registry: Registry) -> None:
@@ -210,20 +188,20 @@ async def test_release_needs_the_holder_node_and_token(registry: Registry, redis
                                                        presence: Listener) -> None:
     await registry.register_gateway("gw1")
     await registry.claim("alice", "Alice", "gw1", "tok1")
-    await presence.events()
+    await presence.data()
     assert await registry.release("alice", "gw1", "wrong") is False
     assert await registry.release("alice", "gw2", "tok1") is False
     assert await registry.holder("alice") == "gw1"
-    assert await presence.events() == []
+    assert await presence.data() == []
 
     assert await registry.release("alice", "gw1", "tok1") is True
     assert await redis.exists(keys.session("alice")) == 0
     assert await registry.online() == []
     assert await redis.smembers(keys.gateway_users("gw1")) == set()
     assert await registry.holder("alice") is None
-    assert await presence.events() == [_offline("Alice")]
+    assert await presence.data() == [_offline("Alice")]
     assert await registry.release("alice", "gw1", "tok1") is False  # twice: nothing left to free
-    assert await presence.events() == []
+    assert await presence.data() == []
 
 
 async def test_stale_release_does_not_free_a_newer_session(registry: Registry) -> None:
@@ -240,7 +218,7 @@ async def test_stale_release_does_not_free_a_newer_session(registry: Registry) -
 
 async def test_release_of_unknown_name_is_false(registry: Registry, presence: Listener) -> None:
     assert await registry.release("nobody", "gw1", "t") is False
-    assert await presence.events() == []
+    assert await presence.data() == []
 
 
 # -- release_gateway and reaping ---------------------------------------------------------
@@ -258,14 +236,14 @@ async def test_release_gateway_frees_only_its_names_and_drops_its_lease(
     registry: Registry, redis: fakeredis.FakeAsyncRedis, presence: Listener
 ) -> None:
     await _two_gateways(registry)
-    await presence.events()
+    await presence.data()
     freed = await registry.release_gateway("gw1")
     assert sorted(freed) == ["Alice", "Bob"]
     assert await registry.online() == ["Carol"]
     assert list(await registry.gateways()) == ["gw2"]
     assert await redis.exists(keys.gateway_users("gw1")) == 0
     assert await registry.holder("carol") == "gw2"
-    assert sorted(await presence.events()) == sorted([_offline("Alice"), _offline("Bob")])
+    assert sorted(await presence.data()) == sorted([_offline("Alice"), _offline("Bob")])
     assert await registry.release_gateway("gw1") == []
 
 
@@ -273,14 +251,14 @@ async def test_reap_frees_names_of_expired_gateways_only(
     registry: Registry, redis: fakeredis.FakeAsyncRedis, presence: Listener
 ) -> None:
     await _two_gateways(registry)
-    await presence.events()
+    await presence.data()
     assert await registry.reap_expired() == ([], [])
     await _expire(redis, "gw1")
     ids, freed = await registry.reap_expired()
     assert ids == ["gw1"] and sorted(freed) == ["Alice", "Bob"]
     assert await registry.online() == ["Carol"]
     assert list(await registry.gateways()) == ["gw2"]
-    assert sorted(await presence.events()) == sorted([_offline("Alice"), _offline("Bob")])
+    assert sorted(await presence.data()) == sorted([_offline("Alice"), _offline("Bob")])
     assert await registry.reap_expired() == ([], [])
 
 
@@ -352,7 +330,7 @@ async def test_takeover_with_the_session_token_moves_the_name_and_kicks_the_old_
     # The old session can no longer release the name, and the old token no longer takes it over.
     assert await registry.release("alice", "gw1", "old") is False
     assert await registry.claim("alice", "Alice", "gw1", "x", takeover_token="old") is None
-    assert await presence.events() == [_online("Alice")]  # a takeover is not a presence change
+    assert await presence.data() == [_online("Alice")]  # a takeover is not a presence change
 
 
 async def test_reaping_the_old_gateway_after_a_takeover_keeps_the_name(registry: Registry) -> None:
@@ -383,7 +361,7 @@ async def test_reclaim_takes_back_free_names_keeps_own_and_leaves_others(
     await registry.register_gateway("gw1")
     await registry.claim("bob", "Bob", "gw1", "tb")  # (as if a login re-claimed it already)
     await redis.hdel(keys.session("bob"), "hold")
-    await presence.events()
+    await presence.data()
     statuses = await registry.reclaim(
         "gw1", [("alice", "Alice", token_hash("ta")), ("bob", "Bob", token_hash("tb")),
                 ("carol", "Carol", token_hash("tc"))],
@@ -395,5 +373,5 @@ async def test_reclaim_takes_back_free_names_keeps_own_and_leaves_others(
     assert await registry.holder("carol") == "gw2"
     assert await redis.smembers(keys.gateway_users("gw1")) == {b"alice", b"bob"}
     assert await registry.online() == ["Alice", "Bob", "Carol"]
-    assert await presence.events() == [_online("Alice")]
+    assert await presence.data() == [_online("Alice")]
     assert await registry.reclaim("gw1", []) == []

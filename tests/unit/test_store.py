@@ -19,6 +19,7 @@ from common import keys
 from gateway.store import Store, Stored
 from protocol import frames as f
 from protocol.names import id_tuple, is_message_id
+from tests.unit.pubsub import Listener, listening
 
 
 @pytest.fixture
@@ -28,34 +29,11 @@ async def store(redis: fakeredis.FakeAsyncRedis) -> Store:
     return Store(redis, maxlen=1000)
 
 
-class Listener:
-    def __init__(self, server: fakeredis.FakeServer, *channels: str) -> None:
-        self.client = fakeredis.FakeAsyncRedis(server=server)
-        self.pubsub = self.client.pubsub()
-        self.channels = channels
-
-    async def start(self) -> None:
-        await self.pubsub.subscribe(*self.channels)
-        for _ in self.channels:
-            await self.pubsub.get_message(timeout=1)
-
-    async def messages(self) -> list[tuple[str, bytes]]:
-        out = []
-        while (msg := await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
-            out.append((msg["channel"].decode(), msg["data"]))
-        return out
-
-    async def close(self) -> None:
-        await self.pubsub.aclose()
-        await self.client.aclose()
-
-
 @pytest.fixture
 async def listener(server: fakeredis.FakeServer) -> AsyncIterator[Listener]:
-    lst = Listener(server, keys.user_channel("bob"), keys.user_channel("alice"), keys.BROADCAST_CHANNEL)
-    await lst.start()
-    yield lst
-    await lst.close()
+    channels = keys.user_channel("bob"), keys.user_channel("alice"), keys.BROADCAST_CHANNEL
+    async with listening(server, *channels) as lst:
+        yield lst
 
 
 def _name(name: str) -> bytes:
