@@ -14,7 +14,7 @@ import pytest
 
 from common.redis_binary import redis_server_binary
 from common.redis_cluster import RedisCluster
-from tests.helpers import Clients, Processes, RedisServer
+from tests.helpers import Clients, Proc, Processes, RedisServer
 
 
 @pytest.fixture
@@ -48,9 +48,15 @@ def processes(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Proces
 
 
 @pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes) -> tuple[str, str]:
-    """The URLs of two gateway processes on one Redis: what crosses between them went through Redis."""
-    return processes.gateway(redis_server.url).url, processes.gateway(redis_server.url).url
+def gateway_pair(redis_server: RedisServer, processes: Processes) -> tuple[Proc, Proc]:
+    """Two gateway processes on one Redis: what crosses between them went through Redis."""
+    return processes.gateway(redis_server.url), processes.gateway(redis_server.url)
+
+
+@pytest.fixture
+def two_gateways(gateway_pair: tuple[Proc, Proc]) -> tuple[str, str]:
+    """The URLs of :func:`gateway_pair`, for tests that only connect to them."""
+    return gateway_pair[0].url, gateway_pair[1].url
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

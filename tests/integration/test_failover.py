@@ -12,6 +12,7 @@ from protocol import frames as f
 from protocol.errors import ChatError, Unavailable, UsernameTaken
 from tests.helpers import (
     Clients,
+    Proc,
     Processes,
     RedisServer,
     async_wait_until,
@@ -60,10 +61,9 @@ async def test_sigterm_closes_1001_and_releases_names_at_once(
 
 
 async def test_redis_restart_sends_work_again_within_5s(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisServer, gateway_pair: tuple[Proc, Proc], clients: Clients
 ) -> None:
-    gw1 = processes.gateway(redis_server.url)
-    gw2 = processes.gateway(redis_server.url)
+    gw1, gw2 = gateway_pair
     alice = await clients.login(gw1.url, "alice")
     bob = await clients.login(gw2.url, "bob")
     await alice.send("@bob", "before")
@@ -100,11 +100,10 @@ async def _ready(*gateways: object) -> bool:
 
 
 async def test_messages_published_while_subscriptions_are_down_still_arrive(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisServer, gateway_pair: tuple[Proc, Proc], clients: Clients
 ) -> None:
     """Pub/sub drops what is published while a gateway is unsubscribed; the gateway recovers it."""
-    gw1 = processes.gateway(redis_server.url)
-    gw2 = processes.gateway(redis_server.url)
+    gw1, gw2 = gateway_pair
     alice = await clients.login(gw1.url, "alice")
     bob = await clients.login(gw2.url, "bob")
     carol = await clients.login(gw2.url, "carol")
