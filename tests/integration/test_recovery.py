@@ -14,15 +14,7 @@ from common.config import Settings
 from gateway.server import Gateway
 from presence.registry import Registry
 from protocol import frames as f
-from tests.helpers import (
-    Clients,
-    Proc,
-    Processes,
-    RedisServer,
-    async_wait_until,
-    subscriptions_cut,
-    wait_for_event,
-)
+from tests.helpers import Clients, Proc, Processes, RedisServer, async_wait_until, subscriptions_cut, wait_for_event
 
 
 async def _messages(client: ChatClient, n: int, timeout: float = 10) -> list[f.Message]:
