@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,11 @@ async def test_clients_through_haproxy_chat_across_gateways(cluster: Cluster) ->
 async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster: Cluster, pages: Any) -> None:
     # GET / through the load balancer serves the page; its WebSocket goes back through HAProxy
     # (same origin) to whichever gateway leastconn picks.
-    page = await pages(cluster.url.replace("ws://", "http://", 1) + "/")
+    home = cluster.url.replace("ws://", "http://", 1) + "/"
+    with urllib.request.urlopen(home, timeout=30) as response:  # noqa: S310  (loopback, the test's own LB)
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
+        assert b'id="login-user"' in response.read()
+    page = await pages(home)
     await log_in(page, "webdeploy", "web-pw")
     python = await _open(cluster, "pydeploy")
     try:
