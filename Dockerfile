@@ -23,7 +23,8 @@ WORKDIR /src
 # .dockerignore is an allow-list: only pyproject.toml, README.md and the packages.
 COPY . .
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --wheel-dir /wheels .
+    pip wheel --wheel-dir /wheels . \
+ && sha256sum /wheels/*.whl > /wheels.sha256
 
 # ---- runtime ----------------------------------------------------------------
 FROM python:3.11-slim
@@ -55,7 +56,12 @@ RUN groupadd --system --gid 10001 chinwag \
  && chown -R 10001:10001 /var/lib/chinwag
 
 # Install offline from the builder's wheels.  The wheels are bind-mounted for
-# this one step, so they never become a layer of the final image.
+# this one step, so they never become a layer of the final image.  A bind
+# mount's content is not part of every builder's cache key (Podman/Buildah
+# reused a stale install layer after the source changed, found by
+# tests/deploy): copying the wheels' checksums first makes the install step
+# run again whenever any wheel differs.
+COPY --from=builder /wheels.sha256 /usr/share/chinwag/wheels.sha256
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-index --find-links /wheels chinwag
 

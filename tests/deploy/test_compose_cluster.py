@@ -9,6 +9,7 @@ restore, and last `down` + `up`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import subprocess
 import time
 import urllib.request
@@ -55,6 +56,19 @@ def test_every_container_passes_its_healthcheck(cluster: Cluster) -> None:
     assert gateway["Config"]["Healthcheck"]["Test"][0] == "CMD"  # the compose file's, over the image's
 
 
+def test_the_gateway_image_holds_this_tree(cluster: Cluster) -> None:
+    # A builder that reuses a stale layer would test yesterday's code (Buildah did, with the
+    # wheels bind-mounted from the builder stage; the Dockerfile says how that was fixed).
+    files = [ROOT / p for p in ("gateway/server.py", "gateway/web/app.js", "protocol/frames.py", "client/chat.py")]
+    script = ("import hashlib, importlib.util, pathlib, sys\n"
+              "site = pathlib.Path(importlib.util.find_spec('gateway').origin).parent.parent\n"
+              "for rel in sys.argv[1:]: print(hashlib.sha256((site / rel).read_bytes()).hexdigest())\n")
+    gateway = cluster.containers("gateway")[0]
+    out = cluster.podman("exec", gateway, "python", "-c", script,
+                         *[str(p.relative_to(ROOT)) for p in files]).stdout.split()
+    assert out == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+
+
 def test_containers_resolve_names_only_inside_the_project_network(cluster: Cluster) -> None:
     # Podman lists the host's nameservers after aardvark-dns unless told
     # otherwise, and HAProxy queries every listed server: DNS would leave the
@@ -82,9 +96,8 @@ async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster
     # GET / through the load balancer serves the page; its WebSocket goes back through HAProxy
     # (same origin) to whichever gateway leastconn picks.
     home = cluster.url.replace("ws://", "http://", 1) + "/"
-    with urllib.request.urlopen(home, timeout=30) as response:  # noqa: S310  (loopback, the test's own LB)
-        assert response.status == 200 and response.headers["Content-Type"].startswith("text/html")
-        assert b'id="login-user"' in response.read()
+    status, content_type, body = await asyncio.to_thread(_get, home)
+    assert status == 200 and content_type.startswith("text/html") and b'id="login-user"' in body
     page = await pages(home)
     await log_in(page, "webdeploy", "web-pw")
     python = await _open(cluster, "pydeploy")
@@ -229,6 +242,11 @@ async def test_redis_backup_and_restore(cluster: Cluster, tmp_path: Path) -> Non
     with pytest.raises(ChatError):  # while backup0's account came back with its password
         bad = await _open(cluster, "backup0", "not-the-password")
         await bad.close()
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.status, response.headers["Content-Type"], response.read()
 
 
 async def _history(cluster: Cluster, client: ChatClient, conv: str, within: float = 60) -> list[f.Message]:
