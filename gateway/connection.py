@@ -89,8 +89,10 @@ class BoundedConnection(ServerConnection):
 
     def send_data(self) -> None:
         writes = self.protocol.writes
-        if len(writes) > 1 and all(writes):  # all frames, no end-of-stream marker: one buffer
-            self.protocol.writes = [b"".join(writes)]
+        if writes and all(writes):  # all frames, no end-of-stream marker: one write, straight to the transport
+            self.protocol.writes = []
+            self.transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
+            return
         super().send_data()
 
 

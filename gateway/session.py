@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
+from websockets.protocol import OPEN
 
 from common.metrics import Counter
 from protocol.frames import frame_id
@@ -86,9 +87,18 @@ class Session:
         self.cursors_dirty = False  # last_group moved since the gateway last saved it to Redis
 
     def push(self, frame: bytes) -> None:
-        """Write one frame now; flag the session as a slow consumer if it is not reading."""
+        """Write one frame now; flag the session as a slow consumer if it is not reading.
+
+        What ``websockets.broadcast`` does for one socket (skip it unless open and between
+        messages; a failed write is logged, not raised), without its per-call loop and checks:
+        this runs for every frame a client gets."""
         ws = self.ws
-        broadcast((ws,), frame, text=True)
+        if ws.protocol.state is OPEN and ws.send_in_progress is None:
+            try:
+                ws.protocol.send_text(frame)
+                ws.send_data()
+            except Exception as exc:
+                log.warning("skipped a frame for %s: %s: %s", self.name, type(exc).__name__, exc)
         transport = ws.transport
         if transport is not None and transport.get_write_buffer_size() > self.max_buffer:
             self.on_slow(self)

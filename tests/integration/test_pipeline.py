@@ -75,6 +75,25 @@ async def test_a_flushed_script_cache_is_reloaded(pipeline: AutoPipeline, redis_
         await pipeline.evalsha(script("return redis.call('NOSUCHCOMMAND')"), [], [])
 
 
+async def test_calls_in_flight_around_a_resent_script_keep_their_own_replies(pipeline: AutoPipeline) -> None:
+    """An EVALSHA answered NOSCRIPT is sent again as EVAL behind the commands already queued:
+    every caller still gets its own reply, and the script is cached again afterwards."""
+    incr = script("return redis.call('INCR', KEYS[1])")
+    await pipeline.call([b"SCRIPT", b"FLUSH"])
+    calls = []
+    for i in range(50):
+        calls.append(pipeline.evalsha(incr, ["counter"], []))
+        calls.append(pipeline.call([b"SET", f"plain{i}".encode(), str(i).encode()]))
+        calls.append(pipeline.call([b"GET", f"plain{i}".encode()]))
+    results = await asyncio.gather(*calls)
+    assert sorted(results[0::3]) == list(range(1, 51))  # each INCR ran once
+    assert results[1::3] == [b"OK"] * 50
+    assert results[2::3] == [str(i).encode() for i in range(50)]
+    before = pipeline.commands
+    assert await pipeline.evalsha(incr, ["counter"], []) == 51
+    assert pipeline.commands == before + 1  # no NOSCRIPT any more: one command, no EVAL after it
+
+
 async def test_a_lost_connection_fails_calls_in_flight_and_the_next_call_reconnects(
     pipeline: AutoPipeline, redis_server: RedisServer
 ) -> None:
