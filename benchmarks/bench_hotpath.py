@@ -11,7 +11,8 @@ best of ``--rounds``; run it against two checkouts (``PYTHONPATH=<tree>``) to co
 * ``pack``: the RESP command of a DM's ``EVALSHA`` (8 keys, 9 arguments);
 * ``evalsha``: a script call through the auto-pipeline to a real redis-server, 100 in flight
   (this process's side only: queueing, the write, hiredis, resolving the future);
-* ``push``: ``Session.push`` of a 200-byte message frame to a real WebSocket over loopback.
+* ``push``: ``Session.push`` of a 200-byte message frame to a real WebSocket over loopback;
+* ``fanout``: ``Fanout.broadcast`` of that frame to 100 such sockets, per socket.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from typing import Any
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from common.metrics import Counter
 from gateway.connection import bounded_connection
+from gateway.fanout import Fanout
 from gateway.pipeline import AutoPipeline, pack
 from gateway.session import Session
 from protocol.frames import FrameParser
@@ -86,33 +89,55 @@ async def bench_evalsha(n: int, rounds: int, redis_url: str) -> float:
     return min(times)
 
 
-async def bench_push(n: int, rounds: int) -> float:
-    got: asyncio.Future[ServerConnection] = asyncio.get_running_loop().create_future()
+async def bench_push(n: int, rounds: int, fan: int = 100) -> tuple[float, float]:
+    """(push, fanout): µs of CPU per frame written to one socket, and per socket of a fan-out."""
+    conns: list[ServerConnection] = []
+    ready = asyncio.Event()
     done = asyncio.Event()
 
     async def handler(ws: ServerConnection) -> None:
-        got.set_result(ws)
+        conns.append(ws)
+        if len(conns) == fan:
+            ready.set()
         await done.wait()
 
     cls = bounded_connection(1 << 30, 0, lambda *a: None)
     async with serve(handler, "127.0.0.1", 0, create_connection=cls, compression=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, max_queue=None) as client:
-            ws = await got
-            session = Session(ws, "u", "u", "t", "h", 1 << 30, lambda s: None)
-            times = []
-            for _ in range(rounds):
-                spent = 0.0
-                for _ in range(n // 500):
-                    t = time.process_time()
-                    for _ in range(500):
-                        session.push(FRAME)
-                    spent += time.process_time() - t
-                    for _ in range(500):
-                        await client.recv()
-                times.append(spent / n * 1e6)
-            done.set()
-    return min(times)
+        clients = [await connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, max_queue=None)
+                   for _ in range(fan)]
+        await ready.wait()
+        session = Session(conns[0], "u", "u", "t", "h", 1 << 30, lambda s: None)
+        reader = next(c for c in clients if c.local_address == conns[0].remote_address)
+        push_times = []
+        for _ in range(rounds):
+            spent = 0.0
+            for _ in range(n // 500):
+                t = time.process_time()
+                for _ in range(500):
+                    session.push(FRAME)
+                spent += time.process_time() - t
+                for _ in range(500):
+                    await reader.recv()
+            push_times.append(spent / n * 1e6)
+        fanout = Fanout(1.0, list, Counter("x", "x", ("kind",)))
+        fanout.live.update(conns)
+        fan_times = []
+        for _ in range(rounds):
+            spent = 0.0
+            for _ in range(n // fan // 10):
+                t = time.process_time()
+                for _ in range(10):
+                    fanout.broadcast(FRAME)
+                spent += time.process_time() - t
+                for c in clients:
+                    for _ in range(10):
+                        await c.recv()
+            fan_times.append(spent / (n // fan // 10 * 10 * fan) * 1e6)
+        done.set()
+        for c in clients:
+            await c.close()
+    return min(push_times), min(fan_times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             redis.terminate()
             redis.wait(10)
-    out["push"] = asyncio.run(bench_push(args.n, args.rounds))
+    out["push"], out["fanout"] = asyncio.run(bench_push(args.n, args.rounds))
     for name, us in out.items():
         print(f"{name:8} {us:6.2f} µs CPU per call")
     return 0

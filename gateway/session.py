@@ -2,7 +2,7 @@
 
 Every frame for a client, whether a reply, a live message or a replayed one,
 goes through :meth:`Session.push`, which writes synchronously with
-``websockets.broadcast`` (no await, so the router can deliver from
+``connection.write_text`` (no await, so the router can deliver from
 ``data_received``) and cuts off a client whose unsent bytes pass the bound.
 
 While a session is *holding* (just claimed and its inbox not yet replayed, or
@@ -18,14 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
-from websockets.protocol import OPEN
 
 from common.metrics import Counter
 from protocol.frames import frame_id
 
-from .connection import set_write_bound
+from .connection import set_write_bound, write_text
 
 log = logging.getLogger("chinwag.session")
 
@@ -89,16 +87,10 @@ class Session:
     def push(self, frame: bytes) -> None:
         """Write one frame now; flag the session as a slow consumer if it is not reading.
 
-        What ``websockets.broadcast`` does for one socket (skip it unless open and between
-        messages; a failed write is logged, not raised), without its per-call loop and checks:
-        this runs for every frame a client gets."""
+        Framed by :func:`~gateway.connection.write_text` (as ``websockets.broadcast`` would, for
+        less): this runs for every frame a client gets."""
         ws = self.ws
-        if ws.protocol.state is OPEN and ws.send_in_progress is None:
-            try:
-                ws.protocol.send_text(frame)
-                ws.send_data()
-            except Exception as exc:
-                log.warning("skipped a frame for %s: %s: %s", self.name, type(exc).__name__, exc)
+        write_text((ws,), frame)
         transport = ws.transport
         if transport is not None and transport.get_write_buffer_size() > self.max_buffer:
             self.on_slow(self)
@@ -139,7 +131,7 @@ class Session:
         if transport is not None and transport.get_write_buffer_size() > self.max_buffer // 2:
             await self.ws.send(frame, text=True)  # waits for the buffer to drain below its limit
         else:
-            broadcast((self.ws,), frame, text=True)
+            write_text((self.ws,), frame)
 
     def deliver_group(self, gkey: str, frame: bytes) -> None:
         """A group message from the group's channel (held while holding)."""
