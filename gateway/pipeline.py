@@ -45,15 +45,22 @@ log = logging.getLogger("chinwag.pipeline")
 Arg = bytes | str | int | float
 
 
+_LENGTHS = [b"$%d\r\n" % n for n in range(512)]  # the RESP length line of a short argument, made once
+
+
 def pack(args: Sequence[Arg]) -> bytes:
-    """One RESP command (one ``%`` per argument: this runs for every send)."""
+    """One RESP command (this runs for every send: no formatting for arguments under 512 bytes)."""
     out = [b"*%d\r\n" % len(args)]
+    add = out.append
     for arg in args:
         if isinstance(arg, str):
             arg = arg.encode()
         elif not isinstance(arg, bytes):
             arg = repr(arg).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(arg), arg))
+        n = len(arg)
+        add(_LENGTHS[n] if n < 512 else b"$%d\r\n" % n)
+        add(arg)
+        add(b"\r\n")
     return b"".join(out)
 
 

@@ -41,6 +41,9 @@ async def pipeline(redis_server: RedisServer) -> AsyncIterator[AutoPipeline]:
 
 def test_pack_is_resp() -> None:
     assert pack([b"SET", "k", 5, 0.5]) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n$3\r\n0.5\r\n"
+    # Lengths below 512 come from a table, longer ones are formatted: both are RESP.
+    assert pack([b"", "é" * 255, b"x" * 512]) == (b"*3\r\n$0\r\n\r\n$510\r\n" + "é".encode() * 255 + b"\r\n$512\r\n"
+                                                   + b"x" * 512 + b"\r\n")
 
 
 async def test_concurrent_calls_share_writes_and_keep_their_order(pipeline: AutoPipeline) -> None:
