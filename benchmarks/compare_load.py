@@ -136,6 +136,9 @@ class PhaseResult:
     server_cpu: float = 0.0
     redis_cpu: float = 0.0
     other_cpu: float = 0.0  # everything else on the machine (should be ~0 for a clean run)
+    server_us_per_dm: float = 0.0  # servers' CPU per delivered DM (µs)
+    redis_us_per_dm: float = 0.0
+    gen_us_per_dm: float = 0.0
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -211,6 +214,10 @@ def _finish(res: PhaseResult, lat: list[float], duration: float, meter: Meter) -
     res.p50_ms, res.p99_ms = _pct(lat, 0.50), _pct(lat, 0.99)
     res.gen_cpu, res.server_cpu, res.redis_cpu = meter.gen_pct, meter.srv_pct, meter.red_pct
     res.other_cpu = meter.other_pct
+    if res.rate:  # % of a core / DMs per second -> µs of CPU per DM
+        res.server_us_per_dm = res.server_cpu / 100 / res.rate * 1e6
+        res.redis_us_per_dm = res.redis_cpu / 100 / res.rate * 1e6
+        res.gen_us_per_dm = res.gen_cpu / 100 / res.rate * 1e6
     return res
 
 
