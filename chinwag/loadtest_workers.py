@@ -98,7 +98,8 @@ async def _serve(conn: Connection, fleet: Fleet) -> None:
                                          "login_errors": fleet.login_errors, "login_retries": fleet.login_retries,
                                          "error_kinds": fleet.error_kinds, "connect_s": connect_s}))
             elif kind == "go":
-                rate, duration = payload
+                rate, duration, t0 = payload
+                fleet.rec.t0 = t0  # one time origin for every worker's --plot points (a machine-wide clock)
                 if args.scenario in MESSAGING:
                     with measuring():
                         offered = await fleet.offer(rate, duration, senders)
@@ -219,7 +220,7 @@ class Workers:
             return {"logins": n, **base, "total_s": round(connect_s, 3),
                     "logins_per_s": round(n / connect_s, 1) if connect_s else None, **self._usage(before, 0, None)}
         if args.scenario == "idle":
-            await self.step("go", [(0.0, args.duration)] * len(self.conns), "sent")
+            await self.step("go", [(0.0, args.duration, time.perf_counter_ns())] * len(self.conns), "sent")
             return {**base, "connect_s": round(connect_s, 3), **self._usage(before, 0, None),
                     **idle_memory(self.probe, rss0, sum(held))}
         return await self._messages(base, conn, held)
@@ -231,7 +232,8 @@ class Workers:
             raise RuntimeError(f"{args.scenario} has no senders: too few logged-in clients")
         await asyncio.sleep(args.settle)  # let the login burst's presence fan-out finish
         before = self._cpu()
-        sent = await self.step("go", [(args.rate * s / sum(senders), args.duration) for s in senders], "sent")
+        t0 = time.perf_counter_ns()
+        sent = await self.step("go", [(args.rate * s / sum(senders), args.duration, t0) for s in senders], "sent")
         sent_w = [s["sent"] for s in sent]
         total = sum(sent_w)
         size = max(2, args.group_size)
