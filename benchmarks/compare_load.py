@@ -16,7 +16,7 @@ from typing import Any
 
 import socketio
 
-from benchmarks.compare_stack import DELIVERY_TIMEOUT, _cpu_seconds, _machine_busy
+from benchmarks.compare_stack import DELIVERY_TIMEOUT, cpu_seconds, machine_busy
 from client.chat import ChatClient
 from protocol import frames as f
 
@@ -155,18 +155,18 @@ class Meter:
     def __enter__(self) -> Meter:
         self.wall = time.perf_counter()
         self.gen = time.process_time()
-        self.srv = sum(_cpu_seconds(p) for p in self.server_pids)
-        self.red = _cpu_seconds(self.redis_pid)
-        self.all = _machine_busy()
+        self.srv = sum(cpu_seconds(p) for p in self.server_pids)
+        self.red = cpu_seconds(self.redis_pid)
+        self.all = machine_busy()
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self.wall
         self.gen_pct = 100 * (time.process_time() - self.gen) / wall
-        self.srv_pct = 100 * (sum(_cpu_seconds(p) for p in self.server_pids) - self.srv) / wall
-        self.red_pct = 100 * (_cpu_seconds(self.redis_pid) - self.red) / wall
+        self.srv_pct = 100 * (sum(cpu_seconds(p) for p in self.server_pids) - self.srv) / wall
+        self.red_pct = 100 * (cpu_seconds(self.redis_pid) - self.red) / wall
         ours = self.gen_pct + self.srv_pct + self.red_pct
-        self.other_pct = max(0.0, 100 * (_machine_busy() - self.all) / wall - ours)
+        self.other_pct = max(0.0, 100 * (machine_busy() - self.all) / wall - ours)
 
 
 async def _one(pair: Pair, idx: int, tracker: Tracker, res: PhaseResult) -> None:

@@ -66,7 +66,7 @@ class BenchCluster(Cluster):
         return env
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (Linux /proc), 0 where unavailable."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -75,7 +75,7 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-def _machine_busy() -> float:
+def machine_busy() -> float:
     """CPU seconds all cores have spent busy since boot (Linux /proc/stat), 0 where unavailable."""
     try:
         cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
