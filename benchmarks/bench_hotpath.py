@@ -12,7 +12,9 @@ best of ``--rounds``; run it against two checkouts (``PYTHONPATH=<tree>``) to co
 * ``evalsha``: a script call through the auto-pipeline to a real redis-server, 100 in flight
   (this process's side only: queueing, the write, hiredis, resolving the future);
 * ``push``: ``Session.push`` of a 200-byte message frame to a real WebSocket over loopback;
-* ``fanout``: ``Fanout.broadcast`` of that frame to 100 such sockets, per socket.
+* ``fanout``: ``Fanout.broadcast`` of that frame to 100 such sockets, per socket;
+* ``redis_dm``: Redis's own CPU (``INFO cpu``) per ``Store.send_dm`` to an online recipient
+  (dedupe, stored in both streams, published), 100 in flight: the Redis side of a DM.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
+from common import keys
 from common.metrics import Counter
 from gateway.connection import bounded_connection
 from gateway.fanout import Fanout
 from gateway.pipeline import AutoPipeline, pack
 from gateway.session import Session
+from gateway.store import Store
 from protocol.frames import FrameParser
 
 SEND = '{"type":"send","to":"@ltabcdefu17","body":"r=abcdef s=16 n=1234 t=123456789012345","ref":"c-1234"}'
@@ -86,6 +91,32 @@ async def bench_evalsha(n: int, rounds: int, redis_url: str) -> float:
             await asyncio.gather(*(pipeline.evalsha(Script, ["k"], [b"x" * 100]) for _ in range(100)))
         times.append((time.process_time() - t) / n * 1e6)
     await pipeline.aclose()
+    return min(times)
+
+
+async def bench_redis_dm(n: int, rounds: int, redis_url: str) -> float:
+    """µs of Redis CPU per DM stored and published (the recipient has a session on a gateway)."""
+    redis = aioredis.from_url(redis_url)
+    pipeline = AutoPipeline(redis_url)
+    store = Store(redis, pipeline=pipeline)
+    await redis.hset(keys.account("bob"), mapping={"name": "bob"})
+    await redis.hset(keys.session("bob"), mapping={"gw": "gw1"})
+
+    async def cpu() -> float:
+        info = await redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    times = []
+    sent = 0
+    for _ in range(rounds):
+        before = await cpu()
+        for _ in range(n // 100):
+            await asyncio.gather(*(store.send_dm(b'"alice"', "alice", "bob", f"hello {sent + i}", f"r{sent + i}")
+                                   for i in range(100)))
+            sent += 100
+        times.append((await cpu() - before) / n * 1e6)
+    await pipeline.aclose()
+    await redis.aclose()
     return min(times)
 
 
@@ -163,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 except OSError:
                     time.sleep(0.05)
             out["evalsha"] = asyncio.run(bench_evalsha(args.n, args.rounds, f"redis://127.0.0.1:{port}/0"))
+            out["redis_dm"] = asyncio.run(bench_redis_dm(args.n, args.rounds, f"redis://127.0.0.1:{port}/0"))
         finally:
             redis.terminate()
             redis.wait(10)
