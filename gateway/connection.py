@@ -142,15 +142,19 @@ def write_text(connections: Iterable[ServerConnection], payload: bytes) -> None:
     serialisation, the protocol's write list): a third of a fan-out's CPU.  A connection with
     no extension (the gateway negotiates permessage-deflate only with ``--compression``),
     open, between messages and with nothing queued gets the shared bytes straight on its
-    transport; any other goes through ``broadcast``, which skips or logs as it always did.
+    transport; any other goes through ``broadcast``.  Either way a socket that cannot be
+    written is skipped with a warning, never an exception: the rest still get the message.
     """
     data = b""
     for ws in connections:
         protocol = ws.protocol
         if (protocol.state is OPEN and not protocol.extensions and not protocol.writes
-                and ws.send_in_progress is None):
+                and ws.send_in_progress is None and not ws.transport.is_closing()):
             if not data:
                 data = text_frame(payload)
-            ws.transport.write(data)
+            try:
+                ws.transport.write(data)
+            except Exception as exc:  # a transport already torn down: skip it, as broadcast does
+                ws.logger.warning("skipped a write: %s: %s", type(exc).__name__, exc)
         else:
             broadcast((ws,), payload, text=True)
