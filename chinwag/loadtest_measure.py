@@ -1,6 +1,7 @@
-"""What ``chinwag-loadtest`` measures with: latency percentiles, the server processes' CPU and
-memory (psutil), the per-message recorder and the progress line.  Kept apart from the
-scenarios (chinwag/loadtest.py) so each file holds one concern.
+"""What ``chinwag-loadtest`` measures with: the server processes' CPU and memory (psutil), the
+per-message recorder (loss, duplicate and order accounting, latency histograms), the generator
+and server CPU of a phase, and the progress line.  Kept apart from the scenarios
+(chinwag/loadtest_scenarios.py) so each file holds one concern.
 """
 
 from __future__ import annotations
@@ -8,22 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
 from chinwag.cluster import Cluster
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
-    return sorted_values[rank]
+from chinwag.loadtest_histogram import LogHistogram
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -64,39 +59,113 @@ class ServerProbe:
         return {name: _rss(p) for name, p in self.procs.items()}
 
 
+class Streams:
+    """Loss, duplicate and order accounting per (receiver, sender) stream, in memory that grows
+    only with the gaps (sequence numbers not yet seen below the highest seen), not with the run.
+
+    Every sender numbers its messages 1, 2, 3, ...; a receiver expects each sender's next number.
+    A number above it opens a gap (it is counted out of order if a gap is filled later); a number
+    below it that fills no gap is a duplicate.
+    """
+
+    __slots__ = ("duplicated", "gaps", "next", "out_of_order", "received")
+
+    def __init__(self) -> None:
+        self.next: dict[tuple[int, int], int] = {}  # (receiver, sender) -> next expected seq
+        self.gaps: dict[tuple[int, int], set[int]] = {}  # seqs below next not yet seen
+        self.received = 0  # unique deliveries
+        self.duplicated = 0
+        self.out_of_order = 0  # arrived after a later message of the same sender to the same receiver
+
+    def arrive(self, receiver: int, sender: int, seq: int) -> bool:
+        """Account one delivery; False if it is a duplicate."""
+        key = (receiver, sender)
+        nxt = self.next.get(key, 1)
+        if seq == nxt:
+            self.next[key] = seq + 1
+        elif seq > nxt:
+            self.gaps.setdefault(key, set()).update(range(nxt, seq))
+            self.next[key] = seq + 1
+        else:
+            gaps = self.gaps.get(key)
+            if gaps is None or seq not in gaps:
+                self.duplicated += 1
+                return False
+            gaps.discard(seq)
+            if not gaps:
+                del self.gaps[key]
+            self.out_of_order += 1
+        self.received += 1
+        return True
+
+
 @dataclass
 class Recorder:
+    """What one generator process saw: its sends, its clients' deliveries and their latencies.
+
+    Latencies go into log-bucketed histograms (fixed memory, mergeable): ``hist`` for the
+    whole run, ``phase`` for the current ramp step or progress window.  A bounded sample of
+    (send time, latency) points is kept for ``--plot``'s scatter only.
+    """
+
     run: str
     t0: int = field(default_factory=time.perf_counter_ns)
-    seq: int = 0
     sent: int = 0  # acked by the server
     send_errors: int = 0
     skipped: int = 0  # not offered: too many sends already in flight
     in_flight: int = 0
-    received: int = 0  # unique deliveries
-    duplicated: int = 0
-    seen: set[tuple[int, int]] = field(default_factory=set)  # (receiver, seq)
-    send_times: list[float] = field(default_factory=list)  # seconds since t0, per delivery
-    latencies: list[float] = field(default_factory=list)  # ms, per delivery
+    streams: Streams = field(default_factory=Streams)
+    seqs: dict[int, int] = field(default_factory=dict)  # sender -> last seq used
+    hist: LogHistogram = field(default_factory=LogHistogram)  # latency, µs
+    phase: LogHistogram = field(default_factory=LogHistogram)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (s since t0, ms), every stride-th
+    stride: int = 1
+    _until_sample: int = 1
 
-    def body(self) -> tuple[int, str]:
-        self.seq += 1
-        return self.seq, f"r={self.run} t={time.perf_counter_ns()} seq={self.seq}"
+    @property
+    def received(self) -> int:
+        return self.streams.received
+
+    @property
+    def duplicated(self) -> int:
+        return self.streams.duplicated
+
+    def body(self, sender: int) -> str:
+        seq = self.seqs.get(sender, 0) + 1
+        self.seqs[sender] = seq
+        return f"r={self.run} s={sender} n={seq} t={time.perf_counter_ns()}"
 
     def on_message(self, receiver: int, body: str) -> None:
         now = time.perf_counter_ns()
         parts = body.split(" ")
-        if len(parts) != 3 or parts[0][2:] != self.run:
+        if len(parts) != 4 or parts[0][2:] != self.run:
             return  # not this run's
-        t, seq = int(parts[1][2:]), int(parts[2][4:])
-        key = (receiver, seq)
-        if key in self.seen:
-            self.duplicated += 1
+        sender, seq, t = int(parts[1][2:]), int(parts[2][2:]), int(parts[3][2:])
+        if not self.streams.arrive(receiver, sender, seq):
             return
-        self.seen.add(key)
-        self.received += 1
-        self.send_times.append((t - self.t0) / 1e9)
-        self.latencies.append((now - t) / 1e6)
+        us = (now - t) // 1000
+        self.hist.record(us)
+        self.phase.record(us)
+        self._until_sample -= 1
+        if self._until_sample <= 0:
+            self._sample((t - self.t0) / 1e9, us / 1000)
+
+    def _sample(self, at: float, ms: float) -> None:
+        self.samples.append((at, ms))
+        if len(self.samples) >= SAMPLES:  # keep every other point and sample half as often
+            del self.samples[1::2]
+            self.stride *= 2
+        self._until_sample = self.stride
+
+    def export(self) -> dict[str, Any]:
+        """The counts and histogram a worker process sends to the parent (see loadtest_workers)."""
+        s = self.streams
+        return {"sent": self.sent, "send_errors": self.send_errors, "skipped": self.skipped,
+                "received": s.received, "duplicated": s.duplicated, "out_of_order": s.out_of_order,
+                "hist": self.hist.to_dict(), "samples": self.samples}
+
+
+SAMPLES = 50_000  # points kept for the --plot scatter
 
 
 @contextlib.contextmanager
@@ -143,3 +212,47 @@ class Progress:
         if self.task is not None:
             self.task.cancel()
             sys.stderr.write("\n")
+
+
+def cpu_usage(wall: float, generator_s: list[float], server_s: dict[str, float], deliveries: int,
+              rates: tuple[float, float] | None = None, cores: int | None = None) -> dict[str, Any]:
+    """Generator CPU next to server CPU for one measured phase, and whether the generator was the limit.
+
+    ``generator_s`` is the CPU seconds of each generator process (one event loop each, so one
+    core at most), ``server_s`` that of each server process by name (empty for ``--urls``).
+    The generator was the limit when one of its processes nearly filled its core, when the
+    machine was full and the generator held a third of it, or when fewer messages than
+    wanted got through (``rates`` = achieved and wanted deliveries/s) while no server process was busy.
+    """
+    cores = cores or psutil.cpu_count() or 1
+    wall = max(wall, 1e-9)
+    per_proc = [s / wall for s in generator_s]
+    gen = sum(per_proc)
+    out: dict[str, Any] = {"wall_s": round(wall, 3), "loadgen_processes": len(per_proc),
+                           "loadgen_cpu_fraction": round(gen, 3), "machine_cores": cores}
+    if len(per_proc) > 1:
+        out["loadgen_cpu_fraction_per_process"] = [round(x, 3) for x in per_proc]
+    why: list[str] = []
+    if per_proc and max(per_proc) > 0.9:
+        why.append(f"a generator process used {max(per_proc):.0%} of its one core")
+    if server_s:
+        gw = sum(v for k, v in server_s.items() if k.startswith("gateway"))
+        redis = server_s.get("redis", 0.0)
+        total = sum(server_s.values())
+        out["server_cpu_s"] = {k: round(v, 3) for k, v in server_s.items()}
+        out["gateway_cpu_s"] = round(gw, 3)
+        out["redis_cpu_s"] = round(redis, 3)
+        out["server_cpu_fraction"] = round(total / wall, 3)
+        if deliveries:
+            out["gateway_cpu_us_per_delivered"] = round(gw / deliveries * 1e6, 1)
+            out["redis_cpu_us_per_delivered"] = round(redis / deliveries * 1e6, 1)
+            out["server_cpu_us_per_delivered"] = round(total / deliveries * 1e6, 1)
+        if (gen + total / wall) > 0.9 * cores and gen > cores / 3:
+            why.append(f"the machine's {cores} cores were full and the generator used {gen:.2f} of them")
+        busiest = max(server_s.values()) / wall
+        if rates and rates[0] < 0.95 * rates[1] and busiest < 0.8:
+            why.append(f"{rates[0]:.0f} deliveries/s against {rates[1]:.0f}/s wanted while no "
+                       f"server process used more than {busiest:.0%} of a core")
+    out["generator_limited"] = bool(why)
+    out["generator_limited_why"] = why
+    return out

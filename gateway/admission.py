@@ -51,9 +51,8 @@ class Admission:
             response = _text(http.HTTPStatus.TOO_MANY_REQUESTS, "too many connections from your address\n")
             response.headers["Retry-After"] = str(max(1, round(wait)))
             return response
-        # ``connections`` counts open sockets only, not the one still in its handshake.
         server = self.server()
-        if server is not None and len(server.connections) >= self.settings.max_connections:
+        if server is not None and _open_at_least(server, self.settings.max_connections):
             self.m_errors.inc("max_connections")
             return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "too many connections\n")
         if (page := self.web.respond(request)) is not None:
@@ -80,6 +79,19 @@ class Admission:
     def origins(self) -> list[Origin | None] | None:
         """None: websockets checks no Origin, :meth:`process_request` does (it must also see ``Host``)."""
         return None
+
+
+def _open_at_least(server: Server, limit: int) -> bool:
+    """Whether ``limit`` sockets or more are open (past their handshake, not closing).
+
+    ``server.connections`` builds that set from every socket on each call: asked at every
+    handshake it made a login storm O(n²) (a sixth of a gateway's CPU while 3,000 clients
+    logged in).  Every open socket is in ``all_connections`` (sockets join it after their
+    handshake, and leave when their handler ends), so while that set is smaller than the
+    limit the answer is no without looking further."""
+    if len(server.all_connections) < limit:
+        return False
+    return len(server.connections) >= limit
 
 
 def _text(status: http.HTTPStatus, body: str) -> Response:

@@ -97,7 +97,9 @@ class Dispatcher:
             frame: f.ClientFrame | None = None
             try:
                 frame = self.parser.parse(raw)
-                reply = await self.dispatch(session, frame)
+                # A send (nearly every frame under load) skips dispatch()'s coroutine frame.
+                reply = await (self._send(session, frame) if isinstance(frame, f.Send)
+                               else self.dispatch(session, frame))
             except ChatError as exc:
                 if exc.ref is None and frame is not None:
                     exc.ref = frame.ref

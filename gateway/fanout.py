@@ -1,8 +1,8 @@
 """Who gets what is fanned out to every socket: the live set and presence.
 
 A frame that goes to many sockets (a broadcast, a presence change) is serialised
-once and written with websockets' ``broadcast`` to a set kept here, so each
-event costs one encode however many clients there are.  ``live`` holds every
+once, framed once (``connection.write_text``) and written to a set kept here,
+so each event costs one encode however many clients there are.  ``live`` holds every
 logged-in socket past its replay (broadcasts go there); presence goes to the
 sockets that asked for it (``login.presence``): ``each`` gets every event as it
 comes, ``batched`` one ``presence_batch`` per window, however busy logins are.
@@ -17,12 +17,12 @@ import logging
 from collections.abc import Callable, Collection
 
 import msgspec
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
 from common.metrics import Counter
 from protocol import frames as f
 
+from .connection import write_text
 from .session import Session
 
 log = logging.getLogger("chinwag.gateway")
@@ -58,13 +58,13 @@ class Fanout:
 
     def broadcast(self, frame: bytes) -> int:
         """Write ``frame`` to every live socket; how many."""
-        broadcast(self.live, frame, text=True)
+        write_text(self.live, frame)
         return len(self.live)
 
     def on_presence(self, frame: bytes) -> None:
         """A presence event from Redis (the presence channel's handler)."""
         if self.presence_each:
-            broadcast(self.presence_each, frame, text=True)
+            write_text(self.presence_each, frame)
             self._out.inc("presence", amount=len(self.presence_each))
         if self.presence_batched:
             try:
@@ -89,7 +89,7 @@ class Fanout:
             online=[user for user, status in pending.items() if status == "online"],
             offline=[user for user, status in pending.items() if status != "online"],
         )
-        broadcast(self.presence_batched, f.encode(batch), text=True)
+        write_text(self.presence_batched, f.encode(batch))
         self._out.inc("presence_batch", amount=len(self.presence_batched))
 
     def close(self) -> None:

@@ -30,14 +30,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Protocol, cast
 
 import hiredis
 from redis._parsers.base import BaseParser
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("chinwag.pipeline")
@@ -45,22 +45,22 @@ log = logging.getLogger("chinwag.pipeline")
 Arg = bytes | str | int | float
 
 
-def _encode(arg: Arg) -> bytes:
-    if isinstance(arg, bytes):
-        return arg
-    if isinstance(arg, str):
-        return arg.encode()
-    return repr(arg).encode()
+_LENGTHS = [b"$%d\r\n" % n for n in range(512)]  # the RESP length line of a short argument, made once
 
 
 def pack(args: Sequence[Arg]) -> bytes:
-    """One RESP command."""
+    """One RESP command (this runs for every send: no formatting for arguments under 512 bytes)."""
     out = [b"*%d\r\n" % len(args)]
+    add = out.append
     for arg in args:
-        data = _encode(arg)
-        out.append(b"$%d\r\n" % len(data))
-        out.append(data)
-        out.append(b"\r\n")
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif not isinstance(arg, bytes):
+            arg = repr(arg).encode()
+        n = len(arg)
+        add(_LENGTHS[n] if n < 512 else b"$%d\r\n" % n)
+        add(arg)
+        add(b"\r\n")
     return b"".join(out)
 
 
@@ -70,6 +70,9 @@ class Script(Protocol):
 
     sha: str
     script: str | bytes
+
+
+_Eval = tuple[Script, Sequence[Arg], Sequence[Arg]]  # an EVALSHA's script, keys and args
 
 
 class _Protocol(asyncio.Protocol):
@@ -98,9 +101,11 @@ class _Protocol(asyncio.Protocol):
                 log.error("a Redis reply nobody asked for; reconnecting")
                 self.owner._drop(self, RedisConnectionError("unexpected reply from Redis"))
                 return
-            fut, _sent_at = waiting.popleft()
+            fut, _sent_at, script = waiting.popleft()
             if not fut.done():
-                if isinstance(reply, hiredis.ReplyError):  # as redis-py maps it: LOADING is BusyLoadingError...
+                if isinstance(reply, hiredis.ReplyError) and script is not None and str(reply).startswith("NOSCRIPT"):
+                    self.owner._resend_as_eval(fut, script)  # Redis lost its script cache (restart, SCRIPT FLUSH)
+                elif isinstance(reply, hiredis.ReplyError):  # as redis-py maps it: LOADING is BusyLoadingError...
                     fut.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
                 else:
                     fut.set_result(reply)
@@ -120,37 +125,60 @@ class AutoPipeline:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._buffer: list[bytes] = []
-        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # One entry per command written or buffered, in order: its future, when it was queued, and
+        # for an EVALSHA the (script, keys, args) to send again as EVAL if Redis answers NOSCRIPT.
+        self._waiting: deque[tuple[asyncio.Future[Any], float, _Eval | None]] = deque()
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         self.batches = 0  # writes made, for the metrics: commands / batches is the batching factor
         self.commands = 0
 
-    async def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run a script; retried once with EVAL if Redis no longer has it."""
-        head: list[Arg] = [b"EVALSHA", script.sha, len(keys), *keys, *args]
-        try:
-            return await self.call(head)
-        except NoScriptError:
-            pass
-        head[:2] = [b"EVAL", script.script]
-        return await self.call(head)
+    def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Awaitable[Any]:
+        """Run a script; sent again as EVAL (by the reader, see ``_resend_as_eval``) if Redis no longer has it.
+
+        Not a coroutine: when connected it returns the reply's future itself, so a send awaits one
+        frame less (this runs for every message)."""
+        return self.submit([b"EVALSHA", script.sha, len(keys), *keys, *args], (script, keys, args))
 
     async def call(self, args: Sequence[Arg]) -> Any:
         """Queue one command; its reply (or its error) comes back here."""
+        return await self.submit(args)
+
+    def submit(self, args: Sequence[Arg], script: _Eval | None = None) -> Awaitable[Any]:
+        """Queue one command and return what resolves to its reply (connecting first if need be)."""
         proto = self._proto
         if proto is None or proto.lost:
-            proto = await self._connect()
+            return self._submit_connected(args, script)
+        return self._queue(pack(args), script)
+
+    async def _submit_connected(self, args: Sequence[Arg], script: _Eval | None) -> Any:
+        await self._connect()
+        return await self._queue(pack(args), script)
+
+    def _queue(self, command: bytes, script: _Eval | None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._waiting.append((fut, loop.time()))
-        self._buffer.append(pack(args))
+        self._waiting.append((fut, loop.time(), script))
+        self._buffer.append(command)
         self.commands += 1
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
-        return await fut
+        return fut
+
+    def _resend_as_eval(self, fut: asyncio.Future[Any], script: _Eval) -> None:
+        """An EVALSHA came back NOSCRIPT: send the script's body with EVAL, answering the same future.
+        Queued after every command already waiting, whose replies come first, so the order holds."""
+        s, keys, args = script
+        command = pack([b"EVAL", s.script, len(keys), *keys, *args])
+        loop = asyncio.get_running_loop()
+        self._waiting.append((fut, loop.time(), None))
+        self._buffer.append(command)
+        self.commands += 1
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -213,7 +241,7 @@ class AutoPipeline:
             handshake.append([b"SELECT", int(self._params["db"])])
         for command in handshake:
             fut: asyncio.Future[Any] = loop.create_future()
-            self._waiting.append((fut, loop.time()))
+            self._waiting.append((fut, loop.time(), None))
             assert proto.transport is not None
             proto.transport.write(pack(command))
             try:
@@ -254,6 +282,6 @@ class AutoPipeline:
 
     def _fail_all(self, exc: Exception) -> None:
         waiting, self._waiting = self._waiting, deque()
-        for fut, _ in waiting:
+        for fut, _, _ in waiting:
             if not fut.done():
                 fut.set_exception(exc)

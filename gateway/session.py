@@ -2,7 +2,7 @@
 
 Every frame for a client, whether a reply, a live message or a replayed one,
 goes through :meth:`Session.push`, which writes synchronously with
-``websockets.broadcast`` (no await, so the router can deliver from
+``connection.write_text`` (no await, so the router can deliver from
 ``data_received``) and cuts off a client whose unsent bytes pass the bound.
 
 While a session is *holding* (just claimed and its inbox not yet replayed, or
@@ -18,13 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
 
 from common.metrics import Counter
 from protocol.frames import frame_id
 
-from .connection import set_write_bound
+from .connection import set_write_bound, write_text
 
 log = logging.getLogger("chinwag.session")
 
@@ -86,9 +85,12 @@ class Session:
         self.cursors_dirty = False  # last_group moved since the gateway last saved it to Redis
 
     def push(self, frame: bytes) -> None:
-        """Write one frame now; flag the session as a slow consumer if it is not reading."""
+        """Write one frame now; flag the session as a slow consumer if it is not reading.
+
+        Framed by :func:`~gateway.connection.write_text` (as ``websockets.broadcast`` would, for
+        less): this runs for every frame a client gets."""
         ws = self.ws
-        broadcast((ws,), frame, text=True)
+        write_text((ws,), frame)
         transport = ws.transport
         if transport is not None and transport.get_write_buffer_size() > self.max_buffer:
             self.on_slow(self)
@@ -129,7 +131,7 @@ class Session:
         if transport is not None and transport.get_write_buffer_size() > self.max_buffer // 2:
             await self.ws.send(frame, text=True)  # waits for the buffer to drain below its limit
         else:
-            broadcast((self.ws,), frame, text=True)
+            write_text((self.ws,), frame)
 
     def deliver_group(self, gkey: str, frame: bytes) -> None:
         """A group message from the group's channel (held while holding)."""

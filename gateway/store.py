@@ -26,8 +26,9 @@ publishing again.  A ref reused for different content is simply a new send.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
@@ -272,10 +273,11 @@ class Store:
         self._advance = redis.register_script(_ADVANCE)
         self._settle = redis.register_script(_SETTLE)
 
-    async def _run(self, script: Any, keys: list[Any], args: list[Any]) -> Any:
+    def _run(self, script: Any, keys: list[Any], args: list[Any]) -> Awaitable[Any]:
+        """The script's reply, to await: through the auto-pipeline (its future, no extra frame) or redis-py."""
         if self.pipeline is not None:
-            return await self.pipeline.evalsha(script, keys, args)
-        return await script(keys=keys, args=args)
+            return self.pipeline.evalsha(script, keys, args)
+        return cast(Awaitable[Any], script(keys=keys, args=args))
 
     async def send_dm(
         self, sender_json: bytes, sender_key: str, to_key: str, body: str, ref: str | None = None,

@@ -306,18 +306,17 @@ class FrameParser:
         self.limits = limits or Limits()
 
     def parse(self, data: str | bytes) -> ClientFrame:
-        frame_bytes = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
-        if frame_bytes > self.limits.max_frame_bytes:
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data  # once per frame
+        if len(raw) > self.limits.max_frame_bytes:
             # Not worth decoding a huge frame just to find its ref.
-            raise TooLarge(f"frame is {frame_bytes} bytes; the limit is {self.limits.max_frame_bytes}")
+            raise TooLarge(f"frame is {len(raw)} bytes; the limit is {self.limits.max_frame_bytes}")
         try:
-            return self._parse(data)
+            return self._parse(raw)
         except ChatError as exc:
             exc.ref = _salvage_ref(data)
             raise
 
-    def _parse(self, data: str | bytes) -> ClientFrame:
-        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    def _parse(self, raw: bytes) -> ClientFrame:
         try:
             frame: ClientFrame = _client_decoder.decode(raw)
         except msgspec.ValidationError as exc:

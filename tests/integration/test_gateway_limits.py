@@ -7,11 +7,12 @@ import asyncio
 import psutil
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from client.chat import Closed
 from protocol import frames as f
 from protocol.errors import Unavailable
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event, wait_for_presence
+from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event, wait_for_presence
 
 
 async def test_no_login_in_time_closes_4002(redis_server: RedisServer, processes: Processes) -> None:
@@ -80,3 +81,28 @@ async def test_login_while_redis_is_down_gets_unavailable(
         await raw.login("alice", "pw")
     closed = await wait_for_event(raw, lambda e: isinstance(e, Closed), 5)
     assert isinstance(closed, Closed) and closed.code == 1013
+
+
+async def test_a_full_gateway_turns_the_next_socket_away_and_takes_one_again_after_a_close(
+    redis_server: RedisServer, processes: Processes
+) -> None:
+    """--max-connections counts open sockets (the cheap bound in admission.py must not change that)."""
+    gw = processes.gateway(redis_server.url, env={"CHINWAG_MAX_CONNECTIONS": "3"})
+    held = [await connect(gw.url) for _ in range(3)]
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(gw.url)
+        assert refused.value.response.status_code == 503
+        await held.pop().close()
+
+        async def admitted() -> bool:
+            try:
+                held.append(await connect(gw.url))
+            except InvalidStatus:
+                return False
+            return True
+        # The closed socket leaves the server's set when its handler ends.
+        await async_wait_until(admitted, 5, "the freed slot to be given out again")
+    finally:
+        for ws in held:
+            await ws.close()

@@ -68,3 +68,21 @@ def test_group_smoke_reaches_every_member_once(tmp_path: Path) -> None:
     assert result["delivered"] == result["sent"] * 3
     assert result["lost"] == 0 and result["duplicated"] == 0
     assert result["gateway_rss_kib_per_connection"] > 0
+
+
+def test_two_worker_processes_merge_into_one_report(tmp_path: Path) -> None:
+    """--workers 2 against a real cluster: each worker owns half the pairs, and the parent's
+    totals are the workers' added up (the histogram's count included), with nothing lost."""
+    result = _run(tmp_path, "dm", "--start-cluster", "2", "--clients", "8", "--rate", "100", "--duration", "2",
+                  "--workers", "2", "--settle", "0.5")
+    assert result["workers"] == 2 and result["clients_per_worker"] == [4, 4]
+    assert result["connections_held"] == 8 and result["login_errors"] == 0
+    assert result["sent"] > 0 and result["send_errors"] == 0
+    per_worker = result["delivered_per_worker"]
+    assert len(per_worker) == 2 and all(n > 0 for n in per_worker)
+    assert result["delivered"] == sum(per_worker) == result["histogram_count"] == result["sent"]
+    assert result["lost"] == 0 and result["duplicated"] == 0 and result["out_of_order"] == 0
+    assert result["p50_ms"] is not None and result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["loadgen_processes"] == 2 and len(result["loadgen_cpu_fraction_per_process"]) == 2
+    assert result["loadgen_cpu_fraction"] > 0 and result["gateway_cpu_s"] > 0
+    assert isinstance(result["generator_limited"], bool)

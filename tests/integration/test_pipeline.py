@@ -41,6 +41,9 @@ async def pipeline(redis_server: RedisServer) -> AsyncIterator[AutoPipeline]:
 
 def test_pack_is_resp() -> None:
     assert pack([b"SET", "k", 5, 0.5]) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n5\r\n$3\r\n0.5\r\n"
+    # Lengths below 512 come from a table, longer ones are formatted: both are RESP.
+    assert pack([b"", "é" * 255, b"x" * 512]) == (b"*3\r\n$0\r\n\r\n$510\r\n" + "é".encode() * 255 + b"\r\n$512\r\n"
+                                                   + b"x" * 512 + b"\r\n")
 
 
 async def test_concurrent_calls_share_writes_and_keep_their_order(pipeline: AutoPipeline) -> None:
@@ -73,6 +76,25 @@ async def test_a_flushed_script_cache_is_reloaded(pipeline: AutoPipeline, redis_
     # A script error is not a missing script: it is raised, not retried.
     with pytest.raises(ResponseError):
         await pipeline.evalsha(script("return redis.call('NOSUCHCOMMAND')"), [], [])
+
+
+async def test_calls_in_flight_around_a_resent_script_keep_their_own_replies(pipeline: AutoPipeline) -> None:
+    """An EVALSHA answered NOSCRIPT is sent again as EVAL behind the commands already queued:
+    every caller still gets its own reply, and the script is cached again afterwards."""
+    incr = script("return redis.call('INCR', KEYS[1])")
+    await pipeline.call([b"SCRIPT", b"FLUSH"])
+    calls = []
+    for i in range(50):
+        calls.append(pipeline.evalsha(incr, ["counter"], []))
+        calls.append(pipeline.call([b"SET", f"plain{i}".encode(), str(i).encode()]))
+        calls.append(pipeline.call([b"GET", f"plain{i}".encode()]))
+    results = await asyncio.gather(*calls)
+    assert sorted(results[0::3]) == list(range(1, 51))  # each INCR ran once
+    assert results[1::3] == [b"OK"] * 50
+    assert results[2::3] == [str(i).encode() for i in range(50)]
+    before = pipeline.commands
+    assert await pipeline.evalsha(incr, ["counter"], []) == 51
+    assert pipeline.commands == before + 1  # no NOSCRIPT any more: one command, no EVAL after it
 
 
 async def test_a_lost_connection_fails_calls_in_flight_and_the_next_call_reconnects(
