@@ -6,6 +6,7 @@
     chinwag-loadtest group --start-cluster 2 --clients 200 --group-size 10 --rate 500
     chinwag-loadtest login-storm --start-cluster 2 --clients 1000
     chinwag-loadtest idle --start-cluster 1 --clients 2000 --duration 5
+    chinwag-loadtest browser --start-cluster 2 --clients 20 --messages 5
 
     chinwag-loadtest dm --start-cluster 2 --clients 200 --rate 8000 --workers 2
 
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -133,9 +135,41 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[Pat
             tmp.cleanup()
 
 
+def browsers_unavailable(chromium: str) -> str | None:
+    """Why the browser scenario cannot run here, or None: asked before any cluster starts."""
+    try:
+        importlib.import_module("playwright.async_api")
+    except ImportError as exc:
+        return f"the browser scenario needs playwright (the dev extra: pip install -e '.[dev]') [{exc}]"
+    if not shutil.which(chromium):
+        return f"the browser scenario drives Chromium, and {chromium} is not there (apt install chromium)"
+    return None
+
+
+def _browser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """N headless tabs of the web client (chinwag/loadtest_browser.py): a smoke, with gateway CPU per tab."""
+    if args.urls is not None:
+        parser.error("browser starts its own cluster: use --start-cluster N, not --urls")
+    if args.workers > 1 or args.plot or args.messages < 1:
+        parser.error("browser: one process, no --plot, and --messages at least 1")
+    if why := browsers_unavailable(args.chromium):
+        print(f"chinwag-loadtest: {why}", file=sys.stderr)
+        return 2
+    from chinwag.loadtest_browser import run  # imports nothing optional until it runs
+
+    try:
+        result = asyncio.run(asyncio.wait_for(
+            run(args.clients, args.messages, args.start_cluster or 1, args.chromium, 60.0),  # 60 s a step
+            args.timeout))
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        print(f"chinwag-loadtest: {exc}", file=sys.stderr)
+        return 2
+    return report(args, {"scenario": "browser", **result}, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chinwag-loadtest", description=__doc__.splitlines()[0])
-    parser.add_argument("scenario", choices=["dm", "broadcast", "group", "login-storm", "idle"])
+    parser.add_argument("scenario", choices=["dm", "broadcast", "group", "login-storm", "idle", "browser"])
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--urls", help="comma-separated gateway URLs to load")
     where.add_argument("--start-cluster", type=int, metavar="N", help="start Redis, presence and N gateways")
@@ -156,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presence", choices=("each", "batched", "off"), default="batched",
                         help="what the clients ask to hear of others logging in and out (default batched, "
                              "as chinwag's own clients do)")
+    parser.add_argument("--messages", type=int, default=5, help="browser: broadcasts each tab sends (default 5)")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium",
+                        help="browser: the Chromium to drive (Debian's; nothing is downloaded)")
     parser.add_argument("--ramp", action="store_true", help="dm: raise the rate step by step until it fails")
     parser.add_argument("--ramp-factor", type=float, default=1.5)
     parser.add_argument("--ramp-steps", type=int, default=12)
@@ -176,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--urls is empty")
     if args.plot and args.scenario not in PLOTTED:
         parser.error(f"--plot draws message latencies: only {', '.join(PLOTTED)} measure them")
+    if args.scenario == "browser":
+        return _browser(parser, args)
     if args.plot and (why := plotting_unavailable()):
         print(f"chinwag-loadtest: {why}", file=sys.stderr)
         return 2

@@ -1,9 +1,10 @@
 """N headless browser tabs chatting through the web client: a smoke load test with the gateway's CPU per tab.
 
-    python3 -m benchmarks.browser_tabs [--tabs 20] [--messages 5] [--gateways 1] [--json]
+    chinwag-loadtest browser --start-cluster 1 --clients 20 --messages 5
 
-Starts its own cluster (redis-server on a free loopback port, presence, N
-gateways: chinwag/cluster.py), opens ``--tabs`` pages of the web client in
+Run by ``chinwag-loadtest browser`` (``--clients`` tabs, ``--start-cluster``
+gateways). Starts its own cluster (redis-server on a free loopback port, presence, N
+gateways: chinwag/cluster.py), opens one page of the web client in
 Debian's chromium (Playwright; ``/usr/bin/chromium``, nothing downloaded),
 one browser context per tab, spread over the gateways, and logs each in.
 Then every tab sends ``--messages`` broadcasts, typed into the page, and the
@@ -17,10 +18,7 @@ share the machine with the gateways and use most of its CPU
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -102,29 +100,3 @@ async def run(tabs: int, messages: int, gateways: int, chromium: str, timeout: f
         "gateway_cpu_ms_per_tab": round((cpu2 - cpu0) * 1000 / tabs, 2),
         "duplicates_dropped": duplicates,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tabs", type=int, default=20, help="browser tabs, each its own user (default 20)")
-    parser.add_argument("--messages", type=int, default=5, help="broadcasts each tab sends (default 5)")
-    parser.add_argument("--gateways", type=int, default=1, help="gateways the tabs are spread over (default 1)")
-    parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds any one step may take")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    if args.tabs < 1 or args.messages < 1 or args.gateways < 1:
-        parser.error("--tabs, --messages and --gateways must be at least 1")
-    result = asyncio.run(run(args.tabs, args.messages, args.gateways, args.chromium, args.timeout))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"{result['tabs']} browser tabs on {result['gateways']} gateway(s): logged in in {result['login_s']} s; "
-              f"{result['messages_sent']} broadcasts -> {result['deliveries']} deliveries in {result['chat_s']} s "
-              f"({result['deliveries_per_s']}/s); gateway CPU {result['gateway_cpu_login_s']} s at login + "
-              f"{result['gateway_cpu_chat_s']} s chatting = {result['gateway_cpu_ms_per_tab']} ms per browser client")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
