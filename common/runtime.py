@@ -51,6 +51,22 @@ async def cancel_and_wait(tasks: Collection[asyncio.Task[Any]], rounds: int = 20
         logging.getLogger("chinwag").error("task %s ignored cancellation; abandoning it", task.get_name())
 
 
+def end_if_cancelled() -> None:
+    """Raise the ``CancelledError`` a library swallowed; call it at the top of every loop turn.
+
+    On Python 3.11 ``asyncio.wait_for`` -- redis-py wraps every socket write in
+    one when ``socket_timeout`` is set -- returns the inner result instead of
+    raising when the cancel lands in the loop iteration the inner call completes
+    in.  The task's ``cancelling()`` count stays up then (``asyncio.timeout`` and
+    task groups answer their own cancels with ``uncancel()``; this one is never
+    answered), so a loop that checks it ends at its next turn instead of running
+    on after ``cancel()``.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a server program until SIGTERM or SIGINT sets its stop event.
 

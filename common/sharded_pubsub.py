@@ -17,7 +17,16 @@ so this module keeps the subscriptions itself:
   (``nodes_manager.initialize()``) and the channels are placed again on their
   current owners, retried with capped, jittered backoff until that works; then
   ``on_resubscribed(channels)`` (the caller replays the streams: pub/sub lost
-  whatever was published while the shard was dark).
+  whatever was published while the shard was dark).  Until the replica is
+  promoted every node's ``CLUSTER SLOTS`` still names the dead master, so a
+  refresh asks the other nodes first and is simply repeated; the first retry
+  is a warning, later ones are debug lines plus one warning every
+  ``report_every`` seconds naming the node the map points at.
+
+A ``cancel()`` can be swallowed inside redis-py (Python 3.11's ``wait_for``
+around its socket writes, see ``common.runtime.end_if_cancelled``), so both
+loops here call ``end_if_cancelled`` at every turn and readers are stopped
+with ``cancel_and_wait``: a swallowed cancel costs one turn, never a hang.
 
 A link's connection never reconnects by itself (redis-py's silent reconnect
 and resubscribe would hide a gap), so every loss is seen and reported.
@@ -26,6 +35,7 @@ and resubscribe would hide a gap), so every loss is seen and reported.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -34,7 +44,7 @@ from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -42,12 +52,16 @@ from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
 from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
+from common.runtime import cancel_and_wait, end_if_cancelled
 
 log = logging.getLogger("chinwag.sharded_pubsub")
 
 # REDIS_ERRORS, plus redis-py's cluster errors that are not RedisErrors: a slot no master
 # covers (mid-failover) is "Redis is away" for this loop, too.
 CLUSTER_ERRORS = (*REDIS_ERRORS, RedisClusterException)
+
+# Recent redis-py (8.x here) can be told which node just failed, and asks it last for the slot map.
+_ASKS_FAILED_NODE_LAST = "last_failed_node_name" in inspect.signature(NodesManager.initialize).parameters
 
 Handler = Callable[[bytes], None]
 ChannelsCallback = Callable[[set[bytes]], None]
@@ -73,10 +87,14 @@ class _ShardLink:
 
 
 class ShardedSubscriber:
-    """Channel -> handler over ``SSUBSCRIBE``, kept in force across failovers by :meth:`run`."""
+    """Channel -> handler over ``SSUBSCRIBE``, kept in force across failovers by :meth:`run`.
+
+    One class past 300 lines on purpose: subscribing, the links' readers and the
+    repair loop share one lock, one slot map and one set of lost channels.
+    """
 
     def __init__(self, cluster: RedisCluster, *, keepalive: float = 1.0, ping_timeout: float = 3.0,
-                 confirm_timeout: float = 5.0, backoff: Backoff | None = None) -> None:
+                 confirm_timeout: float = 5.0, backoff: Backoff | None = None, report_every: float = 10.0) -> None:
         self.cluster = cluster
         self.keepalive = keepalive  # seconds of silence on a link before a PING
         self.ping_timeout = ping_timeout  # seconds a PING may go unanswered before the link is dropped
@@ -84,6 +102,7 @@ class ShardedSubscriber:
         # A retry costs one CLUSTER SLOTS and a connect attempt, so the cap is low: it bounds
         # how long a channel stays dark after its replica is promoted (docs/cluster.md).
         self.backoff = backoff or Backoff(base=0.05, cap=0.5)
+        self.report_every = report_every  # seconds between warnings while channels stay dark
         self.on_lost: ChannelsCallback | None = None
         self.on_resubscribed: ChannelsCallback | None = None
         self.resubscribes = 0  # times lost channels were placed again
@@ -92,6 +111,10 @@ class ShardedSubscriber:
         self._lost: set[bytes] = set()  # dark since a loss, to be reported when placed again
         self._closing: list[_ShardLink] = []
         self._stale_map = False
+        self._failed_node: str | None = None  # the node that failed last: asked last for the slot map
+        self._outage_began: float | None = None  # first failed repair of the current outage
+        self._next_report = 0.0
+        self._tries = 0  # failed repairs in the current outage
         self._lock = asyncio.Lock()  # one placement at a time: subscribe and the repair loop
         self._wake = asyncio.Event()
 
@@ -148,18 +171,20 @@ class ShardedSubscriber:
         """Repair lost subscriptions forever (cancel to stop; every link is closed then)."""
         try:
             while True:
+                end_if_cancelled()
                 await self._wake.wait()
                 self._wake.clear()
                 try:
                     async with self._lock:
                         await self._repair()
-                    self.backoff.reset()
                 except asyncio.CancelledError:
                     raise
-                except CLUSTER_ERRORS as exc:  # expected while a shard fails over: warn once per outage
-                    await asyncio.sleep(self._retry_later(exc, log.info if self.backoff.failures else log.warning))
+                except CLUSTER_ERRORS as exc:  # expected while a shard fails over
+                    await asyncio.sleep(self._retry_later(exc, unexpected=False))
                 except Exception as exc:
-                    await asyncio.sleep(self._retry_later(exc, log.exception))
+                    await asyncio.sleep(self._retry_later(exc, unexpected=True))
+                else:
+                    self._repaired()
         finally:
             await self.close()
 
@@ -171,14 +196,51 @@ class ShardedSubscriber:
 
     # -- repair -------------------------------------------------------------
 
-    def _retry_later(self, exc: BaseException, say: Callable[..., None]) -> float:
-        """Log the failed repair; the delay before the next try (the map is refreshed then)."""
+    def _retry_later(self, exc: BaseException, *, unexpected: bool) -> float:
+        """Log the failed repair at a low rate; the delay before the next try (the map is refreshed then).
+
+        The first failure of an outage is a warning, so is one every
+        ``report_every`` seconds after it (how long, how many tries, which node
+        the slot map names); the retries in between are debug lines.
+        """
         delay = self.backoff.next_delay()
         self._stale_map = True
         self._wake.set()
-        say("sharded pub/sub: %d channel(s) not subscribed (%s: %s); retrying in %.2fs",
-            len(set(self._handlers) - self._placed()), type(exc).__name__, exc, delay)
+        now = asyncio.get_running_loop().time()
+        self._tries += 1
+        if self._outage_began is None:
+            self._outage_began = now
+        if self._tries == 1 or now >= self._next_report:
+            self._next_report = now + self.report_every
+            dark = set(self._handlers) - self._placed()
+            log.warning("sharded pub/sub: %d channel(s) not subscribed for %.1fs after %d tries; the slot map "
+                        "names %s for them (%s: %s); retrying in %.2fs",
+                        len(dark), now - self._outage_began, self._tries, self._named_owners(dark),
+                        type(exc).__name__, exc, delay, exc_info=exc if unexpected else None)
+        else:
+            log.debug("sharded pub/sub: repair try %d failed (%s: %s); retrying in %.2fs",
+                      self._tries, type(exc).__name__, exc, delay)
         return delay
+
+    def _repaired(self) -> None:
+        """A repair went through: the backoff and the outage start over."""
+        self.backoff.reset()
+        if self._outage_began is not None:
+            log.info("sharded pub/sub: repaired after %.1fs and %d failed tries",
+                     asyncio.get_running_loop().time() - self._outage_began, self._tries)
+        self._outage_began = None
+        self._tries = 0
+        self._failed_node = None
+
+    def _named_owners(self, channels: set[bytes]) -> str:
+        """The masters the current slot map names for ``channels`` (what a stuck repair keeps trying)."""
+        owners: set[str] = set()
+        for channel in channels:
+            try:
+                owners.add(self._owner(channel).name)
+            except SlotNotCoveredError:
+                owners.add("no master")
+        return ", ".join(sorted(owners)) or "nothing"
 
     def _placed(self) -> set[bytes]:
         return {ch for link in self._links.values() if not link.broken for ch in link.channels}
@@ -217,11 +279,18 @@ class ShardedSubscriber:
             raise SlotNotCoveredError(f"slot {key_slot(channel)} of {channel!r} is not covered") from None
 
     async def _refresh_map(self) -> None:
-        """The slot map as the cluster says now (redis-py's own refresh waits for its next error)."""
-        if self.cluster.nodes_manager.slots_cache:
-            await self.cluster.nodes_manager.initialize()
-        else:
+        """The slot map as the cluster says now (redis-py's own refresh waits for its next error).
+
+        The node that failed last is asked last: a dead host may cost a connect
+        timeout, and until its replica is promoted the map names it anyway.
+        """
+        manager = self.cluster.nodes_manager
+        if not manager.slots_cache:
             await self.cluster.initialize()  # never initialised: this also reads the command table
+        elif self._failed_node is not None and _ASKS_FAILED_NODE_LAST:
+            await manager.initialize(last_failed_node_name=self._failed_node)
+        else:
+            await manager.initialize()
 
     async def _place(self, channels: Iterable[bytes]) -> None:
         if not self.cluster.nodes_manager.slots_cache:
@@ -268,6 +337,7 @@ class ShardedSubscriber:
         try:
             await pubsub.connect()  # type: ignore[no-untyped-call]
         except BaseException:
+            self._failed_node = node.name
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await client.aclose()
             raise
@@ -282,6 +352,7 @@ class ShardedSubscriber:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                end_if_cancelled()
                 message = await link.pubsub.get_message(timeout=self.keepalive)
                 now = loop.time()
                 if message is None:
@@ -335,6 +406,7 @@ class ShardedSubscriber:
         if link.broken:
             return
         link.broken = True
+        self._failed_node = link.name
         self._lose(link, set(link.channels), f"{type(exc).__name__}: {exc}")
         for future in link.confirms.values():
             if not future.done():
@@ -355,8 +427,7 @@ class ShardedSubscriber:
         closing, self._closing = self._closing, []
         for link in closing:
             if link.reader is not None and link.reader is not asyncio.current_task():
-                link.reader.cancel()
-                await asyncio.gather(link.reader, return_exceptions=True)
+                await cancel_and_wait([link.reader])  # bounded, even if redis-py swallows a cancel
             try:
                 await link.pubsub.aclose()  # type: ignore[no-untyped-call]
                 await link.client.aclose()

@@ -4,6 +4,13 @@ The cluster is the session's (``redis_cluster`` in tests/conftest.py).  The
 failover tests kill -9 a master, measure how long its replica takes to be
 promoted and how long a sharded subscriber stays dark, then restart the killed
 node (it rejoins as a replica) so the cluster is whole for the next test.
+
+Every await here has a deadline (``_within``, ``async_wait_until``, the
+cluster's own timeouts) and tasks are stopped with ``cancel_and_wait``: on
+Python 3.11 redis-py can swallow a ``cancel()`` (``asyncio.wait_for`` around
+its socket writes), and a bare ``task.cancel(); await task`` then waited for a
+publisher that kept publishing, until pytest-timeout killed the test with no
+message.
 """
 
 from __future__ import annotations
@@ -14,8 +21,9 @@ import itertools
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
@@ -24,18 +32,50 @@ from redis.exceptions import RedisClusterException
 
 from common.redis import REDIS_ERRORS, connect_redis_cluster
 from common.redis_cluster import ClusterNode, RedisCluster
+from common.runtime import cancel_and_wait
 from common.sharded_pubsub import ShardedSubscriber
 from tests.helpers import async_wait_until
 from tests.integration.test_cluster import ClusterProc
 
 FAILOVER_DEADLINE = 15.0  # node timeout 2 s + election; measured about 4 to 5 s here
+STEP = 10.0  # deadline of one command, subscribe or close (socket timeouts are 2 s and 5 s)
+
+T = TypeVar("T")
+
+
+async def _within(seconds: float, what: str, awaitable: Awaitable[T]) -> T:
+    """``awaitable``, or an AssertionError naming ``what`` after ``seconds`` (not a pytest-timeout hang)."""
+    deadline = asyncio.timeout(seconds)
+    try:
+        async with deadline:
+            return await awaitable
+    except TimeoutError:
+        if deadline.expired():
+            raise AssertionError(f"{what}: not done after {seconds:.0f}s") from None
+        raise
+
+
+async def _stopped(*tasks: asyncio.Task[None]) -> None:
+    """Cancel ``tasks`` until they end (bounded: cancel_and_wait gives up after 5 s) and say if one would not."""
+    await cancel_and_wait(tasks)
+    running = [task.get_name() for task in tasks if not task.done()]
+    assert not running, f"still running after being cancelled for 5 s: {running}"
+
+
+async def _running(subscriber: ShardedSubscriber) -> asyncio.Task[None]:
+    return asyncio.create_task(subscriber.run())
+
+
+async def _stop(subscriber: ShardedSubscriber, runner: asyncio.Task[None]) -> None:
+    await _stopped(runner)
+    await _within(STEP, "closing the subscriber's cluster client", subscriber.cluster.aclose())
 
 
 @pytest.fixture
 async def client(redis_cluster: RedisCluster) -> AsyncIterator[ClusterClient]:
     redis = connect_redis_cluster(redis_cluster.url)
     yield redis
-    await redis.aclose()
+    await _within(STEP, "closing the cluster client", redis.aclose())
 
 
 def test_cluster_is_up_with_a_replica_per_master(redis_cluster: RedisCluster) -> None:
@@ -70,10 +110,7 @@ async def test_sharded_publish_reaches_subscribers_on_every_shard(
         await subscriber.unsubscribe(next(iter(channels.values())))
         assert await client.spublish(next(iter(channels.values())), b"gone") == 0
     finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        await subscriber.cluster.aclose()
+        await _stop(subscriber, runner)
 
 
 async def test_a_script_on_keys_sharing_a_hash_tag_runs_in_one_slot(
@@ -99,15 +136,23 @@ async def test_a_script_on_keys_sharing_a_hash_tag_runs_in_one_slot(
     await client.delete(inbox)
 
 
-async def _publish_forever(client: ClusterClient, channel: bytes, sent: list[tuple[int, float]]) -> None:
-    """SPUBLISH 1, 2, 3, … every 10 ms; failures (the shard failing over) are skipped, not retried."""
+async def _publish_until(stop: asyncio.Event, client: ClusterClient, channel: bytes,
+                         sent: list[tuple[int, float]]) -> None:
+    """SPUBLISH 1, 2, 3, … every 10 ms until ``stop``; failures (the shard failing over) are skipped.
+
+    ``stop`` ends it even when a ``cancel()`` is swallowed inside ``spublish``
+    (and ``REDIS_ERRORS`` is suppressed here, so a cancel turned into one would be too).
+    """
     for n in itertools.count(1):
+        if stop.is_set():
+            return
         with contextlib.suppress(*REDIS_ERRORS):
             await client.spublish(channel, str(n).encode())
             sent.append((n, time.monotonic()))
         await asyncio.sleep(0.01)  # the publishing rate, not a synchronisation
 
 
+@pytest.mark.timeout(180)  # the deadlines below, a failing step's plus the clean-up's, stay under this
 async def test_sharded_subscriber_survives_a_master_failover(
         redis_cluster: RedisCluster, client: ClusterClient) -> None:
     channel = b"cw:test:failover"
@@ -119,17 +164,21 @@ async def test_sharded_subscriber_survives_a_master_failover(
     subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
     subscriber.on_lost = lambda chans: events.append(("lost", chans, time.monotonic()))
     subscriber.on_resubscribed = lambda chans: events.append(("back", chans, time.monotonic()))
-    runner = asyncio.create_task(subscriber.run())
+    runner = asyncio.create_task(subscriber.run(), name="subscriber.run")
     sent: list[tuple[int, float]] = []
-    publisher = asyncio.create_task(_publish_forever(client, channel, sent))
+    stop = asyncio.Event()
+    publisher = asyncio.create_task(_publish_until(stop, client, channel, sent), name="publisher")
     master = redis_cluster.master_for_key(channel)
     try:
-        await subscriber.subscribe(channel, lambda data: received.append((int(data), time.monotonic())))
-        await subscriber.subscribe(other, others.append)
+        await _within(STEP, f"subscribing {channel!r}",
+                      subscriber.subscribe(channel, lambda data: received.append((int(data), time.monotonic()))))
+        await _within(STEP, f"subscribing {other!r}", subscriber.subscribe(other, others.append))
         await async_wait_until(lambda: len(received) >= 5, 5, "messages before the failover")
 
         killed_at = time.monotonic()
-        failover = await asyncio.to_thread(redis_cluster.kill_master, master, FAILOVER_DEADLINE)
+        # kill_master has its own deadlines (promotion, then cluster_state:ok); this one only backs them up.
+        failover = await _within(2 * FAILOVER_DEADLINE + STEP, f"failing over {master.address}",
+                                 asyncio.to_thread(redis_cluster.kill_master, master, FAILOVER_DEADLINE))
         assert failover.seconds < FAILOVER_DEADLINE
         before = len(received)
         await async_wait_until(lambda: len(received) > before + 5, FAILOVER_DEADLINE, "messages after the failover")
@@ -147,29 +196,14 @@ async def test_sharded_subscriber_survives_a_master_failover(
         assert subscriber.resubscribes == 1
         numbers = [n for n, _ in received]
         assert numbers == sorted(set(numbers))  # no duplicate, no reordering on the wire
-        await client.spublish(other, b"still here")
+        await _within(STEP, "SPUBLISH on the untouched shard", client.spublish(other, b"still here"))
         await async_wait_until(lambda: b"still here" in others, 5, "the untouched shard still delivering")
     finally:
-        publisher.cancel()
-        runner.cancel()
-        for task in (publisher, runner):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await subscriber.cluster.aclose()
-        await asyncio.to_thread(redis_cluster.restart, master)
+        stop.set()
+        await _stopped(publisher, runner)
+        await _within(STEP, "closing the subscriber's cluster client", subscriber.cluster.aclose())
+        await _within(30, f"restarting {master.address}", asyncio.to_thread(redis_cluster.restart, master, 20))
     assert redis_cluster.replicas_of(failover.promoted) == [master]  # the old master rejoined as a replica
-
-
-
-async def _running(subscriber: ShardedSubscriber) -> asyncio.Task[None]:
-    return asyncio.create_task(subscriber.run())
-
-
-async def _stop(subscriber: ShardedSubscriber, runner: asyncio.Task[None]) -> None:
-    runner.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await runner
-    await subscriber.cluster.aclose()
 
 
 def _move_slot(redis_cluster: RedisCluster, slot: int, source: ClusterNode, target: ClusterNode) -> None:
