@@ -45,10 +45,23 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
+def _below_ephemeral() -> int:
+    """The lowest port of the kernel's ephemeral range (32768 where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_base_port(host: str, count: int) -> int:
-    """A port p with p..p+count-1 and their HTTP ports (+100) all free right now (bounded tries)."""
+    """A port p with p..p+count-1 and their HTTP ports (+100) all free right now (bounded tries).
+
+    Drawn from below the ephemeral range: ports there are never handed to a bind of port 0 or
+    to an outgoing connection, which could take one between this check and the process's own
+    bind (seen in CI: a gateway started by the load tester failed with EADDRINUSE)."""
+    top = max(_below_ephemeral() - 100 - count - 10000, 1000)
     for _ in range(200):
-        base = 20000 + secrets.randbelow(30000)
+        base = 10000 + secrets.randbelow(top)
         ports = [base + i for i in range(count)] + [base + 100 + i for i in range(count)]
         try:
             for port in ports:
