@@ -28,6 +28,7 @@ from common.backoff import Backoff
 from common.config import Settings
 from common.embedded import EmbeddedRedis
 from common.redis import connect_redis, redacted_url
+from common.runtime import cancel_and_wait, end_if_cancelled
 from presence.registry import Registry
 from protocol.names import name_key
 
@@ -113,10 +114,7 @@ async def _run_node(settings: Settings, stop: asyncio.Event, post: Post, window:
         # (e.g. the port is taken); cancel whatever this node started and left running.
         me = asyncio.current_task()
         leftovers = [t for t in asyncio.all_tasks() - before if t is not me and not t.done()]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            await asyncio.gather(*leftovers, return_exceptions=True)
+        await cancel_and_wait(leftovers)  # bounded: one that swallows its cancels is reported, not waited on
         if embedded is not None:
             post(partial(window._monitor_note, "info", "Stopping the embedded Redis"))
             # Blocking, on this background loop, with nothing else left running on it.
@@ -195,6 +193,7 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
     down = False
     try:
         while not finish.is_set():
+            end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last turn
             pubsub = redis.pubsub()
             try:
                 await pubsub.subscribe(keys.PRESENCE_CHANNEL)
@@ -215,6 +214,7 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
                     watching.set()
                 next_poll = 0.0
                 while True:
+                    end_if_cancelled()
                     if loop.time() >= next_poll:
                         rows, count = await _gateways(registry)
                         post(partial(window._show_gateways, rows, count))

@@ -26,6 +26,7 @@ from websockets.asyncio.connection import broadcast
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from common.backoff import Backoff
+from common.runtime import cancel_and_wait, end_if_cancelled
 from protocol import frames as f
 from protocol.client_state import EVENT, LOGIN_FAILED, REPLY, UPLOAD, WELCOMED, ClientState, reconnects_after
 from protocol.errors import ChatError, CloseCode, LoginError, UsernameTaken
@@ -153,9 +154,8 @@ class Connection:
     async def close(self) -> None:
         """Log out for good: no reconnect, pending requests fail with Disconnected."""
         self._closing = True
-        if self._reconnector is not None:
-            self._reconnector.cancel()
-            await asyncio.gather(self._reconnector, return_exceptions=True)
+        if self._reconnector is not None:  # bounded: a reconnect stuck in a library call cannot hang close()
+            await cancel_and_wait([self._reconnector])
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
@@ -253,6 +253,7 @@ class Connection:
         self.state = "reconnecting"
         self._events.put_nowait(StateChanged("reconnecting", self.url))
         while not self._closing:
+            end_if_cancelled()  # websockets' open and login run under wait_for, which can swallow a cancel
             await asyncio.sleep(backoff.next_delay())
             self._url_index += 1
             url = self.urls[self._url_index % len(self.urls)]

@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from common import keys
 from common.backoff import Backoff
+from common.runtime import end_if_cancelled
 from protocol.confusables import name_skeletons
 from protocol.errors import BadPassword, InvalidUsername, RateLimited, UsernameConfusable
 from protocol.names import Username
@@ -242,12 +243,14 @@ class Accounts:
         backoff = Backoff(cap=30.0)
         prefix = keys.account("")
         while True:
+            end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last try
             try:
                 if await self.redis.exists(keys.SKELETONS_BACKFILLED):
                     return 0
                 scanned = 0
                 pending: list[str] = []
                 async for raw in self.redis.scan_iter(match=f"{prefix}*", count=batch, _type="hash"):
+                    end_if_cancelled()  # a scan of every account is many calls in a row
                     pending.append(_text(raw).removeprefix(prefix))
                     if len(pending) >= batch:
                         scanned += await self._claim_skeletons(pending)

@@ -23,6 +23,7 @@ from websockets.protocol import State
 from common import keys
 from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
+from common.runtime import end_if_cancelled
 from protocol.names import id_tuple
 
 from .groups import Groups
@@ -83,6 +84,7 @@ class GroupBacklog:
         deadline = loop.time() + _OWED_DEADLINE
         backoff = Backoff(base=0.05, cap=1.0)
         while True:
+            end_if_cancelled()  # the replay's redis-py calls may have swallowed a cancel
             start = max(session.last_group.get(gkey, (0, 0)), id_tuple(since))
             if start >= bound or session.ws.state is not State.OPEN:
                 return

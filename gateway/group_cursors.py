@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from common.redis import REDIS_ERRORS
+from common.runtime import end_if_cancelled
 
 from .groups import Groups
 from .session import Session
@@ -44,6 +45,7 @@ async def run_cursor_flusher(groups: Groups, members: dict[str, set[Session]], i
     """Every ``interval`` seconds, save the positions that advanced (a crash loses at most that much:
     a later login without ``resume`` then sees those messages again, never misses one)."""
     while True:
+        end_if_cancelled()  # the flush's redis-py calls may have swallowed a cancel
         await asyncio.sleep(interval)
         try:
             await flush_cursors(groups, members)

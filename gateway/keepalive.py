@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from common.runtime import retrieve
+from common.runtime import end_if_cancelled, retrieve
 from protocol.errors import CloseCode
 
 from .client_ip import peer
@@ -39,6 +39,7 @@ async def keepalive(interval: float, connections: Callable[[], Iterable[ServerCo
         spawn(cut_off(ws, CloseCode.INTERNAL_ERROR, "keepalive ping timeout"), "cut-off")
 
     while True:
+        end_if_cancelled()  # a ping's write can swallow a cancel, as redis-py's wait_for does
         await asyncio.sleep(interval)
         for ws, pong in waiting.items():
             if not pong.done() and ws.state is State.OPEN:
@@ -64,6 +65,7 @@ async def sweep_buffers(limit: int, sessions: Callable[[], Iterable[Session]], o
                         every: float = 0.5) -> None:
     """Catch clients that only receive fan-out frames (never checked per write) and stopped reading."""
     while True:
+        end_if_cancelled()
         await asyncio.sleep(every)
         for session in list(sessions()):
             transport = session.ws.transport

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 from common import keys
 from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
+from common.runtime import end_if_cancelled
 from protocol.errors import CloseCode
 from protocol.names import id_tuple
 
@@ -64,6 +65,7 @@ async def run(gateway: Gateway) -> None:
     backoff = Backoff(base=0.1, cap=gateway.settings.lease_ttl / 3)
     registered = False
     while True:
+        end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last turn
         try:
             if not registered:
                 await gateway.registry.register_gateway(gateway.node_id)
@@ -77,6 +79,7 @@ async def run(gateway: Gateway) -> None:
                 _gateway_log.info("Redis is reachable again")
             gateway.redis_ok = True
             backoff.reset()
+            end_if_cancelled()  # before sleeping a third of the lease on a swallowed cancel
             await asyncio.sleep(gateway.settings.lease_ttl / 3)
         except asyncio.CancelledError:
             raise

@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from common import keys
 from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
+from common.runtime import end_if_cancelled
 from presence.registry import NoLease
 from protocol import frames as f
 from protocol.frames import frame_id
@@ -130,12 +131,14 @@ class Recovery:
         backoff = Backoff(base=0.05, cap=1.0)
         try:
             while True:
+                end_if_cancelled()  # superseded, and redis-py swallowed the cancel: stop here
                 try:
                     if self.reclaim_pending:
                         lost = await lease.reclaim(gw)
                         self.reclaim_pending = False
                         sessions = [s for s in sessions if s not in lost]
                     recovered = await self._catch_up(sessions)
+                    end_if_cancelled()  # a superseded catch-up must not release what the newer one holds
                 except (*REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
                     if loop.time() > deadline:
                         log.error("gave up catching up after reconnect (%s); clients resume on their next login",

@@ -26,7 +26,7 @@ import hiredis
 from redis.asyncio.connection import parse_url
 
 from common.backoff import Backoff
-from common.runtime import retrieve
+from common.runtime import end_if_cancelled, retrieve
 from protocol.errors import Unavailable
 
 log = logging.getLogger("chinwag.router")
@@ -132,6 +132,7 @@ class Router:
         backoff = Backoff(base=0.05, cap=2.0)
         first = True
         while True:
+            end_if_cancelled()  # the handshake's wait_for can swallow a cancel
             try:
                 await self._connect_once(first)
                 backoff.reset()
@@ -229,6 +230,7 @@ class Router:
         loop = asyncio.get_running_loop()
         self.ping_sent = None
         while True:
+            end_if_cancelled()  # a cancel _connect_once's wait_for swallowed ends the watch, not just the next one
             now = loop.time()
             if self.ping_sent is not None and self.last_data >= self.ping_sent:
                 self.ping_sent = None  # answered (any data from Redis will do)

@@ -26,7 +26,7 @@ from common.config import Settings
 from common.http import health_routes, serve_http
 from common.metrics import Metrics
 from common.redis import connect_redis
-from common.runtime import cancel_and_wait, service_main
+from common.runtime import cancel_and_wait, end_if_cancelled, service_main
 
 from .registry import Registry
 
@@ -53,6 +53,7 @@ class Reaper:
         """One sweep; returns the gateway ids reaped."""
         reaped: list[str] = []
         while True:
+            end_if_cancelled()  # back-to-back redis-py calls: a swallowed cancel would otherwise run on
             ids, freed = await self.registry.reap_expired()
             if not ids:
                 break
@@ -67,6 +68,7 @@ class Reaper:
         backoff = Backoff(base=0.1, cap=5.0)
         lost_redis = False
         while True:
+            end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last turn
             try:
                 await self.registry.redis.ping()
                 now = self._clock()
@@ -77,6 +79,7 @@ class Reaper:
                 if now >= self._grace_until:
                     await self.sweep_once()
                 backoff.reset()
+                end_if_cancelled()
                 await asyncio.sleep(self.settings.reap_interval)
             except asyncio.CancelledError:
                 raise
