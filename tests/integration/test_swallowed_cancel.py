@@ -30,6 +30,7 @@ from redis.asyncio.client import Pipeline
 
 from common import keys
 from common.config import Settings
+from common.runtime import cancel_and_wait
 from gateway import lease
 from gateway.accounts import Accounts
 from gateway.server import Gateway
@@ -175,3 +176,22 @@ async def test_skeleton_backfill_ends_on_a_swallowed_cancel(redis: SwallowingRed
         assert not await redis.exists(keys.SKELETONS_BACKFILLED)
     finally:
         accounts.close()
+
+
+async def test_superseded_catch_up_stops_on_a_swallowed_cancel(
+    redis: SwallowingRedis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A catch-up is cancelled when a newer one supersedes it; one that swallowed the cancel and ran on
+    would release the live frames the newer one holds back until its own replay is written."""
+    settings = Settings(redis_url=redis_server.url, data_dir=str(tmp_path), argon2_memory_kib=1024,
+                        argon2_time_cost=1)
+    gateway = Gateway(settings, redis=redis)
+    try:
+        gateway.recovery.start()
+        task = gateway.recovery.task
+        assert task is not None
+        await _cancel_at_next_reply(redis, task)  # armed before its first call
+    finally:
+        await cancel_and_wait(list(gateway._tasks))
+        gateway.accounts.close()
+        await gateway.pipeline.aclose()
