@@ -89,8 +89,9 @@ class _ShardLink:
 class ShardedSubscriber:
     """Channel -> handler over ``SSUBSCRIBE``, kept in force across failovers by :meth:`run`.
 
-    One class past 300 lines on purpose: subscribing, the links' readers and the
-    repair loop share one lock, one slot map and one set of lost channels.
+    One thing: subscribing, the links' readers and the repair loop share one
+    lock, one slot map and one set of lost channels, so the class is past 300
+    lines on purpose.
     """
 
     def __init__(self, cluster: RedisCluster, *, keepalive: float = 1.0, ping_timeout: float = 3.0,
