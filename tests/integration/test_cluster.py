@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from chinwag.cluster import free_base_port
 from protocol import frames as f
 from tests.helpers import (
     FAST_ENV,
@@ -20,7 +21,6 @@ from tests.helpers import (
     Clients,
     RedisServer,
     async_wait_until,
-    free_port,
     wait_for_event,
     wait_for_presence,
     wait_until,
@@ -102,9 +102,7 @@ def _metric(text: str, name: str) -> float:
 async def test_three_gateway_cluster_chats_reports_metrics_and_readiness(
     tmp_path: Path, redis_server: RedisServer, clients: Clients, cluster_factory: list[ClusterProc]
 ) -> None:
-    base = free_port()
-    while any(_port_busy(p) for p in (base + 1, base + 2, base + 100, base + 101, base + 102)):
-        base = free_port()
+    base = free_base_port("127.0.0.1", 3)  # below the ephemeral range: nothing else is handed these ports
     cluster = ClusterProc(["--gateways", "3", "--base-port", str(base), "--redis-url", redis_server.url], tmp_path)
     cluster_factory.append(cluster)
     cluster.wait_ready()
@@ -155,17 +153,10 @@ async def _all(urls: list[str], status: int) -> bool:
     return all(_get(u)[0] == status for u in urls)
 
 
-def _port_busy(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 async def test_cluster_starts_its_own_redis_when_given_none(
     tmp_path: Path, clients: Clients, cluster_factory: list[ClusterProc]
 ) -> None:
-    base = free_port()
+    base = free_base_port("127.0.0.1", 2)  # below the ephemeral range: nothing else is handed these ports
     cluster = ClusterProc(["--gateways", "2", "--base-port", str(base)], tmp_path)
     cluster_factory.append(cluster)
     cluster.wait_ready()
