@@ -187,7 +187,7 @@ class Settings:
     redis_ping_timeout: float = 3.0
     group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
-    presence_batch_writes: float = 10_000.0
+    presence_batch_writes: float = 2_500.0
     online_page: int = 1000
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456

@@ -29,7 +29,10 @@ transport keeps every write as an object of its own, so a flood of empty pings
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
@@ -47,14 +50,27 @@ _CONTROL = (Opcode.PING, Opcode.PONG)
 
 
 class BoundedConnection(ServerConnection):
-    """A ServerConnection that aborts a peer that sends without reading, or floods control frames."""
+    """A ServerConnection that aborts a peer that sends without reading, or floods control frames.
 
-    write_bound = 64 * 1024  # unsent bytes; the gateway's subclass sets its login_write_buffer
+    Its own state is in ``__slots__``, set in ``__init__``: a ServerConnection's ``__dict__``
+    holds 29 attributes in a key-sharing dict of 296 bytes, and one attribute more made
+    CPython give every connection a dict of its own, 1,584 bytes (it happened to each
+    socket at login, when ``set_write_bound`` added ``write_bound``).  For the same reason
+    ``drain_waiters`` (websockets appends, removes and iterates, nothing else) is a list: an
+    empty deque is 760 bytes, an empty list 56.
+    """
+
+    __slots__ = ("control_stamp", "control_tokens", "dropped", "write_bound")
+    login_bound = 64 * 1024  # unsent bytes before login; the gateway's subclass sets its login_write_buffer
     control_rate = 10.0  # control frames per second (bursts of 10x); the gateway's subclass sets its own
-    # Per connection, set on first use (class defaults keep idle connections small):
-    control_tokens = -1.0  # < 0: the bucket has not been used yet, so it is full
-    control_stamp = 0.0
-    dropped = ""  # why the connection was aborted, once it was: "write_bound" or "control_frames"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.drain_waiters = cast("deque[asyncio.Future[None]]", [])
+        self.write_bound = self.login_bound  # unsent bytes allowed; a session's once logged in
+        self.control_tokens = -1.0  # < 0: the bucket has not been used yet, so it is full
+        self.control_stamp = 0.0
+        self.dropped = ""  # why the connection was aborted, once it was: "write_bound" or "control_frames"
 
     def on_drop(self, reason: str, detail: str) -> None:
         """Told once when the connection is aborted (metrics, logs); the gateway's subclass overrides it."""
@@ -98,9 +114,9 @@ class BoundedConnection(ServerConnection):
 
 
 def bounded_connection(
-    login_bound: int, control_rate: float, on_drop: Overflow, trusted: TrustedProxies = NOBODY
+    bound: int, control_rate: float, on_drop: Overflow, trusted: TrustedProxies = NOBODY
 ) -> type[BoundedConnection]:
-    """The gateway's class for ``serve(create_connection=...)``: ``login_bound`` until login.
+    """The gateway's class for ``serve(create_connection=...)``: ``bound`` unsent bytes until login.
 
     Also a :class:`~gateway.handshake.GetOnlyConnection` (405 for methods other
     than GET); the bounds come first in the MRO, so they see every byte.  And a
@@ -109,7 +125,8 @@ def bounded_connection(
     """
 
     class GatewayConnection(BoundedConnection, ClientAddressConnection, GetOnlyConnection):
-        write_bound = login_bound
+        __slots__ = ()  # no dict entries of its own either (see BoundedConnection)
+        login_bound = bound
 
         def on_drop(self, reason: str, detail: str) -> None:
             on_drop(self, reason, detail)
