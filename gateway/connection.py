@@ -49,6 +49,23 @@ SLICE = 16 * 1024  # bytes of incoming data processed between two checks
 _CONTROL = (Opcode.PING, Opcode.PONG)
 
 
+class FrameQueue(list[Frame]):
+    """The deque methods websockets' receive queue uses (``SimpleQueue.queue``), on a list.
+
+    The queue holds at most ``max_queue`` frames (16) and is empty on an idle socket, where
+    a deque's first block is 700 bytes of every connection's memory.
+    """
+
+    __slots__ = ()
+
+    def popleft(self) -> Frame:
+        return self.pop(0)
+
+    def extendleft(self, frames: Iterable[Frame]) -> None:
+        for frame in frames:  # one at a time to the front, as deque.extendleft does
+            self.insert(0, frame)
+
+
 class BoundedConnection(ServerConnection):
     """A ServerConnection that aborts a peer that sends without reading, or floods control frames.
 
@@ -57,7 +74,8 @@ class BoundedConnection(ServerConnection):
     CPython give every connection a dict of its own, 1,584 bytes (it happened to each
     socket at login, when ``set_write_bound`` added ``write_bound``).  For the same reason
     ``drain_waiters`` (websockets appends, removes and iterates, nothing else) is a list: an
-    empty deque is 760 bytes, an empty list 56.
+    empty deque is 760 bytes, an empty list 56; and so is the queue of frames received and
+    not yet read (:class:`FrameQueue`).
     """
 
     __slots__ = ("control_stamp", "control_tokens", "dropped", "write_bound")
@@ -71,6 +89,10 @@ class BoundedConnection(ServerConnection):
         self.control_tokens = -1.0  # < 0: the bucket has not been used yet, so it is full
         self.control_stamp = 0.0
         self.dropped = ""  # why the connection was aborted, once it was: "write_bound" or "control_frames"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # makes recv_messages
+        self.recv_messages.frames.queue = cast("deque[Frame]", FrameQueue())
 
     def on_drop(self, reason: str, detail: str) -> None:
         """Told once when the connection is aborted (metrics, logs); the gateway's subclass overrides it."""
