@@ -9,8 +9,8 @@ comes, ``batched`` one ``presence_batch`` per window, however busy logins are.
 The window is ``presence_batch`` seconds, stretched when there are so many
 ``batched`` sockets that one frame each per window would pass
 ``presence_batch_writes`` writes a second: during a storm of 10,000 logins the
-flushes were a sixth of the gateway's CPU and grew with every login, so the
-logins slowed the more of them were in.
+flushes took a third of the event loop and grew with every login, so the
+logins slowed the more of them were in (docs/benchmarks.md).
 Sessions still joining (``joining``) hold what arrives until their replay is
 written.
 """
