@@ -13,6 +13,8 @@ best of ``--rounds``; run it against two checkouts (``PYTHONPATH=<tree>``) to co
   (this process's side only: queueing, the write, hiredis, resolving the future);
 * ``push``: ``Session.push`` of a 200-byte message frame to a real WebSocket over loopback;
 * ``fanout``: ``Fanout.broadcast`` of that frame to 100 such sockets, per socket;
+* ``send_floor``: a bare ``socket.send`` of the same bytes to 100 loopback TCP sockets, per
+  socket, read the same way: the kernel's share of ``fanout``, which no Python change removes;
 * ``redis_dm``: Redis's own CPU (``INFO cpu``) per ``Store.send_dm`` to an online recipient
   (dedupe, stored in both streams, published), 100 in flight: the Redis side of a DM.
 """
@@ -171,6 +173,38 @@ async def bench_push(n: int, rounds: int, fan: int = 100) -> tuple[float, float]
     return min(push_times), min(fan_times)
 
 
+def bench_send_floor(n: int, rounds: int, fan: int = 100) -> float:
+    """µs of CPU per ``send`` of a framed 200-byte message to one of ``fan`` loopback TCP sockets."""
+    data = b"\x81\x7e" + len(FRAME).to_bytes(2, "big") + FRAME
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(fan)
+        readers = [socket.create_connection(listener.getsockname()) for _ in range(fan)]
+        writers = [listener.accept()[0] for _ in range(fan)]
+    try:
+        for sock in readers + writers:
+            sock.setblocking(False)
+        for sock in writers:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's transports have it
+        times = []
+        for _ in range(rounds):
+            spent = 0.0
+            for _ in range(n // fan // 10):
+                t = time.process_time()
+                for _ in range(10):
+                    for sock in writers:
+                        sock.send(data)
+                spent += time.process_time() - t
+                for sock in readers:
+                    while len(sock.recv(1 << 16)) == 1 << 16:
+                        pass
+            times.append(spent / (n // fan // 10 * 10 * fan) * 1e6)
+        return min(times)
+    finally:
+        for sock in readers + writers:
+            sock.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_hotpath", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="calls per round (default 20000)")
@@ -199,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             redis.terminate()
             redis.wait(10)
     out["push"], out["fanout"] = asyncio.run(bench_push(args.n, args.rounds))
+    out["send_floor"] = bench_send_floor(args.n, args.rounds)
     for name, us in out.items():
         print(f"{name:8} {us:6.2f} µs CPU per call")
     return 0

@@ -102,7 +102,7 @@ class Cluster:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHINWAG_") and k != "REDIS_URL"}
         env["CHINWAG_LOG_LEVEL"] = self.log_level
         for key in ("CHINWAG_ARGON2_MEMORY_KIB", "CHINWAG_ARGON2_TIME_COST", "CHINWAG_LEASE_TTL",
-                    "CHINWAG_STREAM_MAXLEN", "CHINWAG_LOG_JSON"):
+                    "CHINWAG_STREAM_MAXLEN", "CHINWAG_LOG_JSON", "CHINWAG_PRESENCE_BATCH_WRITES"):
             if key in os.environ:
                 env[key] = os.environ[key]  # tuning passed through to every node
         env.update(self.extra_env)

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from chinwag.loadtest_idle import IdleClient
 from chinwag.loadtest_measure import Progress, Recorder
 from client.chat import ChatClient
 from protocol import frames as f
@@ -36,6 +37,7 @@ class Fleet:
         self.count = args.clients if count is None else count
         self.rec = Recorder(run)
         self.clients: list[ChatClient] = []
+        self.idlers: list[IdleClient] = []  # the idle scenario's clients (chinwag/loadtest_idle.py), not ChatClients
         self.ids: list[int] = []  # the global number of each client in self.clients
         self.readers: list[asyncio.Task[None]] = []
         self.login_errors = 0
@@ -46,10 +48,16 @@ class Fleet:
     def user(self, i: int) -> str:
         return f"lt{self.run}u{i}"
 
+    @property
+    def held(self) -> int:
+        """Connections logged in and held."""
+        return len(self.clients) + len(self.idlers)
+
     async def connect(self, read: bool = True) -> float:
         """Log in this fleet's users over the URLs (bounded concurrency); returns seconds taken."""
         sem = asyncio.Semaphore(self.args.concurrency)
-        slots: list[ChatClient | None] = [None] * self.count
+        slots: list[ChatClient | IdleClient | None] = [None] * self.count
+        idle = self.args.scenario == "idle"
 
         async def one(k: int) -> None:
             i = self.first + k
@@ -57,9 +65,12 @@ class Fleet:
                 url = self.urls[i % len(self.urls)]
                 for attempt in range(self.args.login_attempts):
                     try:
-                        slots[k] = await ChatClient.open([url], self.user(i), PASSWORD, reconnect=False,
-                                                         open_timeout=30, request_timeout=60,
-                                                         presence=self.args.presence)
+                        if idle:
+                            slots[k] = await IdleClient.open(url, self.user(i), PASSWORD, self.args.presence, 60)
+                        else:
+                            slots[k] = await ChatClient.open([url], self.user(i), PASSWORD, reconnect=False,
+                                                             open_timeout=30, request_timeout=60,
+                                                             presence=self.args.presence)
                         return
                     except Exception as exc:
                         kind = f"{type(exc).__name__}: {exc}"[:120]
@@ -76,7 +87,8 @@ class Fleet:
                       f"errors {self.login_errors}", self.args.progress):
             await asyncio.wait_for(asyncio.gather(*tasks), max(1.0, self.deadline - time.monotonic()))
         elapsed = time.perf_counter() - started
-        held = [(self.first + k, c) for k, c in enumerate(slots) if c is not None]
+        self.idlers = [c for c in slots if isinstance(c, IdleClient)]
+        held = [(self.first + k, c) for k, c in enumerate(slots) if isinstance(c, ChatClient)]
         self.ids = [i for i, _ in held]
         self.clients = [c for _, c in held]
         if read:
@@ -95,14 +107,15 @@ class Fleet:
             task.cancel()
         sem = asyncio.Semaphore(200)
 
-        async def one(c: ChatClient) -> None:
+        async def one(c: ChatClient | IdleClient) -> None:
             async with sem:
                 try:
                     await asyncio.wait_for(c.close(), 5)
                 except Exception:
                     pass
 
-        await asyncio.gather(*(one(c) for c in self.clients))
+        everyone: list[ChatClient | IdleClient] = [*self.clients, *self.idlers]
+        await asyncio.gather(*(one(c) for c in everyone))
 
     # -- who sends to whom ------------------------------------------------------
 

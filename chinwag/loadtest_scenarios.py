@@ -77,9 +77,9 @@ class LoadTest(Fleet):
         if self.probe.procs:
             rss = self.probe.rss()
             out["server_rss_mib"] = {name: round(v / 2**20, 1) for name, v in rss.items()}
-            if self.clients:  # the gateways' whole RSS (baseline included) per connection they hold
+            if self.held:  # the gateways' whole RSS (baseline included) per connection they hold
                 gw_rss = sum(v for k, v in rss.items() if k.startswith("gateway"))
-                out["gateway_rss_kib_per_connection"] = round(gw_rss / 1024 / len(self.clients), 1)
+                out["gateway_rss_kib_per_connection"] = round(gw_rss / 1024 / self.held, 1)
         return out
 
     def progress_line(self) -> str:
@@ -177,13 +177,13 @@ class LoadTest(Fleet):
         rss0 = self.probe.rss()
         before = self.snapshot()
         elapsed = await self.connect(read=False)
-        with Progress("idle", lambda: f"holding {len(self.clients)} connections", self.args.progress,
+        with Progress("idle", lambda: f"holding {self.held} connections", self.args.progress,
                       self.args.duration):
             await asyncio.sleep(min(self.args.duration, max(0.0, self.deadline - time.monotonic())))
-        result: dict[str, Any] = {"connections_held": len(self.clients), "login_errors": self.login_errors,
+        result: dict[str, Any] = {"connections_held": self.held, "login_errors": self.login_errors,
                                   "login_retries": self.login_retries,
                                   "connect_s": round(elapsed, 3), **self.usage(before, 0)}
-        result.update(idle_memory(self.probe, rss0, len(self.clients)))
+        result.update(idle_memory(self.probe, rss0, self.held))
         return result
 
     def summary(self, offered: int, expected: int, before: Snapshot | None, fan: int) -> dict[str, Any]:

@@ -94,7 +94,7 @@ async def _serve(conn: Connection, fleet: Fleet) -> None:
                     senders = fleet.broadcasters()
                 elif args.scenario == "group":
                     senders = await fleet.make_groups()
-                conn.send(("connected", {"held": len(fleet.clients), "senders": len(senders),
+                conn.send(("connected", {"held": fleet.held, "senders": len(senders),
                                          "login_errors": fleet.login_errors, "login_retries": fleet.login_retries,
                                          "error_kinds": fleet.error_kinds, "connect_s": connect_s}))
             elif kind == "go":

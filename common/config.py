@@ -131,6 +131,9 @@ OPTIONS: tuple[Option, ...] = (
            "(clients page through the rest)", _GW, _positive),
     Option("presence_batch", "CHINWAG_PRESENCE_BATCH", "seconds of presence changes coalesced into one "
            "presence_batch frame, for clients that log in with presence \"batched\"", _GW, float),
+    Option("presence_batch_writes", "CHINWAG_PRESENCE_BATCH_WRITES", "most presence_batch frames written per "
+           "second: with more \"batched\" sockets than this times the batch window, the window stretches to "
+           "keep presence within that budget during login storms (0: never stretch)", _GW, float),
     Option("argon2_time_cost", "CHINWAG_ARGON2_TIME_COST", "argon2id iterations", _GW, int),
     Option("argon2_memory_kib", "CHINWAG_ARGON2_MEMORY_KIB", "argon2id memory in KiB", _GW, int),
     Option("argon2_parallelism", "CHINWAG_ARGON2_PARALLELISM", "argon2id lanes", _GW, int),
@@ -184,6 +187,7 @@ class Settings:
     redis_ping_timeout: float = 3.0
     group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
+    presence_batch_writes: float = 2_500.0
     online_page: int = 1000
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19_456

@@ -152,14 +152,20 @@ def peer_host(ws: ServerConnection) -> str:
 class ClientAddressConnection(ServerConnection):
     """Knows its client's address from the handshake, before the gateway empties the request's headers.
 
-    ``client_ip`` is set as the request arrives (before ``process_request``);
-    ``proxy`` is the peer when the address came from a trusted proxy's header
-    (for logs), else "".  The gateway's subclass sets ``trusted_proxies``.
+    ``client_ip`` is set as the request arrives (before ``process_request``).
+    The gateway's subclass sets ``trusted_proxies``.  ``proxy`` is worked out when
+    asked (logs only) rather than stored: one attribute more per connection costs
+    every connection a dict of its own (see connection.BoundedConnection).
     """
 
     trusted_proxies: TrustedProxies = NOBODY
-    client_ip = ""  # class defaults: nothing per connection until the request arrives
-    proxy = ""
+    client_ip = ""  # class default: nothing per connection until the request arrives
+
+    @property
+    def proxy(self) -> str:
+        """The peer when the client's address came from a trusted proxy's header (for logs), else ""."""
+        peer = peer_host(self)
+        return peer if self.client_ip and self.client_ip != client_address(peer, (), NOBODY) else ""
 
     def process_event(self, event: Event) -> None:
         first = self.request is None
@@ -168,8 +174,6 @@ class ClientAddressConnection(ServerConnection):
             peer = peer_host(self)
             forwarded = event.headers.get_all(HEADER) if self.trusted_proxies else []
             self.client_ip = client_address(peer, forwarded, self.trusted_proxies)
-            if self.client_ip != client_address(peer, (), NOBODY):
-                self.proxy = peer
 
 
 def client_ip(ws: ServerConnection) -> str:

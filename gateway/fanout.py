@@ -6,6 +6,11 @@ so each event costs one encode however many clients there are.  ``live`` holds e
 logged-in socket past its replay (broadcasts go there); presence goes to the
 sockets that asked for it (``login.presence``): ``each`` gets every event as it
 comes, ``batched`` one ``presence_batch`` per window, however busy logins are.
+The window is ``presence_batch`` seconds, stretched when there are so many
+``batched`` sockets that one frame each per window would pass
+``presence_batch_writes`` writes a second: during a storm of 10,000 logins the
+flushes took a third of the event loop and grew with every login, so the
+logins slowed the more of them were in (docs/benchmarks.md).
 Sessions still joining (``joining``) hold what arrives until their replay is
 written.
 """
@@ -30,11 +35,21 @@ log = logging.getLogger("chinwag.gateway")
 _presence_decoder = msgspec.json.Decoder(f.Presence)
 
 
+def batch_window(seconds: float, sockets: int, writes: float) -> float:
+    """``seconds``, or longer if one ``presence_batch`` to each of ``sockets`` per window would
+    be more than ``writes`` frames a second (``writes`` 0: never longer)."""
+    if writes <= 0:
+        return seconds
+    return max(seconds, sockets / writes)
+
+
 class Fanout:
     """The sets frames are fanned out to, and presence delivery (each or batched)."""
 
-    def __init__(self, batch_seconds: float, joining: Callable[[], Collection[Session]], out: Counter) -> None:
+    def __init__(self, batch_seconds: float, joining: Callable[[], Collection[Session]], out: Counter,
+                 batch_writes: float = 0.0) -> None:
         self.batch_seconds = batch_seconds
+        self.batch_writes = batch_writes  # presence_batch frames per second at most (0: no limit)
         self._joining = joining
         self._out = out
         self.live: set[ServerConnection] = set()  # logged in and past replay: broadcasts go here
@@ -74,10 +89,14 @@ class Fanout:
             else:
                 self._pending[event.user] = event.status  # the latest status wins
                 if self._timer is None:
-                    self._timer = asyncio.get_running_loop().call_later(self.batch_seconds, self.flush)
+                    self._timer = asyncio.get_running_loop().call_later(self.window(), self.flush)
         for session in self._joining():
             if session.presence != f.PRESENCE_OFF:
                 session.hold(frame)
+
+    def window(self) -> float:
+        """Seconds until the next ``presence_batch`` (:func:`batch_window`)."""
+        return batch_window(self.batch_seconds, len(self.presence_batched), self.batch_writes)
 
     def flush(self) -> None:
         """Send the window's changes as one ``presence_batch``."""

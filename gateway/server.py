@@ -128,7 +128,7 @@ class Gateway:
         self.m_errors, self.m_publish, self.m_replayed, self.m_slow = gm.errors, gm.publish, gm.replayed, gm.slow
         self.files = FileService(settings, self.redis, metrics=m, errors=self.m_errors)  # blobs in settings.blob_path
         # The concerns the gateway wires together, each in its own module.
-        self.fanout = Fanout(settings.presence_batch, lambda: self.joining, self.m_out)
+        self.fanout = Fanout(settings.presence_batch, lambda: self.joining, self.m_out, settings.presence_batch_writes)
         self.dispatcher = Dispatcher(
             settings, self.parser, self.redis, self.store, self.registry, self.groups, self.relay, self.files,
             self.requests, self.m_in, self.m_out, self.m_errors, self.m_publish,

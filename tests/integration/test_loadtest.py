@@ -86,3 +86,15 @@ def test_two_worker_processes_merge_into_one_report(tmp_path: Path) -> None:
     assert result["loadgen_processes"] == 2 and len(result["loadgen_cpu_fraction_per_process"]) == 2
     assert result["loadgen_cpu_fraction"] > 0 and result["gateway_cpu_s"] > 0
     assert isinstance(result["generator_limited"], bool)
+
+
+def test_idle_smoke_with_presence_on_holds_every_connection(tmp_path: Path) -> None:
+    # The idle clients (chinwag/loadtest_idle.py) read and drop presence_batch frames; two
+    # worker processes, so the merged report counts both slices.
+    result = _run(tmp_path, "idle", "--start-cluster", "1", "--clients", "30", "--duration", "1",
+                  "--presence", "batched", "--workers", "2")
+    assert result["presence"] == "batched"
+    assert result["connections_held"] == 30
+    assert result["login_errors"] == 0
+    assert result["gateways"]["gateway 1"]["connections"] == 30
+    assert result["rss_kib_per_connection"] is not None
