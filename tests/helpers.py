@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -49,6 +50,28 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def restart_safe_port(rng: random.Random | None = None) -> int:
+    """A free loopback port below the kernel's ephemeral range, for a server restarted on its port.
+
+    Ports from ``free_port()`` come from the ephemeral range, which every
+    ``bind(port 0)`` on the machine draws from (Linux gives those odd ports,
+    and outgoing connections even ones): while a server is down for a restart,
+    another test's ``free_port()`` or server can be given its port.  Below the
+    range only a bind naming that very port can take it.  Where the range
+    cannot be read, a ``free_port()``.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    rng = rng or random.Random()
+    for _ in range(100):
+        port = rng.randrange(10_000, low)
+        if port_bindable(port):
+            return port
+    return free_port()
 
 
 def port_bindable(port: int) -> bool:
@@ -128,12 +151,13 @@ async def wait_for_event(client: ChatClient, predicate: Callable[[Event], bool],
 
 
 class RedisServer:
-    """A redis-server process of our own on a free loopback port."""
+    """A redis-server process of our own on a free loopback port (kept across restarts: see
+    restart_safe_port; a restart still waits for it if another socket took it meanwhile)."""
 
     def __init__(self, directory: Path, appendonly: bool = True) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = restart_safe_port()
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
