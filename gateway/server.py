@@ -143,6 +143,7 @@ class Gateway:
         self._recovery: asyncio.Task[Any] | None = None
         self._reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
         self._pubsub_losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
+        self._lease_losses = 0  # times the lease was found lost: a login spanning one may have missed DMs
         self.http: asyncio.Server | None = None
         gm = GatewayMetrics.create(
             connections=lambda: len(self.sessions), reconnects=lambda: self.router.reconnects,
@@ -323,6 +324,7 @@ class Gateway:
         if self._reclaim_pending:
             return
         log.warning("lease of %s was lost; holding live frames, re-claiming names and catching up", self.node_id)
+        self._lease_losses += 1
         self._hold_everything()
         self._reclaim_pending = True
         self._start_recovery()
@@ -433,7 +435,7 @@ class Gateway:
             losses = self._pubsub_losses
             self.joining.add(session)
             try:
-                claim = await self._claim(session, frame.session)
+                claim, lease_epoch = await self._claim(session, frame.session)
                 if claim is None:
                     raise UsernameTaken()
                 self.sessions[key] = session
@@ -498,12 +500,15 @@ class Gateway:
                 await self._release(session)
             raise
         self.joining.discard(session)
-        if self._pubsub_losses != losses:
-            # The subscriptions dropped during this login: its replay may end before what was published
-            # while they were down, and a catch-up that began meanwhile skipped it (still joining).
-            # Still holding, so no live frame moves the client's positions past that gap: close, and
-            # the client resumes from what it got (its next login reads everything after that).
-            log.info("pub/sub was lost during the login of %s; closing it so that it resumes", name)
+        if self._pubsub_losses != losses or self._lease_losses != lease_epoch:
+            # The subscriptions dropped, or the lease was found lost (the name may have been freed, so
+            # DMs stored meanwhile were published nowhere), during this login: its replay may end
+            # before what it missed, and the catch-up that began meanwhile skipped it (still joining;
+            # a re-claim that ran after the login ended kept it).  Still holding, so no live frame
+            # moves the client's positions past that gap: close, and the client resumes from what it
+            # got (its next login reads everything after that).
+            log.info("%s was lost during the login of %s; closing it so that it resumes",
+                     "pub/sub" if self._pubsub_losses != losses else "the lease", name)
             self.close_session(session, CloseCode.SESSION_LOST, "session lost")
         else:
             session.go_live()
@@ -522,15 +527,19 @@ class Gateway:
         )
         return session
 
-    async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
+    async def _claim(self, session: Session, takeover: str | None) -> tuple[Claim | None, int]:
+        """Claim the session's name; with the count of lost leases read before the claim that
+        succeeded (a loss found after it may have freed the name while the login reads its replay)."""
         page = 0 if session.presence == f.PRESENCE_OFF else self.settings.online_page
         args = (session.key, session.name, self.node_id, session.token, takeover, page)
+        epoch = self._lease_losses
         try:
-            return await self.registry.claim(*args)
+            return await self.registry.claim(*args), epoch
         except NoLease:
             self._lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
+            epoch = self._lease_losses  # this claim comes after that loss
             await self.registry.register_gateway(self.node_id)
-            return await self.registry.claim(*args)
+            return await self.registry.claim(*args), epoch
 
     def _forget(self, session: Session) -> bool:
         """Drop a session from the local maps; True if it still owned its name here."""
