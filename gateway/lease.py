@@ -71,6 +71,15 @@ async def reclaim(gateway: Gateway) -> set[Session]:
             log.warning("lost the name %s while the lease was gone (%s); closing", session.name, why)
             gateway.close_session(session, CloseCode.SESSION_LOST, "session lost")
     log.info("re-claimed %d names after the lease was lost; closing %d", len(sessions) - len(lost), len(lost))
+    # A session that ended while the script ran (its logout's release reached Redis first, while the
+    # name was still free) was just given its name back: nobody would ever release it, and the user
+    # could not log in again until this gateway's lease lapsed (meanwhile its DMs published to a
+    # session that is gone).  Release those now (a release checks the token: a newer session's claim
+    # of the same name is left alone).
+    for session, status in zip(sessions, statuses, strict=True):
+        if status != 0 and gateway.sessions.get(session.key) is not session:
+            log.info("%s logged out during the re-claim; releasing its name", session.name)
+            await gateway._release(session)  # retried by the lease loop if Redis cannot answer
     return lost
 
 
