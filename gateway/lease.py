@@ -13,7 +13,11 @@ same recovery task does both (gateway/server.py ``_recover``):
 
 1. the moment the lease renewal says "gone", every session starts *holding*
    live frames (before any name is claimed again, so nothing published to a
-   re-claimed name can overtake the catch-up);
+   re-claimed name can overtake the catch-up).  A gateway that resumes from
+   a stall (or a cut) longer than the lease gets there before any renewal:
+   the router asks before handing on each published message, and if no
+   renewal sent within the last lease TTL vouches for the lease, that counts
+   as "gone" (what was buffered during the stall must not go out first);
 2. :func:`reclaim` registers the lease again and takes every name back in one
    Lua script (``Registry.reclaim``).  A name someone else holds meanwhile (the
    user logged in elsewhere) is not taken: that socket is closed with 4003, and
@@ -58,7 +62,9 @@ async def reclaim(gateway: Gateway) -> set[Session]:
     closed with 4003 (``session lost``) and their clients will resume.
     Raises Redis errors (the caller retries).
     """
+    sent = asyncio.get_running_loop().time()
     await gateway.registry.register_gateway(gateway.node_id)
+    gateway.lease_renewed(sent)
     sessions = list(gateway.sessions.values())
     statuses = await gateway.registry.reclaim(
         gateway.node_id, [(s.key, s.name, s.token_hash) for s in sessions]

@@ -144,6 +144,7 @@ class Gateway:
         self._reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
         self._pubsub_losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
         self._lease_losses = 0  # times the lease was found lost: a login spanning one may have missed DMs
+        self._lease_fresh_until: float | None = None  # loop time until which the last renewal vouches
         self.http: asyncio.Server | None = None
         gm = GatewayMetrics.create(
             connections=lambda: len(self.sessions), reconnects=lambda: self.router.reconnects,
@@ -207,6 +208,7 @@ class Gateway:
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self._start_recovery
         self.router.on_lost = self._pubsub_lost
+        self.router.before_message = self._check_lease
         self._lease_task = self._spawn(self._lease_loop(), "lease")
         self.server = await serve(
             self._handle,
@@ -297,11 +299,16 @@ class Gateway:
         registered = False
         while True:
             try:
+                sent = asyncio.get_running_loop().time()
                 if not registered:
                     await self.registry.register_gateway(self.node_id)
                     registered = True
-                elif not self._reclaim_pending and not await self.registry.renew_lease(self.node_id):
-                    self._lease_lost()
+                    self.lease_renewed(sent)
+                elif not self._reclaim_pending:
+                    if await self.registry.renew_lease(self.node_id):
+                        self.lease_renewed(sent)
+                    else:
+                        self._lease_lost()
                 if self._reclaim_pending and (self._recovery is None or self._recovery.done()):
                     self._start_recovery()  # an earlier recovery gave up before it could re-claim
                 await self._retry_releases()
@@ -317,6 +324,23 @@ class Gateway:
                     log.warning("Redis unreachable (%s); answering sends with 'unavailable'", type(exc).__name__)
                 self.redis_ok = False
                 await asyncio.sleep(backoff.next_delay())
+
+    def lease_renewed(self, sent: float) -> None:
+        """The lease was registered or renewed by a request sent at loop time ``sent``."""
+        self._lease_fresh_until = sent + self.settings.lease_ttl
+
+    def _check_lease(self) -> None:
+        """Before a live frame is handed on: if no renewal vouches for the lease any more (this process
+        was stalled, or cut off from Redis, for longer than the lease), it may have been reaped and a
+        name freed meanwhile, so a frame published after that could move a client past a DM stored
+        while the name was free.  Treat the lease as lost first: hold, re-claim, catch up (a name that
+        was not reaped is simply kept)."""
+        if self._reclaim_pending or self._lease_fresh_until is None:
+            return
+        if asyncio.get_running_loop().time() > self._lease_fresh_until:
+            log.warning("no lease renewal of %s for longer than the lease; checking it before delivering",
+                        self.node_id)
+            self._lease_lost()
 
     def _lease_lost(self) -> None:
         """The lease was reaped: hold every session's live frames now, then re-claim and catch up
@@ -538,7 +562,9 @@ class Gateway:
         except NoLease:
             self._lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
             epoch = self._lease_losses  # this claim comes after that loss
+            sent = asyncio.get_running_loop().time()
             await self.registry.register_gateway(self.node_id)
+            self.lease_renewed(sent)
             return await self.registry.claim(*args), epoch
 
     def _forget(self, session: Session) -> bool:
