@@ -13,7 +13,11 @@ same recovery task does both (gateway/recovery.py ``Recovery``):
 
 1. the moment the lease renewal says "gone", every session starts *holding*
    live frames (before any name is claimed again, so nothing published to a
-   re-claimed name can overtake the catch-up);
+   re-claimed name can overtake the catch-up).  A gateway that resumes from
+   a stall (or a cut) longer than the lease gets there before any renewal:
+   the router asks before handing on each published message, and if no
+   renewal sent within the last lease TTL vouches for the lease, that counts
+   as "gone" (what was buffered during the stall must not go out first);
 2. :func:`reclaim` registers the lease again and takes every name back in one
    Lua script (``Registry.reclaim``).  A name someone else holds meanwhile (the
    user logged in elsewhere) is not taken: that socket is closed with 4003, and
@@ -67,11 +71,16 @@ async def run(gateway: Gateway) -> None:
     while True:
         end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last turn
         try:
+            sent = asyncio.get_running_loop().time()
             if not registered:
                 await gateway.registry.register_gateway(gateway.node_id)
                 registered = True
-            elif not recovery.reclaim_pending and not await gateway.registry.renew_lease(gateway.node_id):
-                recovery.lease_lost()
+                recovery.lease_renewed(sent)
+            elif not recovery.reclaim_pending:
+                if await gateway.registry.renew_lease(gateway.node_id):
+                    recovery.lease_renewed(sent)
+                else:
+                    recovery.lease_lost()
             if recovery.reclaim_pending and not recovery.running:
                 recovery.start()  # an earlier recovery gave up before it could re-claim
             await gateway.logins.retry_releases()
@@ -97,7 +106,9 @@ async def reclaim(gateway: Gateway) -> set[Session]:
     closed with 4003 (``session lost``) and their clients will resume.
     Raises Redis errors (the caller retries).
     """
+    sent = asyncio.get_running_loop().time()
     await gateway.registry.register_gateway(gateway.node_id)
+    gateway.recovery.lease_renewed(sent)
     sessions = list(gateway.sessions.values())
     statuses = await gateway.registry.reclaim(
         gateway.node_id, [(s.key, s.name, s.token_hash) for s in sessions]
@@ -110,6 +121,15 @@ async def reclaim(gateway: Gateway) -> set[Session]:
             log.warning("lost the name %s while the lease was gone (%s); closing", session.name, why)
             gateway.close_session(session, CloseCode.SESSION_LOST, "session lost")
     log.info("re-claimed %d names after the lease was lost; closing %d", len(sessions) - len(lost), len(lost))
+    # A session that ended while the script ran (its logout's release reached Redis first, while the
+    # name was still free) was just given its name back: nobody would ever release it, and the user
+    # could not log in again until this gateway's lease lapsed (meanwhile its DMs published to a
+    # session that is gone).  Release those now (a release checks the token: a newer session's claim
+    # of the same name is left alone).
+    for session, status in zip(sessions, statuses, strict=True):
+        if status != 0 and gateway.sessions.get(session.key) is not session:
+            log.info("%s logged out during the re-claim; releasing its name", session.name)
+            await gateway.logins.release(session)  # retried by the lease loop if Redis cannot answer
     return lost
 
 

@@ -137,7 +137,7 @@ class Logins:
             losses = gw.recovery.losses
             gw.joining.add(session)
             try:
-                claim = await self._claim(session, frame.session)
+                claim, lease_epoch = await self._claim(session, frame.session)
                 if claim is None:
                     raise UsernameTaken()
                 gw.sessions[key] = session
@@ -156,7 +156,7 @@ class Logins:
                 except BaseException:
                     gw.relay.detach_all(session)
                     self.forget(session)
-                    await self._release(session)
+                    await self.release(session)
                     raise
             except BaseException:
                 gw.joining.discard(session)
@@ -199,15 +199,18 @@ class Logins:
             gw.relay.detach_all(session)
             if self.forget(session):
                 await gw.router.unsubscribe(keys.user_channel(key))
-                await self._release(session)
+                await self.release(session)
             raise
         gw.joining.discard(session)
-        if gw.recovery.losses != losses:
-            # The subscriptions dropped during this login: its replay may end before what was published
-            # while they were down, and a catch-up that began meanwhile skipped it (still joining).
-            # Still holding, so no live frame moves the client's positions past that gap: close, and
-            # the client resumes from what it got (its next login reads everything after that).
-            log.info("pub/sub was lost during the login of %s; closing it so that it resumes", name)
+        if gw.recovery.losses != losses or gw.recovery.lease_losses != lease_epoch:
+            # The subscriptions dropped, or the lease was found lost (the name may have been freed, so
+            # DMs stored meanwhile were published nowhere), during this login: its replay may end
+            # before what it missed, and the catch-up that began meanwhile skipped it (still joining;
+            # a re-claim that ran after the login ended kept it).  Still holding, so no live frame
+            # moves the client's positions past that gap: close, and the client resumes from what it
+            # got (its next login reads everything after that).
+            log.info("%s was lost during the login of %s; closing it so that it resumes",
+                     "pub/sub" if gw.recovery.losses != losses else "the lease", name)
             gw.close_session(session, CloseCode.SESSION_LOST, "session lost")
         else:
             session.go_live()
@@ -226,15 +229,22 @@ class Logins:
         )
         return session
 
-    async def _claim(self, session: Session, takeover: str | None) -> Claim | None:
+    async def _claim(self, session: Session, takeover: str | None) -> tuple[Claim | None, int]:
+        """Claim the session's name; with the count of lost leases read before the claim that
+        succeeded (a loss found after it may have freed the name while the login reads its replay)."""
         page = 0 if session.presence == f.PRESENCE_OFF else self.gw.settings.online_page
         args = (session.key, session.name, self.gw.node_id, session.token, takeover, page)
+        recovery = self.gw.recovery
+        epoch = recovery.lease_losses
         try:
-            return await self.gw.registry.claim(*args)
+            return await self.gw.registry.claim(*args), epoch
         except NoLease:
-            self.gw.recovery.lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
+            recovery.lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
+            epoch = recovery.lease_losses  # this claim comes after that loss
+            sent = asyncio.get_running_loop().time()
             await self.gw.registry.register_gateway(self.gw.node_id)
-            return await self.gw.registry.claim(*args)
+            recovery.lease_renewed(sent)
+            return await self.gw.registry.claim(*args), epoch
 
     def forget(self, session: Session) -> bool:
         """Drop a session from the local maps; True if it still owned its name here."""
@@ -258,10 +268,10 @@ class Logins:
         if not self.forget(session):  # taken over on this very gateway: the new session owns it all
             return
         await self.gw.router.unsubscribe(keys.user_channel(session.key))
-        await self._release(session)
+        await self.release(session)
         log.info("logout %s (close code %s)", session.name, session.ws.close_code)
 
-    async def _release(self, session: Session) -> None:
+    async def release(self, session: Session) -> None:
         try:
             await self.gw.registry.release(session.key, self.gw.node_id, session.token)
         except REDIS_ERRORS:

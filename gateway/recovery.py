@@ -65,6 +65,8 @@ class Recovery:
         self.task: asyncio.Task[Any] | None = None
         self.reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
         self.losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
+        self.lease_losses = 0  # times the lease was found lost: a login spanning one may have missed DMs
+        self._lease_fresh_until: float | None = None  # loop time until which the last renewal vouches
 
     @property
     def running(self) -> bool:
@@ -100,12 +102,30 @@ class Recovery:
         self.losses += 1
         self.hold_everything()
 
+    def lease_renewed(self, sent: float) -> None:
+        """The lease was registered or renewed by a request sent at loop time ``sent``."""
+        self._lease_fresh_until = sent + self.gw.settings.lease_ttl
+
+    def check_lease(self) -> None:
+        """Before a live frame is handed on: if no renewal vouches for the lease any more (this process
+        was stalled, or cut off from Redis, for longer than the lease), it may have been reaped and a
+        name freed meanwhile, so a frame published after that could move a client past a DM stored
+        while the name was free.  Treat the lease as lost first: hold, re-claim, catch up (a name that
+        was not reaped is simply kept)."""
+        if self.reclaim_pending or self._lease_fresh_until is None:
+            return
+        if asyncio.get_running_loop().time() > self._lease_fresh_until:
+            log.warning("no lease renewal of %s for longer than the lease; checking it before delivering",
+                        self.gw.node_id)
+            self.lease_lost()
+
     def lease_lost(self) -> None:
         """The lease was reaped: hold every session's live frames now, then re-claim and catch up
         in the recovery task (gateway/lease.py explains why in this order)."""
         if self.reclaim_pending:
             return
         log.warning("lease of %s was lost; holding live frames, re-claiming names and catching up", self.gw.node_id)
+        self.lease_losses += 1
         self.hold_everything()
         self.reclaim_pending = True
         self.start()

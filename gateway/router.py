@@ -93,6 +93,9 @@ class Router:
         # live frames *before* any arrive on the next connection (they can share a read
         # with the subscribe confirmations).
         self.on_lost: Callable[[], None] | None = None
+        # Called before each published message is handed on: the gateway checks there that its
+        # lease can still be trusted (after a stall, buffered messages arrive before any renewal).
+        self.before_message: Callable[[], None] | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -293,6 +296,8 @@ class Router:
         if isinstance(reply, list) and reply:
             kind = reply[0]
             if kind == b"message":
+                if self.before_message is not None:
+                    self.before_message()
                 handler = self._handlers.get(reply[1])
                 if handler is not None:
                     try:

@@ -182,6 +182,7 @@ class Gateway:
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self.recovery.start
         self.router.on_lost = self.recovery.pubsub_lost
+        self.router.before_message = self.recovery.check_lease
         self._lease_task = self.spawn(lease.run(self), "lease")
         self.server = await serve(
             self._handle,

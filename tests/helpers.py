@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,6 +46,9 @@ FAST_ENV = {
 
 
 def free_port() -> int:
+    """A loopback port free right now.  Only a hint: it is released before the caller's process
+    binds it, so another bind, or an outgoing connection given it as its local port, can take it
+    meanwhile.  Processes.gateway (start_bound) notices that and retries."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -59,6 +63,44 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def restart_safe_port(rng: random.Random | None = None) -> int:
+    """A free loopback port below the kernel's ephemeral range, for a server restarted on its port.
+
+    Ports from ``free_port()`` come from the ephemeral range, which every
+    ``bind(port 0)`` on the machine draws from (Linux gives those odd ports,
+    and outgoing connections even ones): while a server is down for a restart,
+    another test's ``free_port()`` or server can be given its port.  Below the
+    range only a bind naming that very port can take it.  Where the range
+    cannot be read, a ``free_port()``.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    rng = rng or random.Random()
+    for _ in range(100):
+        port = rng.randrange(10_000, low)
+        if port_bindable(port):
+            return port
+    return free_port()
+
+
+def port_bindable(port: int) -> bool:
+    """Whether a listener could bind ``port`` on loopback now (as the servers do, with SO_REUSEADDR:
+    a TIME_WAIT left by an earlier run does not count, a connection using it as its local port does)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+BIND_FAILED = "address already in use"  # how a server's "cannot start" log line reads when a port is taken
+BIND_ATTEMPTS = 8
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str = "condition", interval: float = 0.05) -> Any:
@@ -122,12 +164,13 @@ async def wait_for_event(client: ChatClient, predicate: Callable[[Event], bool],
 
 
 class RedisServer:
-    """A redis-server process of our own on a free loopback port."""
+    """A redis-server process of our own on a free loopback port (kept across restarts: see
+    restart_safe_port; a restart still waits for it if another socket took it meanwhile)."""
 
     def __init__(self, directory: Path, appendonly: bool = True) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = restart_safe_port()
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -143,8 +186,28 @@ class RedisServer:
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always", "--logfile", str(self.dir / "redis.log"),
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_until(self.ping, 10, "redis-server to answer PING")
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            said = self._start_once(args)
+            if said is None:
+                return
+            # A restart on its port: another process, or a connection's local end, took it meanwhile.
+            if BIND_FAILED not in said.lower() or attempt == BIND_ATTEMPTS:
+                raise AssertionError(f"redis-server exited at start:\n{said[-2000:]}")
+            wait_until(lambda: port_bindable(self.port), 20, f"port {self.port} free again")
+
+    def _start_once(self, args: list[str]) -> str | None:
+        """Start it; None once it answers, or what it logged if it exited instead."""
+        log = self.dir / "redis.log"
+        seen = log.stat().st_size if log.exists() else 0
+
+        def said() -> str:  # this start's part of the log
+            return log.read_bytes()[seen:].decode(errors="replace") if log.exists() else ""
+
+        proc = self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        # Its own "ready" line first: a PONG alone could come from whoever took the port.
+        wait_until(lambda: proc.poll() is not None or ("ready to accept" in said().lower() and self.ping()),
+                   10, "redis-server to answer PING")
+        return None if proc.poll() is None else said()
 
     def ping(self) -> bool:
         try:
@@ -178,18 +241,36 @@ class Proc:
         self.log_path = log_path
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        # A line the program logs once it has bound its ports; until it appears, whatever answers on
+        # them (another process that took a port first) is not this process.
+        self.listening_mark: str | None = None
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    def listening(self) -> bool:
+        return self.listening_mark is None or self.listening_mark in self.log()
+
+    def ready(self) -> bool:
+        """Running, its own ports bound, and /readyz says ready."""
+        return not self.exited() and self.listening() and self.ready_status() == 200
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until it is ready (True) or has exited (False); fail the test if neither within ``timeout``."""
+        wait_until(lambda: self.exited() or self.ready(), timeout, f"{self.name} ready")
+        return not self.exited()
+
+    def bind_failed(self) -> bool:
+        """Exited because a port it was given was taken between free_port() and its bind."""
+        return self.exited() and BIND_FAILED in self.log().lower()
 
     def start(self, wait_ready: bool = True) -> Proc:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         if wait_ready and self.port is not None:
-            wait_until(lambda: self.exited() or self.ready_status() == 200, 20, f"{self.name} ready")
-            assert not self.exited(), f"{self.name} exited early:\n{self.log()}"
+            assert self.wait_started(20), f"{self.name} exited early:\n{self.log()}"
         return self
 
     def http_status(self, path: str) -> int:
@@ -255,10 +336,22 @@ class Processes:
 
     def gateway(self, redis_url: str, *, env: dict[str, str] | None = None, start: bool = True,
                 args: list[str] | None = None, port: int | None = None) -> Proc:
-        port = port or free_port()
-        proc = self._make("gateway", "gateway", ["--host", "127.0.0.1", "--port", str(port), "--redis-url",
-                                                 redis_url, *(args or [])], env, port)
-        return proc.start() if start else proc
+        """A gateway process; started (and ready) unless ``start=False``.
+
+        Started, a gateway whose port was taken before it could bind it is
+        retried (start_bound): on new ports, or, when the caller fixed ``port``
+        (a restart on the same address), on that port once it is free again.
+        """
+        def make() -> Proc:
+            return self.gateway(redis_url, env=env, args=args, port=port, start=False)
+
+        if start:
+            return start_bound(make, fixed_port=port)
+        chosen = port or free_port()
+        proc = self._make("gateway", "gateway", ["--host", "127.0.0.1", "--port", str(chosen), "--redis-url",
+                                                 redis_url, *(args or [])], env, chosen)
+        proc.listening_mark = f"listening on ws://127.0.0.1:{chosen} "
+        return proc
 
     def presence(self, redis_url: str, *, env: dict[str, str] | None = None, args: list[str] | None = None) -> Proc:
         proc = self._make("presence", "presence", ["--redis-url", redis_url, *(args or [])], env, None)
@@ -297,6 +390,28 @@ def subscriptions_cut(redis_url: str, frozen: Proc | None = None) -> Iterator[No
         else:
             admin.execute_command("ACL", "SETUSER", "default", "+subscribe")
         admin.close()
+
+
+def start_bound(make: Callable[[], Proc], fixed_port: int | None = None, attempts: int = BIND_ATTEMPTS,
+                port_wait: float = 20.0) -> Proc:
+    """Start ``make()`` until one attempt binds its ports and is ready; that process.
+
+    ``make`` builds a fresh, unstarted process each time (new free ports,
+    except a ``fixed_port`` the caller chose).  An attempt that exits because a
+    port was taken is retried, at most ``attempts`` times; with a fixed port,
+    once that port can be bound again (bounded by ``port_wait``).  Any other
+    early exit, or no readiness within 20 s, fails at once with the log.
+    """
+    for attempt in range(1, attempts + 1):
+        proc = make()
+        proc.start(wait_ready=False)
+        if proc.wait_started(20):
+            return proc
+        if not proc.bind_failed():
+            raise AssertionError(f"{proc.name} exited early:\n{proc.log()}")
+        if fixed_port is not None and attempt < attempts:
+            wait_until(lambda: port_bindable(fixed_port), port_wait, f"port {fixed_port} free again")
+    raise AssertionError(f"{proc.name}: a port was taken at each of {attempts} starts:\n{proc.log()}")
 
 
 class Clients:

@@ -201,6 +201,7 @@ class Checker:
         acked = Counter(("dm" if s.to[0] == "@" else s.to[0]) for s in by_body.values() if s.ack)
         self.stats.update(
             seed=self.cfg.seed, faults=sum(h.faults.values()), fault_kinds=dict(h.faults),
+            sent=len(by_body), received=sum(len(h.received[u]) for u in self.users),
             acked=sum(acked.values()), acked_dm=acked["dm"], acked_broadcast=acked["*"], acked_group=acked["#"],
             unacked=sum(1 for s in by_body.values() if s.ack is None and not s.refused),
             deliveries_checked=deliveries, membership_ops=h.membership_ops, refused_joins=h.refused_joins,

@@ -1,8 +1,10 @@
 """Randomized fault injection in the style of Jepsen: a nemesis, a workload and a checker.
 
 A run starts a real cluster (redis-server with AOF, the presence service with a
-short lease, three gateways, each reaching Redis through its own TCP proxy)
-and users spread over the gateways.  The **workload** sends DMs, broadcasts
+short lease, three gateways, each reaching Redis through its own TCP proxy,
+and reached by its clients through another, whose port stays while the
+gateway behind it restarts on whatever port is free) and users spread over
+the gateways.  The **workload** sends DMs, broadcasts
 and group messages, every send retried with its ``ref`` until acked, and
 changes group membership (join, leave, invite + join, remove, and joins that
 must be refused).  Meanwhile the **nemesis** draws faults at random from a
@@ -64,7 +66,7 @@ from protocol.errors import ChatError, Forbidden, NotFound, NotMember
 from protocol.names import id_tuple
 from tests.chaos.checker import Checker, History, Mid, Sent, Transition
 from tests.chaos.proxy import Proxy
-from tests.helpers import Proc, Processes, RedisServer, async_wait_until, free_port
+from tests.helpers import BIND_ATTEMPTS, Proc, Processes, RedisServer, async_wait_until
 
 log = logging.getLogger("nemesis")
 
@@ -97,7 +99,12 @@ class Cluster:
         self.procs = procs
         self.redis = redis
         self.env = {"CHINWAG_LEASE_TTL": str(LEASE_TTL), "CHINWAG_REAP_INTERVAL": str(REAP_INTERVAL)}
-        self.ports = [free_port() for _ in range(cfg.gateways)]
+        # The clients' address of each gateway: a proxy on a port held all run.  Behind it the gateway
+        # binds a new free port at each start, retried if that port is taken before it binds (a
+        # fixed port is not safe: any bind, or an outgoing connection's local end, can take it
+        # while the gateway is down, and the clients would then reach whoever holds it).
+        self.fronts: list[Proxy] = []
+        self.rebinds = 0  # gateway starts retried because a port was taken
         self.proxies: list[Proxy] = []
         self.gateways: list[Proc | None] = [None] * cfg.gateways
         self.generation = [0] * cfg.gateways
@@ -107,7 +114,7 @@ class Cluster:
 
     @property
     def urls(self) -> list[str]:
-        return [f"ws://127.0.0.1:{port}" for port in self.ports]
+        return [front.ws_url for front in self.fronts]
 
     async def start(self) -> None:
         self.procs.presence(self.redis.url, env=self.env)
@@ -115,6 +122,9 @@ class Cluster:
             proxy = Proxy(self.redis.port)
             await proxy.start()
             self.proxies.append(proxy)
+            front = Proxy(None)
+            await front.start()
+            self.fronts.append(front)
         await asyncio.gather(*(self.start_gateway(i) for i in range(self.cfg.gateways)))
 
     async def start_gateway(self, i: int, new_node: bool = False) -> None:
@@ -122,15 +132,38 @@ class Cluster:
             self.generation[i] += 1
         node = f"gw{i}-{self.generation[i]}"
         args = ["--node-id", node, "--ping-interval", "5"]
-        proc = self.procs.gateway(self.proxies[i].url, env=self.env, args=args, port=self.ports[i], start=False)
-        proc.start(wait_ready=False)
-        self.gateways[i] = proc
+        for attempt in range(1, BIND_ATTEMPTS + 1):
+            proc = self.procs.gateway(self.proxies[i].url, env=self.env, args=args, start=False)  # new ports
+            proc.start(wait_ready=False)
+            self.gateways[i] = proc
+            if await self._wait_started(i, proc):
+                return
+            if not proc.bind_failed():
+                break
+            self.rebinds += 1
+            log.warning("gateway %s could not bind its ports (start %d); starting it again on new ones",
+                        node, attempt)
+        log.warning("gateway %s not ready 30 s after its start (exited: %s)", node, proc.exited())
+
+    async def _wait_started(self, i: int, proc: Proc) -> bool:
+        """Point the clients' proxy at ``proc`` once it has bound its ports (its own log says so), then
+        wait for it to be ready; False if it exited first or was not ready within 30 s."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not proc.exited():
-            if await asyncio.to_thread(_ready, proc):
-                return
+            if self.fronts[i].upstream is None and await asyncio.to_thread(proc.listening):
+                self.fronts[i].retarget(proc.port)  # clients may connect now, as to a gateway just listening
+            if await asyncio.to_thread(proc.ready):
+                self.fronts[i].retarget(proc.port)
+                return True
             await asyncio.sleep(0.1)
-        log.warning("gateway %s not ready 30 s after its start", node)
+        return False
+
+    def kill(self, i: int) -> None:
+        """``kill -9`` gateway ``i``; its clients' address leads nowhere until it is started again."""
+        self.fronts[i].retarget(None)
+        proc = self.gateways[i]
+        if proc is not None:
+            proc.kill()
 
     def signal(self, i: int, sig: signal.Signals) -> None:
         proc = self.gateways[i]
@@ -161,12 +194,13 @@ class Cluster:
             await asyncio.to_thread(self.redis.start)
         for i, proc in enumerate(self.gateways):
             if proc is None or proc.exited():
+                self.fronts[i].retarget(None)
                 await self.start_gateway(i)
 
     async def close(self) -> None:
         for i in range(self.cfg.gateways):
             self.signal(i, signal.SIGCONT)
-        for proxy in self.proxies:
+        for proxy in self.proxies + self.fronts:
             await proxy.close()
         await self.admin.aclose()
 
@@ -205,15 +239,39 @@ class Run(Checker):
 
     # -- setup --------------------------------------------------------------
 
+    async def _first_login(self, name: str, urls: list[str]) -> ChatClient:
+        """A logged-in client for ``name``, the first login retried (bounded) like any send.
+
+        A client reconnects by itself only once logged in; the first login is
+        its caller's to retry.  A gateway may close a socket during it (1001 if
+        it is stopping, 1013 while Redis is away, 4003 if pub/sub dropped
+        meanwhile) or leave it unanswered: try again, on the next gateway.
+        """
+        deadline = time.monotonic() + 60
+        attempt = 0
+        while True:
+            client = ChatClient(urls[attempt % len(urls):] + urls[: attempt % len(urls)], request_timeout=20,
+                                backoff_cap=1.0)
+            client.takeover_patience = 120.0
+            try:
+                await client.connect()
+                await client.login(name, "pw")
+                return client
+            except (ClientError, ChatError) as exc:  # UsernameTaken: an earlier attempt's claim, not yet freed
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("first login of %s failed (%r); trying again", name, exc)
+                self.stats["first_login_retries"] = self.stats.get("first_login_retries", 0) + 1
+                attempt += 1
+                await asyncio.sleep(0.5)
+
     async def _open_users(self, cluster: Cluster) -> None:
         urls = cluster.urls
         for n in range(self.cfg.users):
             name = f"u{n}"
-            rotated = urls[n % len(urls):] + urls[: n % len(urls)]
-            client = ChatClient(rotated, request_timeout=20, backoff_cap=1.0)
-            client.takeover_patience = 120.0
-            await client.connect()
-            await client.login(name, "pw")
+            client = await self._first_login(name, urls[n % len(urls):] + urls[: n % len(urls)])
             user = User(name, client, self.history, random.Random(f"{self.cfg.seed}-{name}"))
             user.reader = asyncio.create_task(user.read())
             self.users[name] = user
@@ -393,9 +451,7 @@ class Run(Checker):
         if kind == "kill9":
             new_node = rng.random() < 0.5
             self._log(f"kill9 gw{i} (restart {'with a new node id' if new_node else 'as the same node'})")
-            proc = cluster.gateways[i]
-            if proc is not None:
-                proc.kill()
+            cluster.kill(i)
             await asyncio.sleep(rng.uniform(0.1, 2.0))
             await cluster.start_gateway(i, new_node=new_node)
         elif kind in ("pause_short", "pause_long"):
@@ -469,6 +525,7 @@ class Run(Checker):
             for task in done:
                 task.result()
             await self._converge(cluster, heal_at)
+            self.stats["rebinds"] = cluster.rebinds
             self.check()
             self.stats["converged_in"] = round(time.monotonic() - heal_at, 1)
             return self.stats
@@ -590,22 +647,34 @@ def seed_from_env(default: int) -> int:
     return int(value) if value else default
 
 
+SOAK_TOTALS = (
+    "faults", "sent", "acked", "unacked", "received", "deliveries_checked", "lost", "duplicated", "out_of_order",
+    "leaked", "unknown", "wrong_id", "membership_ops", "reconnects", "rebinds", "first_login_retries",
+)
+
+
 async def soak(minutes: float, seed: int, round_minutes: float, workdir: Path) -> int:
     """Rounds of random faults until ``minutes`` have passed; non-zero exit on the first failure."""
     end = time.monotonic() + minutes * 60
     totals: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    seeds: list[int] = []
     rounds = 0
     while time.monotonic() < end:
         cfg = Config(seed=seed + rounds, duration=max(10.0, min(round_minutes * 60, end - time.monotonic())))
         stats, problems, _ = await run_once(cfg, Path(tempfile.mkdtemp(prefix=f"seed{cfg.seed}-", dir=workdir)))
         rounds += 1
-        for key in ("faults", "acked", "deliveries_checked", "membership_ops", "reconnects"):
+        seeds.append(cfg.seed)
+        for key in SOAK_TOTALS:
             totals[key] += int(stats.get(key, 0))
+        kinds.update(stats.get("fault_kinds", {}))
         if problems:
             print(f"soak: FAILED at seed {cfg.seed}:\n" + "\n".join(problems), flush=True)
             return 1
-        print(f"soak: {rounds} rounds, totals {dict(totals)}", flush=True)
-    print(f"soak: PASSED {rounds} rounds in {minutes} minutes: {dict(totals)}", flush=True)
+        print(f"soak: {rounds} rounds (seeds {seeds}), totals {dict(totals)}, faults by kind {dict(kinds)}",
+              flush=True)
+    print(f"soak: PASSED {rounds} rounds (seeds {seeds}) in {minutes} minutes: {dict(totals)}; "
+          f"faults by kind {dict(kinds)}", flush=True)
     return 0
 
 

@@ -1,5 +1,12 @@
 """A small TCP proxy between one gateway and Redis, so a test can cut or slow that one link.
 
+The nemesis also puts one in front of each gateway, on a port it holds for
+the whole run: the clients' address of that gateway.  A restarted gateway
+binds whatever port was free (a fixed one can be taken while the gateway is
+down, by any bind or by an outgoing connection's local end) and the proxy is
+pointed at it (``upstream = None`` while there is no gateway: a connection is
+then closed at once, as a refused one would be).
+
 Modes: flowing (bytes pass), *partitioned* (nothing passes either way; new
 connections are accepted and hang, like a network that drops packets, so
 clients see timeouts, not refusals), and an added latency per chunk.  Healing
@@ -14,8 +21,8 @@ import contextlib
 
 
 class Proxy:
-    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
-        self.upstream = (upstream_host, upstream_port)
+    def __init__(self, upstream_port: int | None, upstream_host: str = "127.0.0.1") -> None:
+        self.upstream = None if upstream_port is None else (upstream_host, upstream_port)
         self.latency = 0.0
         self.flowing = asyncio.Event()
         self.flowing.set()
@@ -32,6 +39,14 @@ class Proxy:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def retarget(self, port: int | None) -> None:
+        """Send new connections to ``port`` (None: close them at once); open ones are left alone."""
+        self.upstream = None if port is None else (self.upstream[0] if self.upstream else "127.0.0.1", port)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -65,6 +80,8 @@ class Proxy:
         self._tasks.add(task)
         try:
             await self.flowing.wait()  # a partitioned network: the connect "succeeds", nothing answers
+            if self.upstream is None:
+                return  # nothing behind it now
             try:
                 up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(*self.upstream), 3)
             except (OSError, TimeoutError):

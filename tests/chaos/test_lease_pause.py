@@ -18,6 +18,7 @@ import redis.asyncio as redis_async
 
 from client import ChatClient
 from common import keys
+from presence.registry import Registry
 from protocol import frames as f
 from protocol.names import id_tuple
 from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event
@@ -117,3 +118,38 @@ async def _reaped(admin: redis_async.Redis) -> bool:
 
 async def _cursor_at(admin: redis_async.Redis, mid: str) -> bool:
     return await _delivered(admin, "alice") >= id_tuple(mid)
+
+
+@pytest.mark.timeout(120)
+async def test_frames_buffered_during_a_stall_wait_for_the_lease_check(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """Soak seed 2102: while a gateway was stopped past its lease (reaped, alice's name freed), a DM was
+    stored and published nowhere; then something else held alice's name (there a stale re-claim on
+    another gateway; here a claim made by hand, no kick) and the next DM was published on her channel,
+    which the stopped gateway was still subscribed to.  Resumed, it delivered that DM before its first
+    renewal said the lease was gone, and alice's position moved past the first one.  Now a gateway whose
+    last renewal is older than the lease treats it as lost before handing on any live frame."""
+    processes.presence(redis_server.url, env=LEASE)
+    paused = processes.gateway(redis_server.url, env=LEASE, args=["--node-id", "gw-paused"])
+    other = processes.gateway(redis_server.url, env=LEASE)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    registry = Registry(admin, lease_ttl=1.5)
+    alice = await clients.login(paused.url, "alice", reconnect=True, backoff_cap=0.3)
+    alice.takeover_patience = 60
+    bob = await clients.login(other.url, "bob")
+    first = await bob.send("@alice", "before the pause")
+    assert (await _next_message(alice)).id == first.id
+    assert paused.proc is not None
+    paused.proc.send_signal(signal.SIGSTOP)
+    try:
+        await async_wait_until(lambda: _reaped(admin), 20, "the presence service to reap the paused gateway")
+        unpublished = await bob.send("@alice", "stored while alice's name was free")
+        await registry.register_gateway("gw-elsewhere")
+        assert await registry.claim("alice", "alice", "gw-elsewhere", "a-token-of-someone-else")
+        published = await bob.send("@alice", "published while the gateway was stopped")
+    finally:
+        paused.proc.send_signal(signal.SIGCONT)
+    got = [await _next_message(alice, 30), await _next_message(alice, 30)]
+    assert [m.id for m in got] == [unpublished.id, published.id]
+    await admin.aclose()

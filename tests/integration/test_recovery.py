@@ -10,6 +10,7 @@ from typing import Any, cast
 import redis.asyncio as redis_async
 
 from client import ChatClient
+from common import keys
 from common.config import Settings
 from gateway.server import Gateway
 from presence.registry import Registry
@@ -292,3 +293,88 @@ async def test_a_removal_and_a_rejoin_during_a_pubsub_outage_deliver_the_old_mem
         back = await owner.send("#devs", "stored after the rejoin")
     got = await _messages(member, 4)
     assert [m.id for m in got] == [*(a.id for a in acks), back.id], f"(while out: {out.id})"
+
+
+async def test_a_login_during_which_the_lease_is_found_lost_loses_nothing(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """Soak seed 1006: the presence service reaped the gateway (freeing the name of a user logging in
+    there) and the gateway found its lease lost before that login ended.  The catch-up left the session
+    out (still logging in), and the re-claim, which ran just after the login ended, kept it (no longer
+    logging in): a DM stored while the name was free, after the login had read its replay, was published
+    nowhere and never replayed.  Such a login is now closed with 4003, and the client resumes.
+    In-process, to reap inside the login (after its reads) and hold the re-claim until it has ended."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+        lease_ttl=1.0,  # renewed every third of a second: the loss is found within the login
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    try:
+        bob = await clients.login(other.url, "bob")
+        missed: list[f.Ack] = []
+        invitations, reclaim = gateway.groups.invitations, gateway.registry.reclaim
+
+        async def reaped_after_the_reads(ukey: str) -> list[bytes]:  # the login's last read
+            await Registry(admin).release_gateway(gateway.node_id)  # what reaping an expired lease does
+            missed.append(await bob.send("@alice", "stored while alice's name was free"))
+            await async_wait_until(lambda: gateway.recovery.lease_losses > 0, 5, "the gateway to find its lease lost")
+            return await invitations(ukey)
+
+        async def reclaim_once_logged_in(node_id: str, sessions: list[tuple[str, str, str]]) -> list[int]:
+            await async_wait_until(lambda: "alice" in gateway.sessions
+                                   and gateway.sessions["alice"] not in gateway.joining, 10, "alice's login to end")
+            return await reclaim(node_id, sessions)
+
+        gateway.groups.invitations = reaped_after_the_reads  # type: ignore[method-assign]
+        gateway.registry.reclaim = reclaim_once_logged_in  # type: ignore[method-assign]
+        alice = await clients.login(f"ws://127.0.0.1:{gateway.port}", "alice", reconnect=True)
+        gateway.groups.invitations = invitations  # type: ignore[method-assign]
+        got = await wait_for_event(alice, lambda e: isinstance(e, f.Message), 15)
+        assert got.id == missed[0].id  # type: ignore[union-attr]
+    finally:
+        await admin.aclose()
+        await gateway.stop()
+
+
+async def test_a_session_that_ends_during_the_re_claim_does_not_keep_its_name(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """Soak seed 2102: a gateway found its lease lost and re-claimed its sessions' names; one session
+    logged out while the re-claim script was on its way (its release found the name free, a no-op), so
+    the script gave the name back to a session that was gone.  Nobody released it: the user could not
+    log in again until that gateway's lease lapsed (40 s there), and a DM published to the name in the
+    meantime reached the user's stale session on a paused gateway, moving its position past one stored
+    while the name was free.  In-process, to end the session between the re-claim's read and its script."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+        lease_ttl=1.0,
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    admin = redis_async.Redis.from_url(redis_server.url)
+    try:
+        alice = await clients.login(f"ws://127.0.0.1:{gateway.port}", "alice")
+        reclaim = gateway.registry.reclaim
+
+        async def reclaim_after_a_logout(node_id: str, sessions: list[tuple[str, str, str]]) -> list[int]:
+            if any(key == "alice" for key, *_ in sessions):
+                await alice.close()
+                await async_wait_until(lambda: "alice" not in gateway.sessions, 10, "alice's logout")
+            return await reclaim(node_id, sessions)
+
+        gateway.registry.reclaim = reclaim_after_a_logout  # type: ignore[method-assign]
+        await Registry(admin).release_gateway(gateway.node_id)  # the lease reaped (alice's name freed)
+        await async_wait_until(lambda: "alice" not in gateway.sessions and not gateway.recovery.reclaim_pending, 10,
+                               "the re-claim to finish")
+        assert not await admin.exists(keys.session("alice")), "a logged-out session kept its name"
+        again = await clients.login(other.url, "alice")  # not username_taken
+        assert again.node != gateway.node_id
+    finally:
+        await admin.aclose()
+        await gateway.stop()
