@@ -123,7 +123,15 @@ class GroupRelay:
             try:
                 state, new = await decide("")
             except (Forbidden, NotFound):
-                self.detach(session, gkey)  # not a member after all (a removal whose notice was lost)
+                # Not a member after all: a removal whose notice was lost (soak seed 3001).  Stop
+                # delivery, then write what that membership stored and this session has not had: the
+                # catch-up that follows no longer sees the membership, so nothing else would.
+                self.detach(session, gkey)
+                try:
+                    await self.backlog.write_ended(session, gkey)
+                except REDIS_ERRORS as exc:  # the record stays in Redis; a resuming login reads it
+                    log.warning("%s: could not write what %s stored before the removal (%s)", session.name,
+                                gkey, type(exc).__name__)
                 raise
             if new and state.position is not None:
                 # A removal whose notice was lost came first: what that membership stored is still owed.

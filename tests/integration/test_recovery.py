@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import redis.asyncio as redis_async
 
 from client import ChatClient
@@ -15,6 +16,7 @@ from common.config import Settings
 from gateway.server import Gateway
 from presence.registry import Registry
 from protocol import frames as f
+from protocol.errors import Forbidden
 from tests.helpers import Clients, Proc, Processes, RedisServer, async_wait_until, subscriptions_cut, wait_for_event
 
 
@@ -378,3 +380,31 @@ async def test_a_session_that_ends_during_the_re_claim_does_not_keep_its_name(
     finally:
         await admin.aclose()
         await gateway.stop()
+
+
+async def test_a_refused_join_after_an_unseen_removal_delivers_the_old_membership(
+    redis_server: RedisServer, processes: Processes, clients: Clients
+) -> None:
+    """Soak seed 3001: the owner of an invite-only group removed a member whose gateway had lost its
+    subscriptions (the ``part`` notice lost with them); the member, not invited again, then asked to
+    join while the gateway still counted them a member.  Redis refused, and the refusal stopped delivery
+    without writing what the group had stored while they were still a member; the catch-up that
+    followed no longer saw the membership.  The refusal now writes the ended membership first."""
+    gw1 = processes.gateway(redis_server.url)
+    gw2 = processes.gateway(redis_server.url)
+    member = await clients.login(gw1.url, "member")
+    owner = await clients.login(gw2.url, "owner")
+    await owner.group("create", "devs", invite_only=True)
+    await owner.group("invite", "devs", user="member")
+    await member.group("join", "devs")
+    with subscriptions_cut(redis_server.url):
+        acks = [await owner.send("#devs", f"stored while member {i}") for i in range(3)]
+        await owner.group("remove", "devs", user="member")
+        after = await owner.send("#devs", "stored after the removal")
+        with pytest.raises(Forbidden):
+            await member.group("join", "devs")  # not invited again: refused
+    got = await _messages(member, 3)
+    assert [m.id for m in got] == [a.id for a in acks], f"(after the removal: {after.id})"
+    probe = await owner.send("@member", "probe")  # nothing of the group may come before it
+    rest = (await _messages(member, 1))[0]
+    assert rest.id == probe.id, f"{rest} (the message after the removal is {after.id})"
