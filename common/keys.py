@@ -1,5 +1,12 @@
 """Names of every Redis key and pub/sub channel Chinwag uses, in one place.
 
+Every key carries the Redis Cluster hash tag (``{...}``) of the entity that
+decides the operations on it: ``{u:<user key>}`` for everything of one user,
+``{g:<group key>}`` for one group, ``{all}`` for broadcasts, ``{reg}`` for the
+online index and gateway leases, ``{gw:<id>}`` for one gateway.  A script that
+touches keys of one tag runs on one shard of a cluster (docs/cluster.md); a
+single Redis ignores the tags.
+
 Lua scripts that find a key in data (a gateway's users while reaping, a member's
 session, an invitee's invitations) cannot be handed that key as ``KEYS``: they
 build it with a function from :func:`lua_functions`, generated from the Python
@@ -14,14 +21,14 @@ PREFIX = "cw:"
 
 # Accounts: hash {name, pw, delivered}. ``delivered`` is the last inbox id pushed live.
 def account(key: str) -> str:
-    return f"{PREFIX}acct:{key}"
+    return f"{PREFIX}{{u:{key}}}:acct"
 
 
 # Sorted set of the display names of everyone online, all with score 0: ZRANGEBYLEX pages through it
 # in code-point order (UTF-8 byte order), stable under logins and logouts.  (It used to be a
 # plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
-ONLINE = f"{PREFIX}online:z"
-GATEWAYS = f"{PREFIX}gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
+ONLINE = f"{PREFIX}{{reg}}:online"
+GATEWAYS = f"{PREFIX}{{reg}}:gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
 LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
 # Hash stream key -> id of the first entry of the stream (set when an XADD creates it): a stream
 # whose oldest entry is still that one was never trimmed (gateway/store.py Store.replay).
@@ -30,16 +37,29 @@ STREAM_ORIGINS = f"{PREFIX}sorigin"
 
 def session(key: str) -> str:
     """Hash {gw, token, name}: who holds the name ``key`` right now."""
-    return f"{PREFIX}sess:{key}"
+    return f"{PREFIX}{{u:{key}}}:sess"
 
 
 def gateway_users(node_id: str) -> str:
     """Set of name keys held by one gateway (what the reaper frees)."""
-    return f"{PREFIX}gw:{node_id}:users"
+    return f"{PREFIX}{{gw:{node_id}}}:users"
+
+
+# Id clocks (cluster layout, docs/cluster.md): the last id one stream owner handed out, "ms-seq",
+# kept in the owner's own slot so a send script never touches another slot for its id.
+def user_clock(key: str) -> str:
+    return f"{PREFIX}{{u:{key}}}:clock"
+
+
+def group_clock(gkey: str) -> str:
+    return f"{PREFIX}{{g:{gkey}}}:clock"
+
+
+BROADCAST_CLOCK = f"{PREFIX}{{all}}:clock"
 
 
 # Streams (message storage).
-BROADCAST_STREAM = f"{PREFIX}s:all"
+BROADCAST_STREAM = f"{PREFIX}{{all}}:s"
 
 
 def dm_stream(a: str, b: str) -> str:
@@ -49,47 +69,47 @@ def dm_stream(a: str, b: str) -> str:
 
 def inbox_stream(key: str) -> str:
     """Every DM addressed to ``key``, for offline delivery and resume."""
-    return f"{PREFIX}s:in:{key}"
+    return f"{PREFIX}{{u:{key}}}:in"
 
 
 # Files (gateway/files.py).  The bytes live in the blob store, named by their SHA-256.
 def file_meta(sha256: str) -> str:
     """Hash {name, mime, size} of a stored file, as its first uploader described it (download headers)."""
-    return f"{PREFIX}f:{sha256}"
+    return f"{PREFIX}{{f:{sha256}}}"
 
 
 def upload(upload_id: str) -> str:
     """Hash {user, name, size, mime, sha} of an upload in progress; expires a day after its last ``upload``."""
-    return f"{PREFIX}up:{upload_id}"
+    return f"{PREFIX}{{up:{upload_id}}}"
 
 
 def files_owned(key: str) -> str:
     """Hash sha256 -> size: the files charged to a user's quota (each once)."""
-    return f"{PREFIX}fo:{key}"
+    return f"{PREFIX}{{u:{key}}}:fo"
 
 
 def files_used(key: str) -> str:
     """Bytes charged to a user's quota: the sum of ``files_owned``."""
-    return f"{PREFIX}fu:{key}"
+    return f"{PREFIX}{{u:{key}}}:fu"
 
 
 def files_reserved(key: str) -> str:
     """Hash upload id -> size: uploads in progress, counted against the quota before any byte is stored."""
-    return f"{PREFIX}fr:{key}"
+    return f"{PREFIX}{{u:{key}}}:fr"
 
 
 # Pub/sub channels.
-BROADCAST_CHANNEL = f"{PREFIX}c:all"
-PRESENCE_CHANNEL = f"{PREFIX}c:presence"
+BROADCAST_CHANNEL = f"{PREFIX}{{all}}:c"
+PRESENCE_CHANNEL = f"{PREFIX}{{pres}}:c"
 
 
 def user_channel(key: str) -> str:
-    return f"{PREFIX}c:u:{key}"
+    return f"{PREFIX}{{u:{key}}}:c"
 
 
 def gateway_channel(node_id: str) -> str:
     """Control messages for one gateway (protocol/control.py). Lua builds it with ``key_gateway_channel``."""
-    return f"{PREFIX}c:gw:{node_id}"
+    return f"{PREFIX}{{gw:{node_id}}}:c"
 
 
 def dedupe(sender_key: str, ref: str) -> str:
@@ -100,24 +120,24 @@ def dedupe(sender_key: str, ref: str) -> str:
 # Groups: hash {name, owner, owner_name, invite_only}; members hash key -> display name;
 # invited set; and per user the set of group keys they belong to.
 def group(gkey: str) -> str:
-    return f"{PREFIX}g:{gkey}"
+    return f"{PREFIX}{{g:{gkey}}}"
 
 
 def group_members(gkey: str) -> str:
-    return f"{PREFIX}g:{gkey}:m"
+    return f"{PREFIX}{{g:{gkey}}}:m"
 
 
 def group_invited(gkey: str) -> str:
-    return f"{PREFIX}g:{gkey}:inv"
+    return f"{PREFIX}{{g:{gkey}}}:inv"
 
 
 def user_groups(ukey: str) -> str:
-    return f"{PREFIX}ug:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:ug"
 
 
 def group_cursors(ukey: str) -> str:
     """Hash group key -> last group message id written to this user (saved as it advances, and at logout)."""
-    return f"{PREFIX}gcur:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:gcur"
 
 
 def group_parted(ukey: str) -> str:
@@ -125,7 +145,7 @@ def group_parted(ukey: str) -> str:
     owner, or a leave; the ids current when it began and when it ended).  A gateway that missed the
     end (pub/sub down, catching up, an answer lost) still owes the user what was stored up to
     ``upto``; kept a day (PARTED_TTL)."""
-    return f"{PREFIX}gpart:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:gpart"
 
 
 PARTED_TTL = 86_400  # seconds a removal's record is kept: far longer than any outage a gateway recovers from
@@ -133,65 +153,65 @@ PARTED_TTL = 86_400  # seconds a removal's record is kept: far longer than any o
 
 def group_order(gkey: str) -> str:
     """Zset member key -> join sequence: who has been in the group longest (the next owner)."""
-    return f"{PREFIX}g:{gkey}:o"
+    return f"{PREFIX}{{g:{gkey}}}:o"
 
 
 def group_since(gkey: str) -> str:
     """Hash member key -> the message id current when they joined: nothing at or before it reaches them."""
-    return f"{PREFIX}g:{gkey}:j"
+    return f"{PREFIX}{{g:{gkey}}}:j"
 
 
 def invitations(ukey: str) -> str:
     """Hash group key -> the ``invited`` group_event frame: invitations still pending, sent at login."""
-    return f"{PREFIX}inv:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:inv"
 
 
 def group_stream(gkey: str) -> str:
-    return f"{PREFIX}s:g:{gkey}"
+    return f"{PREFIX}{{g:{gkey}}}:s"
 
 
 def group_channel(gkey: str) -> str:
-    return f"{PREFIX}c:g:{gkey}"
+    return f"{PREFIX}{{g:{gkey}}}:c"
 
 
 def rate(ukey: str) -> str:
     """A user's send token bucket (shared by every gateway)."""
-    return f"{PREFIX}rl:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:rl"
 
 
 def request_rate(ukey: str) -> str:
     """A user's token bucket for every request that is not a send (shared by every gateway)."""
-    return f"{PREFIX}rq:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:rq"
 
 
 # Login guard (gateway/accounts.py): password evaluations are budgeted per account and per
 # kind of caller, so a stranger's guesses cannot lock out the owner (docs/security.md).
 def login_budget(ukey: str, kind: str) -> str:
     """Password evaluations taken in the current window by ``kind`` ("stranger", "token", "ip") callers."""
-    return f"{PREFIX}pwb:{kind}:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:pwb:{kind}"
 
 
 def login_tokens(ukey: str) -> str:
     """Zset: SHA-256 of session tokens issued to this account -> expiry (ms, Redis clock)."""
-    return f"{PREFIX}ltok:{ukey}"
+    return f"{PREFIX}{{u:{ukey}}}:ltok"
 
 
 def name_skeleton(side: str, skeleton: str) -> str:
     """The account key that holds a UTS #39 skeleton (``side`` "f" fold or "u" upper, protocol/confusables.py)."""
-    return f"{PREFIX}skel:{side}:{skeleton}"
+    return f"{PREFIX}{{skel:{side}:{skeleton}}}"
 
 
-SKELETONS_BACKFILLED = f"{PREFIX}skel:backfilled"  # set once every account stored before has its skeletons
+SKELETONS_BACKFILLED = f"{PREFIX}{{reg}}:skel-backfilled"  # set once every account stored before has its skeletons
 
 
 def ip_connections(ip: str) -> str:
     """Connection-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
-    return f"{PREFIX}ipc:{ip}"
+    return f"{PREFIX}{{ip:{ip}}}:c"
 
 
 def ip_logins(ip: str) -> str:
     """Login-attempt token bucket of one address (an IPv6 /64), shared by every gateway."""
-    return f"{PREFIX}ipl:{ip}"
+    return f"{PREFIX}{{ip:{ip}}}:l"
 
 
 _HOLE = "\x00"
@@ -202,7 +222,7 @@ def lua_functions(*builders: Callable[[str], str]) -> str:
 
     Each is generated from the Python function (called with a placeholder), with the
     prefix left to the script's ``prefix`` argument as before: ``key_session(prefix, ukey)``
-    is ``prefix .. 'sess:' .. ukey``.
+    is ``prefix .. '{u:' .. ukey .. '}:sess'``.
     """
     out = []
     for build in builders:

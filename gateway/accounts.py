@@ -241,7 +241,7 @@ class Accounts:
         backoff while Redis is away; returns the number of accounts scanned.
         """
         backoff = Backoff(cap=30.0)
-        prefix = keys.account("")
+        head, _, tail = keys.account("\x00").partition("\x00")
         while True:
             end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last try
             try:
@@ -249,9 +249,9 @@ class Accounts:
                     return 0
                 scanned = 0
                 pending: list[str] = []
-                async for raw in self.redis.scan_iter(match=f"{prefix}*", count=batch, _type="hash"):
+                async for raw in self.redis.scan_iter(match=keys.account("*"), count=batch, _type="hash"):
                     end_if_cancelled()  # a scan of every account is many calls in a row
-                    pending.append(_text(raw).removeprefix(prefix))
+                    pending.append(_text(raw).removeprefix(head).removesuffix(tail))
                     if len(pending) >= batch:
                         scanned += await self._claim_skeletons(pending)
                 scanned += await self._claim_skeletons(pending)

@@ -78,10 +78,10 @@ SWEEP_EVERY = 3600.0  # seconds between sweeps of abandoned partial uploads
 _encoder = msgspec.json.Encoder()
 
 # Declare (or re-declare) an upload and reserve its size against the quota.
-# KEYS: owned, used, reserved, upload ; ARGV: sha, size, quota, upload id, ttl, user key, name, mime, upload key prefix
+# KEYS: owned, used, reserved, upload ; ARGV: sha, size, quota, upload id, ttl, user key, name, mime, key prefix
 # -> {1} | {0, used, reserved} over quota.  A file the user already owns costs nothing more.
 # Reservations whose upload state expired are dropped on the way.
-_START = """
+_START = keys.lua_functions(keys.upload) + """
 local size = tonumber(ARGV[2])
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   local used = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -89,7 +89,7 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   local r = redis.call('HGETALL', KEYS[3])
   for i = 1, #r, 2 do
     if r[i] ~= ARGV[4] then
-      if redis.call('EXISTS', ARGV[9] .. r[i]) == 1 then
+      if redis.call('EXISTS', key_upload(ARGV[9], r[i])) == 1 then
         reserved = reserved + tonumber(r[i + 1])
       else
         redis.call('HDEL', KEYS[3], r[i])
@@ -193,7 +193,7 @@ class FileService:
         result = await self._start(
             keys=[keys.files_owned(session.key), keys.files_used(session.key), keys.files_reserved(session.key),
                   keys.upload(uid)],
-            args=[sha, size, self.quota, uid, UPLOAD_TTL, session.key, frame.name, mime, keys.upload("")],
+            args=[sha, size, self.quota, uid, UPLOAD_TTL, session.key, frame.name, mime, keys.PREFIX],
         )
         if int(result[0]) == 0:
             used, reserved = int(result[1]), int(result[2])

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 
 from client import ChatClient
 from client.chat import Closed
+from common import keys
 from protocol import frames as f
 from protocol.errors import RateLimited
 from protocol.names import id_tuple
@@ -237,7 +238,7 @@ async def test_group_positions_are_saved_as_they_advance_and_survive_sigkill(
     admin = aioredis.Redis.from_url(redis_server.url)
     try:
         async def saved() -> bool:
-            return await admin.hget("cw:gcur:bob", "devs") == sent[-1].encode()
+            return await admin.hget(keys.group_cursors("bob"), "devs") == sent[-1].encode()
         await async_wait_until(saved, 10, "bob's position in #devs to be saved")
     finally:
         await admin.aclose()

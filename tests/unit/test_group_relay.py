@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from common import keys
 from gateway.group_relay import GroupRelay
 from gateway.groups import GroupState
 from gateway.session import Session
@@ -56,7 +57,7 @@ def mark(nonce: str) -> bytes:
     return b'{"type":"_mark","n":"' + nonce.encode() + b'"}'
 
 
-CHANNEL = "cw:c:g:g"
+CHANNEL = keys.group_channel("g")
 
 
 def relay() -> tuple[GroupRelay, FakeRouter, list[asyncio.Task[Any]]]:
