@@ -152,3 +152,8 @@ def redacted_url(url: str | None) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
+
+
+def publish_command(redis: object) -> str:
+    """SPUBLISH on a Redis Cluster (sharded pub/sub), PUBLISH on one Redis (6.2 has no SPUBLISH)."""
+    return "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
