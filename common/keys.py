@@ -101,6 +101,8 @@ def files_reserved(key: str) -> str:
 # Pub/sub channels.
 BROADCAST_CHANNEL = f"{PREFIX}{{all}}:c"
 PRESENCE_CHANNEL = f"{PREFIX}{{pres}}:c"
+# Every presence channel a gateway listens to (partitioned across shards in cluster mode).
+PRESENCE_CHANNELS: tuple[str, ...] = (PRESENCE_CHANNEL,)
 
 
 def user_channel(key: str) -> str:
