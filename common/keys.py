@@ -78,9 +78,13 @@ def file_meta(sha256: str) -> str:
     return f"{PREFIX}{{f:{sha256}}}"
 
 
-def upload(upload_id: str) -> str:
-    """Hash {user, name, size, mime, sha} of an upload in progress; expires a day after its last ``upload``."""
-    return f"{PREFIX}{{up:{upload_id}}}"
+def upload(ukey: str, upload_id: str) -> str:
+    """Hash {user, name, size, mime, sha} of ``ukey``'s upload in progress; expires a day after its last ``upload``.
+
+    In the uploader's slot, next to the quota keys, so declaring an upload and reserving its
+    size is one single-slot script (gateway/files.py).  Chunks name only the upload id; the
+    gateway knows the session's user, so the key is always found."""
+    return f"{PREFIX}{{u:{ukey}}}:up:{upload_id}"
 
 
 def files_owned(key: str) -> str:
@@ -199,8 +203,17 @@ def login_tokens(ukey: str) -> str:
 
 
 def name_skeleton(side: str, skeleton: str) -> str:
-    """The account key that holds a UTS #39 skeleton (``side`` "f" fold or "u" upper, protocol/confusables.py)."""
+    """Who holds a UTS #39 skeleton (``side`` "f" fold or "u" upper, protocol/confusables.py).
+
+    The value is the holder's account key, followed by `` <attempt>`` while it was claimed by a
+    registration attempt (gateway/skeletons.py: a claim whose account and attempt are both gone
+    is free)."""
     return f"{PREFIX}{{skel:{side}:{skeleton}}}"
+
+
+def registration(ukey: str, attempt: str) -> str:
+    """A registration attempt of ``ukey`` in progress (a lease): its skeleton claims count until it ends."""
+    return f"{PREFIX}{{u:{ukey}}}:reg:{attempt}"
 
 
 SKELETONS_BACKFILLED = f"{PREFIX}{{reg}}:skel-backfilled"  # set once every account stored before has its skeletons

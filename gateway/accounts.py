@@ -14,11 +14,19 @@ blocks the event loop.  Every decision is taken in Redis before any hashing:
   only wrong ones use a budget up; it also resets the budget of the token and
   address kinds (the owner's own typos), never the strangers' (that would hand
   a guesser a fresh budget whenever the owner logs in from somewhere new).
-* **Creation** is atomic: two first logins racing for one new name create one
-  account, and the loser is checked against the winner's password like any
-  later login.  The same call claims the name's confusable skeletons
-  (protocol/confusables.py), so of two look-alike names registered at once
-  only one wins; the other gets ``username_confusable``.
+* **Creation**: two first logins racing for one new name create one account,
+  and the loser is checked against the winner's password like any later
+  login (the account is created by one script in the name's slot, only if
+  it does not exist).  Before that, the name claims its confusable
+  skeletons (protocol/confusables.py), each in its own slot, so of two
+  look-alike names registered at once only one wins; the other gets
+  ``username_confusable``.  Skeletons and account are in different slots of
+  a Redis Cluster, so registration is ordered steps; gateway/skeletons.py
+  gives the order and why a crash between any two steps is safe (a claim
+  whose account and registration attempt are both gone is free).
+
+Every script here touches the keys of one user (``{u:<key>}``) only: the
+account, its three budgets and its session tokens.
 """
 
 from __future__ import annotations
@@ -27,29 +35,32 @@ import asyncio
 import ctypes
 import functools
 import logging
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from common import keys
 from common.backoff import Backoff
 from common.runtime import end_if_cancelled
-from protocol.confusables import name_skeletons
-from protocol.errors import BadPassword, InvalidUsername, RateLimited, UsernameConfusable
+from protocol.errors import BadPassword, InvalidUsername, RateLimited, Unavailable, UsernameConfusable
 from protocol.names import Username
+
+from .skeletons import REGISTRATION_LEASE_MS, Skeletons, skeleton_keys
 
 log = logging.getLogger("chinwag.accounts")
 
 STRANGER, TOKEN, IP = "stranger", "token", "ip"  # the kinds of caller, each with its own budget
 MAX_TOKENS = 16  # session tokens remembered per account (the newest)
 
-# KEYS: account, budget stranger, budget token, budget ip, tokens, skeleton fold, skeleton upper
-# ARGV: presented token hash or "", caller ip, budget, window s, account key, registrable "1"/"0"
+# KEYS: account, budget stranger, budget token, budget ip, tokens
+# ARGV: presented token hash or "", caller ip, budget, window s, registrable "1"/"0"
 # -> {"ok", kind, name, pw} (name and pw "" when there is no account yet)
-#  | {"locked", kind, ms left} | {"invalid"} | {"confusable"}
+#  | {"locked", kind, ms left} | {"invalid"}
 _BEGIN = """
 local acct = redis.call('HMGET', KEYS[1], 'name', 'pw', 'ip')
 local kind, budget = 'stranger', KEYS[2]
@@ -64,16 +75,8 @@ if acct[2] then
   if kind == 'stranger' and ARGV[2] ~= '' and acct[3] == ARGV[2] then
     kind, budget = 'ip', KEYS[4]
   end
-else
-  if ARGV[6] ~= '1' then
-    return {'invalid'}
-  end
-  for i = 6, 7 do
-    local owner = redis.call('GET', KEYS[i])
-    if owner and owner ~= ARGV[5] then
-      return {'confusable'}
-    end
-  end
+elseif ARGV[5] ~= '1' then
+  return {'invalid'}
 end
 local used = tonumber(redis.call('GET', budget) or '0')
 if used >= tonumber(ARGV[3]) then
@@ -85,26 +88,23 @@ end
 return {'ok', kind, acct[1] or '', acct[2] or ''}
 """
 
-# KEYS: account, skeleton fold, skeleton upper ; ARGV: display name, hash, account key
-# -> 1 created | 0 exists | -1 a look-alike holds a skeleton
+# KEYS: account, registration attempt ; ARGV: display name, hash
+# -> 1 created | 0 exists (another login created it) | -2 the attempt's lease ran out (its claims may be gone)
+# The attempt key goes in every case: an attempt that ended never holds a skeleton again.
 _CREATE = """
+local mine = redis.call('DEL', KEYS[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
-for i = 2, 3 do
-  local owner = redis.call('GET', KEYS[i])
-  if owner and owner ~= ARGV[3] then
-    return -1
-  end
+if mine == 0 then
+  return -2
 end
 redis.call('HSET', KEYS[1], 'name', ARGV[1], 'pw', ARGV[2])
-redis.call('SET', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], ARGV[3])
 return 1
 """
 
-# KEYS: account, budget of the caller's kind, tokens, skeleton fold, skeleton upper
-# ARGV: kind, issued token hash, caller ip, token lifetime ms, tokens kept, account key
+# KEYS: account, budget of the caller's kind, tokens
+# ARGV: kind, issued token hash, caller ip, token lifetime ms, tokens kept
 _SUCCEEDED = """
 if ARGV[1] ~= 'stranger' then
   redis.call('DEL', KEYS[2])
@@ -120,8 +120,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[2])
 redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
 redis.call('PEXPIRE', KEYS[3], ARGV[4])
-redis.call('SET', KEYS[4], ARGV[6], 'NX')
-redis.call('SET', KEYS[5], ARGV[6], 'NX')
 return 1
 """
 
@@ -147,15 +145,10 @@ def return_hash_buffers_to_the_os() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 20))
 
 
-def _skeleton_keys(key: str) -> list[str]:
-    fold, upper = name_skeletons(key)
-    return [keys.name_skeleton("f", fold), keys.name_skeleton("u", upper)]
-
-
 class Accounts:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         time_cost: int = 2,
         memory_kib: int = 19_456,
@@ -175,6 +168,7 @@ class Accounts:
         self._begin = redis.register_script(_BEGIN)
         self._create = redis.register_script(_CREATE)
         self._succeeded = redis.register_script(_SUCCEEDED)
+        self.skeletons = Skeletons(redis)
 
     async def authenticate(
         self, user: Username, password: str, *, issued: str, presented: str | None = None, ip: str = ""
@@ -189,16 +183,13 @@ class Accounts:
         """
         key = user.key
         budgets = [keys.login_budget(key, kind) for kind in (STRANGER, TOKEN, IP)]
-        skeletons = _skeleton_keys(key)
         answer = await self._begin(
-            keys=[keys.account(key), *budgets, keys.login_tokens(key), *skeletons],
-            args=[presented or "", ip, self.max_failures, self.lockout_seconds, key, int(user.registrable)],
+            keys=[keys.account(key), *budgets, keys.login_tokens(key)],
+            args=[presented or "", ip, self.max_failures, self.lockout_seconds, int(user.registrable)],
         )
         status = _text(answer[0])
         if status == "invalid":
             raise InvalidUsername(user.refusal or None)
-        if status == "confusable":
-            raise UsernameConfusable()
         kind = _text(answer[1])
         if status == "locked":
             # Not even the right password is checked until the window ends.
@@ -207,11 +198,10 @@ class Accounts:
         name, digest = _text(answer[2]), _text(answer[3])
         loop = asyncio.get_running_loop()
         if not digest:
-            new_digest = await loop.run_in_executor(self._pool, self.hasher.hash, password)
-            created = await self._create(keys=[keys.account(key), *skeletons], args=[user.display, new_digest, key])
-            if created == -1:
+            if await self.skeletons.taken(key):  # spares the hash; the claims decide
                 raise UsernameConfusable()
-            if created == 1:
+            new_digest = await loop.run_in_executor(self._pool, self.hasher.hash, password)
+            if await self._register(user, new_digest):
                 name = user.display
             else:  # lost the race to create it: check against the winner's password
                 stored = await self.redis.hmget(keys.account(key), "name", "pw")
@@ -220,10 +210,52 @@ class Accounts:
         if digest and not await loop.run_in_executor(self._pool, self._verify, digest, password):
             raise BadPassword()
         await self._succeeded(
-            keys=[keys.account(key), keys.login_budget(key, kind), keys.login_tokens(key), *skeletons],
-            args=[kind, issued, ip, self.token_ms, MAX_TOKENS, key],
+            keys=[keys.account(key), keys.login_budget(key, kind), keys.login_tokens(key)],
+            args=[kind, issued, ip, self.token_ms, MAX_TOKENS],
         )
+        # Claim (or keep) this account's skeletons: a stored account from before skeletons,
+        # or one whose claim a crash left to a dead attempt.  A live look-alike keeps its own.
+        await asyncio.gather(*(self.skeletons.claim(sk, key, key) for sk in skeleton_keys(key)))
         return name
+
+    async def _register(self, user: Username, digest: str) -> bool:
+        """Create ``user``'s account: True if created, False if another login created it first.
+
+        The steps of gateway/skeletons.py: an attempt key with a lease, the
+        skeleton claims, then the account, only while the attempt is on.
+        Raises UsernameConfusable (a look-alike holds a skeleton) or Unavailable
+        (the lease ran out, the claims may be gone; the client retries), having
+        dropped what this attempt claimed.
+        """
+        key = user.key
+        attempt = secrets.token_hex(8)
+        value = f"{key} {attempt}"
+        await self.redis.set(keys.registration(key, attempt), "1", px=REGISTRATION_LEASE_MS)
+        claimed: list[str] = []
+        try:
+            for skeleton in skeleton_keys(key):
+                if not await self.skeletons.claim(skeleton, key, value):
+                    raise UsernameConfusable()
+                claimed.append(skeleton)
+            created = int(await self._create(
+                keys=[keys.account(key), keys.registration(key, attempt)], args=[user.display, digest]
+            ))
+        except Exception:  # a cancel leaves the claims to the lease: no awaiting while cancelled
+            await self._abandon(key, attempt, claimed, value)
+            raise
+        if created == -2:
+            await self._abandon(key, attempt, claimed, value)
+            raise Unavailable("registration took too long; try again")
+        return created == 1
+
+    async def _abandon(self, key: str, attempt: str, claimed: list[str], value: str) -> None:
+        """End a failed attempt: its claims, then its key.  If this fails too, the lease frees the claims."""
+        try:
+            for skeleton in claimed:
+                await self.skeletons.release(skeleton, value)
+            await self.redis.delete(keys.registration(key, attempt))
+        except (RedisError, OSError) as exc:
+            log.warning("registration of %s: claims left to their lease (%s)", key, type(exc).__name__)
 
     def _verify(self, digest: str, password: str) -> bool:
         try:
@@ -268,7 +300,7 @@ class Accounts:
     async def _claim_skeletons(self, accounts: list[str]) -> int:
         async with self.redis.pipeline(transaction=False) as pipe:
             for account in accounts:
-                for skeleton_key in _skeleton_keys(account):
+                for skeleton_key in skeleton_keys(account):
                     pipe.set(skeleton_key, account, nx=True)
             await pipe.execute()
         done = len(accounts)

@@ -9,13 +9,22 @@ chunks follow, each answered ``chunk_ack``; the last one is answered
 * its description (user, name, size, media type, hash) is a Redis hash with a
   one-day TTL, under an id derived from the user and the hash, so a client
   that reconnects, to this gateway or another, sends ``upload`` again and
-  resumes;
+  resumes.  The hash is kept in the uploader's slot (``keys.upload(user,
+  id)``, ``{u:<key>}``), next to the quota keys: a chunk names only the id,
+  and the gateway reads it under the session's user;
 * its bytes are a partial file in the shared blob store, and their length is
   the offset: what is on disk is the truth;
 * the size limit is checked at ``upload``, before anything is stored, and so
   is the per-user quota: used bytes (each distinct file once) plus the sizes
   of the user's other uploads in progress (reserved at ``upload``) plus this
   one.  The charge itself is one Lua call just before the blob is committed.
+
+On a Redis Cluster every script and MULTI here touches the uploader's keys
+only (``{u:<key>}``: upload state, owned, used, reserved).  The file's
+description for downloads (``{f:<sha>}``) is another slot, written after the
+charge and the commit by ``HSETNX`` alone: a crash before it leaves a stored
+file without a description, and the next upload of the same bytes writes it
+(a download meanwhile gets the hash as its name and a generic media type).
 
 Messages carry files as ``{"id","name","size","mime"}`` (:class:`FileRef`);
 :meth:`FileService.check_ref` validates one against the store for the send
@@ -37,6 +46,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -78,10 +88,11 @@ SWEEP_EVERY = 3600.0  # seconds between sweeps of abandoned partial uploads
 _encoder = msgspec.json.Encoder()
 
 # Declare (or re-declare) an upload and reserve its size against the quota.
-# KEYS: owned, used, reserved, upload ; ARGV: sha, size, quota, upload id, ttl, user key, name, mime, key prefix
+# KEYS: owned, used, reserved, upload ; ARGV: sha, size, quota, upload id, ttl, user key, name, mime,
+# and the user's upload key around an id (head, tail: keys.upload(user, id) is head .. id .. tail)
 # -> {1} | {0, used, reserved} over quota.  A file the user already owns costs nothing more.
-# Reservations whose upload state expired are dropped on the way.
-_START = keys.lua_functions(keys.upload) + """
+# Reservations whose upload state expired are dropped on the way.  Every key is the user's ({u:<key>}).
+_START = """
 local size = tonumber(ARGV[2])
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   local used = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -89,7 +100,7 @@ if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   local r = redis.call('HGETALL', KEYS[3])
   for i = 1, #r, 2 do
     if r[i] ~= ARGV[4] then
-      if redis.call('EXISTS', key_upload(ARGV[9], r[i])) == 1 then
+      if redis.call('EXISTS', ARGV[9] .. r[i] .. ARGV[10]) == 1 then
         reserved = reserved + tonumber(r[i + 1])
       else
         redis.call('HDEL', KEYS[3], r[i])
@@ -147,7 +158,7 @@ class FileService:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         blobs: BlobStore | None = None,
         *,
         metrics: Metrics | None = None,
@@ -185,15 +196,16 @@ class FileService:
                 raise InvalidFrame(f"a file with that SHA-256 is {stored} bytes, not {size}")
             await self._charge_or_refuse(session.key, uid, sha, size)
             await asyncio.to_thread(self.blobs.delete_partial, uid)
-            await self.redis.delete(keys.upload(uid))
+            await self.redis.delete(keys.upload(session.key, uid))
             await self._describe(sha, frame.name, mime, size)
             self.m_files.inc("deduplicated")
             ref = FileRef(id=sha, name=frame.name, size=size, mime=mime)
             return f.encode(f.Uploaded(upload=uid, file=ref, ref=frame.ref))
         result = await self._start(
             keys=[keys.files_owned(session.key), keys.files_used(session.key), keys.files_reserved(session.key),
-                  keys.upload(uid)],
-            args=[sha, size, self.quota, uid, UPLOAD_TTL, session.key, frame.name, mime, keys.PREFIX],
+                  keys.upload(session.key, uid)],
+            args=[sha, size, self.quota, uid, UPLOAD_TTL, session.key, frame.name, mime,
+                  *_upload_key_parts(session.key)],
         )
         if int(result[0]) == 0:
             used, reserved = int(result[1]), int(result[2])
@@ -227,7 +239,7 @@ class FileService:
             return self._error(Unavailable(), uid)
 
     async def _chunk(self, session: Session, uid: str, offset: int, payload: memoryview) -> bytes:
-        state = await self._state(uid)
+        state = await self._state(session.key, uid)
         if state is None or state.user != session.key:
             raise NotFound("no upload with that id (finished, expired or never started): send 'upload' again")
         received = await asyncio.to_thread(self.blobs.partial_size, uid)
@@ -264,7 +276,7 @@ class FileService:
                 await self._refund(state.user, state.sha, state.size)
             raise
         await self._describe(state.sha, state.name, state.mime, state.size)
-        await self.redis.delete(keys.upload(uid))
+        await self.redis.delete(keys.upload(state.user, uid))
         self.m_files.inc("stored")
         log.info("stored %s (%r, %d bytes) from upload %s", state.sha, state.name, state.size, uid)
         return FileRef(id=state.sha, name=state.name, size=state.size, mime=state.mime)
@@ -295,7 +307,7 @@ class FileService:
         """Drop an upload's bytes, state and reservation: nothing of it stays stored."""
         await asyncio.to_thread(self.blobs.delete_partial, uid)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keys.upload(uid))
+            pipe.delete(keys.upload(state.user, uid))  # the user's slot, as the reservation: one MULTI
             pipe.hdel(keys.files_reserved(state.user), uid)
             await pipe.execute()
 
@@ -307,8 +319,8 @@ class FileService:
             pipe.hsetnx(keys.file_meta(sha), "size", size)
             await pipe.execute()
 
-    async def _state(self, uid: str) -> UploadState | None:
-        raw: dict[Any, Any] = await self.redis.hgetall(keys.upload(uid))
+    async def _state(self, user: str, uid: str) -> UploadState | None:
+        raw: dict[Any, Any] = await self.redis.hgetall(keys.upload(user, uid))
         if not raw:
             return None
         return UploadState(
@@ -431,6 +443,12 @@ class FileService:
         with self.blobs.open_read(sha) as fh:
             fh.seek(start)
             return fh.read(length)
+
+
+def _upload_key_parts(user: str) -> tuple[str, str]:
+    """``keys.upload(user, id)`` split around the id, for a script that finds ids in data."""
+    head, _, tail = keys.upload(user, "\x00").partition("\x00")
+    return head, tail
 
 
 def _bytes(n: int) -> str:
