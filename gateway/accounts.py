@@ -271,6 +271,8 @@ class Accounts:
         holds it (both keep logging in: only registrations are refused).  Run
         at gateway start; logins claim their own skeleton too.  Retries with
         backoff while Redis is away; returns the number of accounts scanned.
+        On a Redis Cluster, redis-py's ``scan_iter`` walks every master in
+        turn, and the ``SET NX`` pipeline is split per node (one key each).
         """
         backoff = Backoff(cap=30.0)
         head, _, tail = keys.account("\x00").partition("\x00")
