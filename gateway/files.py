@@ -9,9 +9,7 @@ chunks follow, each answered ``chunk_ack``; the last one is answered
 * its description (user, name, size, media type, hash) is a Redis hash with a
   one-day TTL, under an id derived from the user and the hash, so a client
   that reconnects, to this gateway or another, sends ``upload`` again and
-  resumes.  The hash is kept in the uploader's slot (``keys.upload(user,
-  id)``, ``{u:<key>}``), next to the quota keys: a chunk names only the id,
-  and the gateway reads it under the session's user;
+  resumes (a chunk names only the id: the state is read under the session's user);
 * its bytes are a partial file in the shared blob store, and their length is
   the offset: what is on disk is the truth;
 * the size limit is checked at ``upload``, before anything is stored, and so
@@ -20,7 +18,7 @@ chunks follow, each answered ``chunk_ack``; the last one is answered
   one.  The charge itself is one Lua call just before the blob is committed.
 
 On a Redis Cluster every script and MULTI here touches the uploader's keys
-only (``{u:<key>}``: upload state, owned, used, reserved).  The file's
+only (``{u:<key>}``: ``keys.upload(user, id)``, owned, used, reserved).  The file's
 description for downloads (``{f:<sha>}``) is another slot, written after the
 charge and the commit by ``HSETNX`` alone: a crash before it leaves a stored
 file without a description, and the next upload of the same bytes writes it
