@@ -249,11 +249,19 @@ class Accounts:
         return created == 1
 
     async def _abandon(self, key: str, attempt: str, claimed: list[str], value: str) -> None:
-        """End a failed attempt: its claims, then its key.  If this fails too, the lease frees the claims."""
+        """End a failed attempt: its key, then its claims unless the account exists after all.
+
+        The key goes first, so an account step still on its way (a timed-out
+        call) can no longer create the account; if the account exists (that
+        call ran, or another login of this name created it), the claims stay,
+        for they are its.  If this fails, the lease frees the claims.
+        """
         try:
+            await self.redis.delete(keys.registration(key, attempt))
+            if await self.redis.exists(keys.account(key)):
+                return
             for skeleton in claimed:
                 await self.skeletons.release(skeleton, value)
-            await self.redis.delete(keys.registration(key, attempt))
         except (RedisError, OSError) as exc:
             log.warning("registration of %s: claims left to their lease (%s)", key, type(exc).__name__)
 

@@ -24,8 +24,16 @@ crash between the steps:
   same name's own retry takes them at once: a holder always re-claims its
   own skeleton);
 * a registration that fails after step 2 (a look-alike holds the other
-  skeleton, or the lease ran out) deletes its claims if they are still its
-  own, and its attempt key; should that fail, the lease frees them.
+  skeleton, the lease ran out, or the account step failed or timed out)
+  deletes its attempt key first, so a step 3 still on its way can no longer
+  create the account, and then its claims (those still its own value), but
+  only if the account does not exist: if it does, step 3 ran after all or
+  another login of the same name created it, and the claims are that
+  account's.  Should the clean-up fail, the lease frees the claims.  (One
+  narrow race remains: a second attempt of the same name that re-claimed
+  after this one and creates the account just after that check.  Its own
+  login re-claims both skeletons at once, in the step after the account,
+  which leaves a look-alike a window of two round trips.)
 
 **Why two look-alikes still cannot both register.**  A claimer takes over a
 claim only after reading that its attempt key and account are both missing.

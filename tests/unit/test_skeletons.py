@@ -156,6 +156,43 @@ async def test_a_registration_that_outlives_its_lease_is_refused_and_cleans_up(
     assert not await redis.exists(keys.account("alicec"))
 
 
+async def test_an_account_step_whose_reply_was_lost_keeps_the_claims(
+    accounts: Accounts, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    """The account step ran but its answer never came (a timeout): the account keeps its skeletons."""
+    real = accounts._create
+
+    async def ran_then_lost(**kw: Any) -> Any:
+        await real(**kw)
+        raise ConnectionError("connection lost after the command ran")
+
+    accounts._create = ran_then_lost  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await login(accounts, "alicec")
+    assert await redis.exists(keys.account("alicec"))
+    assert all(h is not None and h.startswith("alicec ") for h in await holders(redis, "alicec"))
+    with pytest.raises(UsernameConfusable):
+        await login(accounts, LOOK_ALIKE)
+
+
+async def test_a_late_account_step_after_the_clean_up_creates_nothing(
+    accounts: Accounts, redis: fakeredis.FakeAsyncRedis
+) -> None:
+    """A timed-out account step that reaches Redis after the clean-up finds its attempt gone."""
+    real = accounts._create
+    late: list[Any] = []
+
+    async def timed_out(**kw: Any) -> Any:
+        late.append(kw)
+        raise TimeoutError("no answer")
+
+    accounts._create = timed_out  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        await login(accounts, "alicec")
+    assert await holders(redis, "alicec") == [None, None]
+    assert await real(**late[0]) == -2 and not await redis.exists(keys.account("alicec"))
+
+
 async def test_a_skeleton_of_a_deleted_account_is_free(accounts: Accounts, redis: fakeredis.FakeAsyncRedis) -> None:
     await login(accounts, LOOK_ALIKE)
     await redis.delete(keys.account(login_name(LOOK_ALIKE).key))  # an operator removes the impostor
