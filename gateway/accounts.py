@@ -58,9 +58,10 @@ STRANGER, TOKEN, IP = "stranger", "token", "ip"  # the kinds of caller, each wit
 MAX_TOKENS = 16  # session tokens remembered per account (the newest)
 
 # KEYS: account, budget stranger, budget token, budget ip, tokens
-# ARGV: presented token hash or "", caller ip, budget, window s, registrable "1"/"0"
+# ARGV: presented token hash or "", caller ip, budget, window s, registrable "1"/"0",
+#       "1" to take a unit for a name with no account too (else {"new"}: its skeletons are checked first)
 # -> {"ok", kind, name, pw} (name and pw "" when there is no account yet)
-#  | {"locked", kind, ms left} | {"invalid"}
+#  | {"locked", kind, ms left} | {"invalid"} | {"new"}
 _BEGIN = """
 local acct = redis.call('HMGET', KEYS[1], 'name', 'pw', 'ip')
 local kind, budget = 'stranger', KEYS[2]
@@ -77,6 +78,8 @@ if acct[2] then
   end
 elseif ARGV[5] ~= '1' then
   return {'invalid'}
+elseif ARGV[6] ~= '1' then
+  return {'new'}
 end
 local used = tonumber(redis.call('GET', budget) or '0')
 if used >= tonumber(ARGV[3]) then
@@ -183,10 +186,14 @@ class Accounts:
         """
         key = user.key
         budgets = [keys.login_budget(key, kind) for kind in (STRANGER, TOKEN, IP)]
-        answer = await self._begin(
-            keys=[keys.account(key), *budgets, keys.login_tokens(key)],
-            args=[presented or "", ip, self.max_failures, self.lockout_seconds, int(user.registrable)],
-        )
+        begin_keys = [keys.account(key), *budgets, keys.login_tokens(key)]
+        args: list[str | int] = [presented or "", ip, self.max_failures, self.lockout_seconds, int(user.registrable)]
+        answer = await self._begin(keys=begin_keys, args=[*args, 0])
+        if _text(answer[0]) == "new":
+            # A look-alike is refused before it costs the name a unit (a read: the claims decide).
+            if await self.skeletons.taken(key):
+                raise UsernameConfusable()
+            answer = await self._begin(keys=begin_keys, args=[*args, 1])  # the same rules, if created meanwhile
         status = _text(answer[0])
         if status == "invalid":
             raise InvalidUsername(user.refusal or None)
@@ -198,8 +205,6 @@ class Accounts:
         name, digest = _text(answer[2]), _text(answer[3])
         loop = asyncio.get_running_loop()
         if not digest:
-            if await self.skeletons.taken(key):  # spares the hash; the claims decide
-                raise UsernameConfusable()
             new_digest = await loop.run_in_executor(self._pool, self.hasher.hash, password)
             if await self._register(user, new_digest):
                 name = user.display

@@ -224,3 +224,17 @@ async def _any_attempt(redis: fakeredis.FakeAsyncRedis, key: str) -> bool:
 
 async def _no_attempts(redis: fakeredis.FakeAsyncRedis, key: str) -> bool:
     return not await _any_attempt(redis, key)
+
+
+async def test_a_look_alike_is_refused_before_it_spends_a_unit_of_the_budget(
+    redis: fakeredis.FakeAsyncRedis
+) -> None:
+    accounts = Accounts(redis, time_cost=1, memory_kib=64, max_failures=2)
+    try:
+        await login(accounts, "alicec")
+        for _ in range(5):  # more than the budget: still refused as a look-alike, never rate-limited
+            with pytest.raises(UsernameConfusable):
+                await login(accounts, LOOK_ALIKE)
+        assert not await redis.exists(keys.login_budget(login_name(LOOK_ALIKE).key, "stranger"))
+    finally:
+        accounts.close()
