@@ -45,6 +45,7 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from common import keys
 from common.redis import publish_command
@@ -102,8 +103,8 @@ class Store:
     """Appends, reads and replays messages; each script in one hash slot (see the module docstring)."""
 
     def __init__(
-        self, redis: Redis, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0, burst: int = 1,
-        pipeline: AutoPipeline | None = None,
+        self, redis: Redis | RedisCluster, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0,
+        burst: int = 1, pipeline: AutoPipeline | None = None,
     ) -> None:
         self.redis = redis
         self.pipeline = pipeline  # sends go through it when given (the gateway), else through ``redis``
