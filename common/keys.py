@@ -29,10 +29,9 @@ def account(key: str) -> str:
 # plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
 ONLINE = f"{PREFIX}{{reg}}:online"
 GATEWAYS = f"{PREFIX}{{reg}}:gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
-LAST_ID = f"{PREFIX}lastid"  # last message id handed out, "ms-seq", global
-# Hash stream key -> id of the first entry of the stream (set when an XADD creates it): a stream
-# whose oldest entry is still that one was never trimmed (gateway/store.py Store.replay).
-STREAM_ORIGINS = f"{PREFIX}sorigin"
+# The old global id counter: no send script moves it any more (ids come from the per-owner clocks
+# below); kept so readers not yet moved to a clock still import it.
+LAST_ID = f"{PREFIX}lastid"
 
 
 def session(key: str) -> str:
@@ -62,9 +61,17 @@ BROADCAST_CLOCK = f"{PREFIX}{{all}}:clock"
 BROADCAST_STREAM = f"{PREFIX}{{all}}:s"
 
 
-def dm_stream(a: str, b: str) -> str:
-    lo, hi = sorted((a, b))
-    return f"{PREFIX}s:dm:{lo}|{hi}"
+def dm_half(owner: str, peer: str) -> str:
+    """``owner``'s half of the conversation with ``peer``: the DMs ``peer`` sent to ``owner``, stored in
+    ``owner``'s slot by the script that stores the DM (history merges the two halves, gateway/history.py)."""
+    return f"{PREFIX}{{u:{owner}}}:h:{peer}"
+
+
+def stream_origin(stream: str) -> str:
+    """Id of the first entry of ``stream`` (set when an XADD creates it), in the stream's own slot: a
+    stream whose oldest entry is still that one was never trimmed (gateway/store.py Store.replay)."""
+    assert "{" in stream, stream  # the origin must share the stream's hash tag
+    return f"{stream}:o"
 
 
 def inbox_stream(key: str) -> str:
@@ -118,9 +125,18 @@ def gateway_channel(node_id: str) -> str:
     return f"{PREFIX}{{gw:{node_id}}}:c"
 
 
-def dedupe(sender_key: str, ref: str) -> str:
-    """Result of a send with this ref, kept a few minutes so a retry is acked, not re-sent."""
-    return f"{PREFIX}dd:{sender_key}:{ref}"
+# Result of a send with this ref, kept a few minutes so a retry is acked, not re-sent; in the slot of
+# the stream the send writes (the recipient's, the group's, or {all}), so the store script checks it.
+def dm_dedupe(to_key: str, sender_key: str, ref: str) -> str:
+    return f"{PREFIX}{{u:{to_key}}}:dd:{sender_key}:{ref}"
+
+
+def group_dedupe(gkey: str, sender_key: str, ref: str) -> str:
+    return f"{PREFIX}{{g:{gkey}}}:dd:{sender_key}:{ref}"
+
+
+def broadcast_dedupe(sender_key: str, ref: str) -> str:
+    return f"{PREFIX}{{all}}:dd:{sender_key}:{ref}"
 
 
 # Groups: hash {name, owner, owner_name, invite_only}; members hash key -> display name;

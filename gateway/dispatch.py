@@ -136,12 +136,11 @@ class Dispatcher:
             if address.kind == "group":
                 if not await self.groups.is_member(address.key, session.key):
                     raise NotMember()
-                stream = keys.group_stream(address.key)
-            elif address.kind == "user":
-                stream = keys.dm_stream(session.key, address.key)
+                messages = await self.store.history(keys.group_stream(address.key), frame.before, frame.limit)
+            elif address.kind == "user":  # the merge of the conversation's two halves (gateway/history.py)
+                messages = await self.store.dm_history(session.key, address.key, frame.before, frame.limit)
             else:
-                stream = keys.BROADCAST_STREAM
-            messages = await self.store.history(stream, frame.before, frame.limit)
+                messages = await self.store.history(keys.BROADCAST_STREAM, frame.before, frame.limit)
             return f.encode(f.HistoryPage(conv=frame.conv, messages=messages, ref=frame.ref))
         if isinstance(frame, f.Group):
             return await self._group_op(session, frame)
@@ -153,13 +152,14 @@ class Dispatcher:
         raise AlreadyLoggedIn()
 
     async def _send(self, session: Session, frame: f.Send) -> bytes:
-        """Store and publish in one Lua call (gateway/store.py); the ack carries the global id."""
+        """Store and publish in one Lua call in the stream's slot (gateway/store.py); the ack carries its id."""
         address = parse_address(frame.to)
         file_json = await self.files.check_ref(frame.file) if frame.file is not None else b""
         started = time.perf_counter()
         if address.kind == "user":
+            # The floor: a reply is numbered above the last DM its sender's session has written out.
             stored = await self.store.send_dm(session.name_json, session.key, address.key, frame.body, frame.ref,
-                                              file_json)
+                                              file_json, floor=session.last_dm_id)
             if stored is None:
                 raise UnknownUser(f"no user named {address.name!r}")
             self.m_in.inc("dm")

@@ -162,7 +162,7 @@ class Gateway:
 
     async def _start(self) -> None:
         try:
-            last: Any = await self.redis.get(keys.LAST_ID)
+            last: Any = await self.redis.get(keys.BROADCAST_CLOCK)  # the last broadcast id handed out
             self.recovery.last_broadcast = id_tuple(last.decode()) if last else (0, 0)
             # A predecessor with this node id (a restart within the lease TTL) may still hold
             # names whose sockets are gone: free them before taking the lease over.

@@ -58,12 +58,11 @@ async def _stream(redis: fakeredis.FakeAsyncRedis, name: str) -> list[tuple[str,
 async def test_dm_to_unknown_user_stores_nothing(store: Store, redis: fakeredis.FakeAsyncRedis,
                                                  listener: Listener) -> None:
     assert await _dm(store, "Alice", "nobody", "hi") is None
-    assert await redis.keys(f"{keys.PREFIX}s:*") == []
-    assert await redis.get(keys.LAST_ID) is None  # no id consumed
+    assert await redis.keys(f"{keys.PREFIX}{{u:nobody}}*") == []  # no inbox, no history, no id consumed
     assert await listener.messages() == []
 
 
-async def test_dm_is_stored_in_conversation_and_inbox_as_one_frame(store: Store,
+async def test_dm_is_stored_in_the_recipients_half_and_inbox_as_one_frame(store: Store,
                                                                    redis: fakeredis.FakeAsyncRedis) -> None:
     before = int(time.time() * 1000)
     stored = await _dm(store, "Alice", "bob", "hi bob")
@@ -71,13 +70,14 @@ async def test_dm_is_stored_in_conversation_and_inbox_as_one_frame(store: Store,
     assert stored is not None and is_message_id(stored.id)
     assert id_tuple(stored.id)[0] == stored.ts
     assert before - 1000 <= stored.ts <= after + 1000  # the Redis clock, in ms
-    conv = await _stream(redis, keys.dm_stream("alice", "bob"))
+    conv = await _stream(redis, keys.dm_half("bob", "alice"))
     inbox = await _stream(redis, keys.inbox_stream("bob"))
     assert conv == inbox and [rid for rid, _ in conv] == [stored.id]
     frame = f.parse_server_frame(conv[0][1])
     assert frame == f.Message(id=stored.id, from_="Alice", to="@Bob", body="hi bob", ts=stored.ts)
-    assert await redis.get(keys.LAST_ID) == stored.id.encode()
-    assert await redis.exists(keys.inbox_stream("alice")) == 0  # the sender's inbox is untouched
+    assert await redis.get(keys.user_clock("bob")) == stored.id.encode()
+    assert await redis.get(keys.LAST_ID) is None  # no global counter
+    assert await redis.keys(f"{keys.PREFIX}{{u:alice}}*") == [keys.account("alice").encode()]  # sender: untouched
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ async def test_dm_is_stored_in_conversation_and_inbox_as_one_frame(store: Store,
 async def test_any_body_round_trips_as_json(store: Store, redis: fakeredis.FakeAsyncRedis, body: str) -> None:
     stored = await _dm(store, "Alice", "bob", body)
     assert stored is not None
-    raw = (await _stream(redis, keys.dm_stream("alice", "bob")))[0][1]
+    raw = (await _stream(redis, keys.dm_half("bob", "alice")))[0][1]
     assert json.loads(raw)["body"] == body
     frame = f.parse_server_frame(raw)
     assert isinstance(frame, f.Message) and frame.body == body
@@ -123,37 +123,44 @@ async def test_dm_to_offline_user_is_stored_not_published(
     assert await store.stream_after(keys.inbox_stream("bob"), "0-0") == [(stored.id, inbox[0][1])]
 
 
-async def test_both_directions_share_one_conversation(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_both_directions_make_one_conversation(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
     a = await _dm(store, "Alice", "bob", "1")
-    b = await _dm(store, "Bob", "alice", "2")
+    b = await store.send_dm(_name("Bob"), "bob", "alice", "2", floor=a.id if a else "")  # bob read it
     assert a is not None and b is not None
-    assert keys.dm_stream("alice", "bob") == keys.dm_stream("bob", "alice")
-    conv = await _stream(redis, keys.dm_stream("bob", "alice"))
-    assert [rid for rid, _ in conv] == [a.id, b.id]
-    assert [json.loads(raw)["to"] for _, raw in conv] == ["@Bob", "@Alice"]
+    assert id_tuple(a.id) < id_tuple(b.id)
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        conv = await store.dm_history(me, peer, None, 10)
+        assert _ids(conv) == [a.id, b.id]
+        assert [json.loads(bytes(raw))["to"] for raw in conv] == ["@Bob", "@Alice"]
+    # Each message is stored once, in its recipient's slot.
+    assert [rid for rid, _ in await _stream(redis, keys.dm_half("bob", "alice"))] == [a.id]
+    assert [rid for rid, _ in await _stream(redis, keys.dm_half("alice", "bob"))] == [b.id]
 
 
 async def test_dm_to_self_is_stored(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
     stored = await _dm(store, "Alice", "alice", "note to self")
     assert stored is not None
-    assert len(await _stream(redis, keys.dm_stream("alice", "alice"))) == 1
+    assert len(await _stream(redis, keys.dm_half("alice", "alice"))) == 1
+    assert _ids(await store.dm_history("alice", "alice", None, 10)) == [stored.id]
 
 
 # -- ids ---------------------------------------------------------------------------------
 
 
-async def test_ids_are_unique_and_increasing_across_all_conversations(store: Store) -> None:
-    results: list[Stored] = []
+async def test_ids_are_unique_and_increasing_per_stream(store: Store) -> None:
+    broadcasts: list[Stored] = []
+    inbox: list[Stored] = []
     for i in range(30):
         if i % 3 == 0:
-            results.append(await store.send_broadcast(_name("Carol"), "carol", f"b{i}"))
+            broadcasts.append(await store.send_broadcast(_name("Carol"), "carol", f"b{i}"))
         else:
             stored = await _dm(store, "Alice" if i % 2 else "Bob", "carol", f"d{i}")
             assert stored is not None
-            results.append(stored)
-    tuples = [id_tuple(s.id) for s in results]
-    assert tuples == sorted(tuples) and len(set(tuples)) == len(tuples)
-    assert all(id_tuple(s.id)[0] == s.ts for s in results)
+            inbox.append(stored)
+    for results in (broadcasts, inbox):
+        tuples = [id_tuple(s.id) for s in results]
+        assert tuples == sorted(tuples) and len(set(tuples)) == len(tuples)
+        assert all(id_tuple(s.id)[0] == s.ts for s in results)
 
 
 async def test_concurrent_sends_get_distinct_ids(store: Store) -> None:
@@ -161,21 +168,41 @@ async def test_concurrent_sends_get_distinct_ids(store: Store) -> None:
     assert len({s.id for s in results}) == 50
 
 
-async def test_ids_stay_monotonic_when_the_clock_is_behind_the_last_id(store: Store,
-                                                                       redis: fakeredis.FakeAsyncRedis) -> None:
+async def test_ids_stay_monotonic_when_the_clock_is_ahead_of_time(store: Store,
+                                                                  redis: fakeredis.FakeAsyncRedis) -> None:
     future = int(time.time() * 1000) + 3_600_000  # e.g. written by a Redis whose clock ran ahead
-    await redis.set(keys.LAST_ID, f"{future}-7")
+    await redis.set(keys.BROADCAST_CLOCK, f"{future}-7")
+    await redis.set(keys.user_clock("carol"), f"{future}-7")
     first = await store.send_broadcast(_name("Carol"), "carol", "a")
-    second = await _dm(store, "Alice", "bob", "b")
+    second = await store.send_broadcast(_name("Carol"), "carol", "b")
     assert first.id == f"{future}-8" and first.ts == future
-    assert second is not None and second.id == f"{future}-9"
+    assert second.id == f"{future}-9"
+    # A DM's seq has its direction's parity: "carol" < "dave", so sends to carol are even.
+    await redis.hset(keys.account("dave"), mapping={"name": "Dave", "pw": "x"})
+    dm = await _dm(store, "Dave", "carol", "c")
+    assert dm is not None and dm.id == f"{future}-8" and dm.ts == future
+    assert await redis.get(keys.user_clock("carol")) == dm.id.encode()
 
 
 async def test_ids_reset_sequence_on_a_new_millisecond(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
-    await redis.set(keys.LAST_ID, "1000-41")  # long ago
+    await redis.set(keys.BROADCAST_CLOCK, "1000-41")  # long ago
     stored = await store.send_broadcast(_name("Carol"), "carol", "a")
     ms, seq = id_tuple(stored.id)
     assert ms > 1000 and seq == 0
+    assert await redis.get(keys.BROADCAST_CLOCK) == stored.id.encode()
+
+
+async def test_a_floor_ahead_of_the_clock_numbers_the_dm_above_it(store: Store,
+                                                                  redis: fakeredis.FakeAsyncRedis) -> None:
+    """The reply's sender had read a DM numbered by another shard's clock, ahead of this one's."""
+    ahead = int(time.time() * 1000) + 60_000
+    reply = await store.send_dm(_name("Bob"), "bob", "alice", "re", floor=f"{ahead}-4")
+    assert reply is not None and reply.id == f"{ahead}-6"  # "alice" < "bob": sends to alice are even
+    assert reply.ts == ahead
+    older = await store.send_dm(_name("Bob"), "bob", "alice", "again", floor="1000-0")  # a floor behind: no effect
+    assert older is not None and older.id == f"{ahead}-8"
+    to_bob = await store.send_dm(_name("Alice"), "alice", "bob", "x", floor=f"{ahead}-8")
+    assert to_bob is not None and to_bob.id == f"{ahead}-9"  # odd: never equal to an id of the other half
 
 
 # -- broadcast ---------------------------------------------------------------------------
@@ -195,12 +222,14 @@ async def test_broadcast_is_stored_and_published(store: Store, redis: fakeredis.
 
 
 async def _conversation(store: Store, n: int) -> list[str]:
-    ids = []
+    """Alice and Bob take turns, each replying to what they read (the floor, as a session gives it)."""
+    ids = ["0-0"]
     for i in range(n):
-        stored = await _dm(store, "Alice" if i % 2 == 0 else "Bob", "bob" if i % 2 == 0 else "alice", f"m{i}")
+        sender, to = ("Alice", "bob") if i % 2 == 0 else ("Bob", "alice")
+        stored = await store.send_dm(_name(sender), sender.casefold(), to, f"m{i}", floor=ids[-1])
         assert stored is not None
         ids.append(stored.id)
-    return ids
+    return ids[1:]
 
 
 def _ids(page: list[msgspec.Raw]) -> list[str]:
@@ -209,39 +238,38 @@ def _ids(page: list[msgspec.Raw]) -> list[str]:
 
 async def test_history_is_newest_page_oldest_first(store: Store) -> None:
     ids = await _conversation(store, 12)
-    stream = keys.dm_stream("alice", "bob")
-    assert _ids(await store.history(stream, None, 5)) == ids[-5:]
-    assert _ids(await store.history(stream, None, 100)) == ids
+    for me, peer in (("alice", "bob"), ("bob", "alice")):
+        assert _ids(await store.dm_history(me, peer, None, 5)) == ids[-5:]
+        assert _ids(await store.dm_history(me, peer, None, 100)) == ids
 
 
 async def test_history_before_is_exclusive_and_pages_cover_everything(store: Store) -> None:
     ids = await _conversation(store, 12)
-    stream = keys.dm_stream("alice", "bob")
-    assert _ids(await store.history(stream, ids[5], 3)) == ids[2:5]
+    assert _ids(await store.dm_history("alice", "bob", ids[5], 3)) == ids[2:5]
     pages: list[str] = []
     before = None
-    while page := _ids(await store.history(stream, before, 5)):
+    while page := _ids(await store.dm_history("bob", "alice", before, 5)):
         pages = page + pages
         before = page[0]
     assert pages == ids
-    assert await store.history(stream, ids[0], 10) == []
+    assert await store.dm_history("alice", "bob", ids[0], 10) == []
 
 
 async def test_history_frames_are_the_stored_bytes(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
     await _conversation(store, 3)
-    stream = keys.dm_stream("alice", "bob")
-    page = await store.history(stream, None, 10)
-    assert [bytes(r) for r in page] == [raw for _, raw in await _stream(redis, stream)]
+    page = await store.dm_history("alice", "bob", None, 10)
+    halves = await _stream(redis, keys.dm_half("alice", "bob")) + await _stream(redis, keys.dm_half("bob", "alice"))
+    assert sorted(bytes(r) for r in page) == sorted(raw for _, raw in halves)
 
 
 async def test_history_of_empty_or_missing_stream_is_empty(store: Store) -> None:
-    assert await store.history(keys.dm_stream("alice", "carol"), None, 50) == []
+    assert await store.dm_history("alice", "carol", None, 50) == []
     assert await store.history(keys.BROADCAST_STREAM, "1-0", 50) == []
 
 
 async def test_history_before_an_id_from_the_future_returns_the_newest(store: Store) -> None:
     ids = await _conversation(store, 4)
-    assert _ids(await store.history(keys.dm_stream("alice", "bob"), "18446744073709551615-0", 2)) == ids[-2:]
+    assert _ids(await store.dm_history("alice", "bob", "18446744073709551615-0", 2)) == ids[-2:]
 
 
 # -- inbox and delivered cursor ----------------------------------------------------------
@@ -293,7 +321,7 @@ async def test_a_retried_dm_is_stored_and_published_once(
     a = await store.send_dm(_name("alice"), "alice", "bob", "x")
     b = await store.send_dm(_name("alice"), "alice", "bob", "x")
     assert a is not None and b is not None and a.id != b.id
-    assert 0 < await redis.ttl(keys.dedupe("alice", "c1")) <= store.dedupe_ttl
+    assert 0 < await redis.ttl(keys.dm_dedupe("bob", "alice", "c1")) <= store.dedupe_ttl
 
 
 async def test_a_retried_broadcast_is_stored_once(store: Store, redis: fakeredis.FakeAsyncRedis) -> None:
@@ -334,8 +362,7 @@ async def test_recovered_is_false_when_a_gateway_with_a_smaller_maxlen_trimmed_t
     dm = [await small.send_dm(_name("alice"), "alice", "bob", f"d{i}") for i in range(300)]
     first = dm[0]
     assert first is not None
-    for stream in (keys.inbox_stream("bob"), keys.dm_stream("alice", "bob")):
-        assert not (await big.replay(stream, first.id)).recovered
+    assert not (await big.replay(keys.inbox_stream("bob"), first.id)).recovered
 
 
 async def test_recovered_from_before_the_first_message_of_an_untrimmed_stream(
@@ -346,9 +373,9 @@ async def test_recovered_from_before_the_first_message_of_an_untrimmed_stream(
     ids = [(await store.send_broadcast(_name("c"), "c", f"m{i}")).id for i in range(4)]
     everything = await store.replay(keys.BROADCAST_STREAM, "0-0")
     assert everything.recovered and [i for i, _ in everything.frames] == ids
-    assert (await store.replay("cw:s:nothing-here", "0-0")).recovered  # an empty stream lost nothing
+    assert (await store.replay(keys.group_stream("nothing-here"), "0-0")).recovered  # an empty stream lost nothing
     # A stream stored before origins were recorded cannot prove it was never trimmed.
-    await redis.hdel(keys.STREAM_ORIGINS, keys.BROADCAST_STREAM)
+    await redis.delete(keys.stream_origin(keys.BROADCAST_STREAM))
     assert not (await store.replay(keys.BROADCAST_STREAM, "0-0")).recovered
     assert (await store.replay(keys.BROADCAST_STREAM, ids[0])).recovered  # its oldest entry is not newer
     # A stream deleted and created again (a group of the same name) starts a new origin.
