@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from common.redis import REDIS_ERRORS
 
-from .pipeline import AutoPipeline
+from .pipeline import Pipeline
 
 log = logging.getLogger("chinwag.limits")
 
@@ -110,7 +110,7 @@ class SharedIpLimiter:
     def __init__(
         self,
         redis: Redis,
-        pipeline: AutoPipeline,
+        pipeline: Pipeline,
         key: Callable[[str], str],
         rate: float,
         burst: int,

@@ -98,7 +98,9 @@ class Recovery:
             if session not in self.gw.joining:
                 session.start_holding()
 
-    def pubsub_lost(self) -> None:
+    def pubsub_lost(self, channels: set[str] | None = None) -> None:
+        """The router lost subscriptions: ``channels`` on a cluster (one shard's), None for the one connection.
+        Everything is held either way (scoping the hold to those channels' sessions is not done yet)."""
         self.losses += 1
         self.hold_everything()
 
@@ -130,7 +132,9 @@ class Recovery:
         self.reclaim_pending = True
         self.start()
 
-    def start(self) -> None:
+    def start(self, channels: set[str] | None = None) -> None:
+        """Catch up (the router's ``on_resubscribed``; ``channels``, a cluster shard's, are not used yet:
+        everything is replayed, and a shard still dark keeps the release for its own resubscribe)."""
         if self.task is not None and not self.task.done():
             self.task.cancel()  # superseded: its finally releases what it held
         self.task = self.gw.spawn(self._recover(), "recover")

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from common import keys
 from protocol.errors import RateLimited
 
-from .pipeline import AutoPipeline
+from .pipeline import Pipeline
 from .store import _RATE
 
 # KEYS: the bucket ; ARGV: rate per second, burst -> {1} allowed | {-9, ms until a token}
@@ -26,7 +26,7 @@ _TAKE = _RATE + "return {1}\n"
 
 
 class RequestLimiter:
-    def __init__(self, redis: Redis, rate: float, burst: int, pipeline: AutoPipeline | None = None) -> None:
+    def __init__(self, redis: Redis, rate: float, burst: int, pipeline: Pipeline | None = None) -> None:
         self.rate = rate  # requests per second per user; 0 turns the limit off
         self.burst = max(1, burst)
         self.redis = redis

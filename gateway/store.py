@@ -39,7 +39,7 @@ from protocol import frames as f
 from protocol.errors import NotFound, NotMember, RateLimited
 from protocol.names import id_tuple
 
-from .pipeline import AutoPipeline
+from .pipeline import Pipeline
 
 # Returns the earlier result of a retried send.  KEYS[1] is its dedupe key; ARGV[1] is a digest
 # of what is sent ('' when the send has no ref): a ref reused for a *different* message is a new send.
@@ -259,10 +259,11 @@ class Store:
 
     def __init__(
         self, redis: Redis, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0, burst: int = 1,
-        pipeline: AutoPipeline | None = None,
+        pipeline: Pipeline | None = None, replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.pipeline = pipeline  # sends go through it when given (the gateway), else through ``redis``
+        self.replicas = replicas  # --durability replica: sends ack only once this many replicas have them
         self.maxlen = maxlen
         self.dedupe_ttl = dedupe_ttl
         self.rate = rate  # sends per second per user (0: unlimited)
@@ -279,12 +280,21 @@ class Store:
             return self.pipeline.evalsha(script, keys, args)
         return cast(Awaitable[Any], script(keys=keys, args=args))
 
+    # -- durability hook (transport, issue 15): every send script goes through _send, nothing else does --
+
+    def _send(self, script: Any, keys: list[Any], args: list[Any]) -> Awaitable[Any]:
+        """A send script, acked only once ``replicas`` replicas have it (``WAIT``, in the pipeline's same write).
+        Through redis-py (no pipeline: tools and tests) ``replicas`` is not applied."""
+        if self.pipeline is not None:
+            return self.pipeline.evalsha(script, keys, args, self.replicas)
+        return self._run(script, keys, args)
+
     async def send_dm(
         self, sender_json: bytes, sender_key: str, to_key: str, body: str, ref: str | None = None,
         file_json: bytes = b"",
     ) -> Stored | None:
         """Store and deliver a DM once per (sender, ref); None if the recipient has no account."""
-        result = await self._run(
+        result = await self._send(
             self._send_dm,
             [
                 keys.dedupe(sender_key, ref or ""),
@@ -309,7 +319,7 @@ class Store:
         self, sender_json: bytes, sender_key: str, body: str, ref: str | None = None, file_json: bytes = b""
     ) -> Stored:
         """Store and publish a broadcast once per (sender, ref)."""
-        result = await self._run(
+        result = await self._send(
             self._send_broadcast,
             [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.BROADCAST_STREAM, keys.STREAM_ORIGINS,
              keys.rate(sender_key)],
@@ -323,7 +333,7 @@ class Store:
         file_json: bytes = b"",
     ) -> Stored:
         """Store and publish to a group's members once per (sender, ref); NotFound / NotMember otherwise."""
-        result = await self._run(
+        result = await self._send(
             self._send_group,
             [keys.dedupe(sender_key, ref or ""), keys.LAST_ID, keys.group_stream(gkey), keys.group(gkey),
              keys.group_members(gkey), keys.STREAM_ORIGINS, keys.rate(sender_key)],
