@@ -232,3 +232,27 @@ async def test_a_router_delivers_and_recovers_after_its_master_is_killed_and_the
         await _stopped(runner)
         await _within(STEP, "closing the router's client", router.subscriber.cluster.aclose())
         await client.delete(doomed_key, *other_keys)
+
+
+async def test_a_failing_before_message_does_not_stop_cluster_delivery(
+        redis_cluster: RedisCluster, client: ClusterClient, caplog: pytest.LogCaptureFixture) -> None:
+    router = ClusterRouter(connect_redis_cluster(redis_cluster.url))
+    got: list[bytes] = []
+
+    def broken() -> None:
+        raise RuntimeError("lease check failed")
+
+    router.before_message = broken
+    channel = f"cw:test:{{h{uuid.uuid4().hex[:8]}}}:c"
+    router.set_handler(channel, got.append)  # before run: run places it
+    runner = asyncio.create_task(router.run())
+    try:
+        await async_wait_until(lambda: router.healthy, 5, "the channel placed by run")
+        assert await client.spublish(channel, b"one") == 1
+        await async_wait_until(lambda: got == [b"one"], 5, "delivery despite before_message")
+        assert "before_message failed" in caplog.text
+        await router.unsubscribe(channel)
+        assert router.channels == 0
+    finally:
+        await _stopped(runner)
+        await _within(STEP, "closing the router's client", router.subscriber.cluster.aclose())
