@@ -40,6 +40,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.redis import REDIS_ERRORS
 from common.runtime import retrieve
@@ -139,7 +140,7 @@ class ClusterAutoPipeline:
                 log.info("cluster answered %s; trying again", type(exc).__name__)
                 self._refresh_map()
                 await asyncio.sleep(0.05)
-            except RedisConnectionError:
+            except (RedisConnectionError, RedisTimeoutError):
                 self._refresh_map()  # a failover? the next command should find the new master
                 raise
         raise ClusterUnavailable(f"slot {slot}: redirected {MAX_REDIRECTS} times; the cluster is reconfiguring")
