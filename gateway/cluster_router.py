@@ -44,6 +44,7 @@ class ClusterRouter:
         self.on_lost: ChannelsHook | None = None
         self.on_resubscribed: ChannelsHook | None = None
         self.before_message: Callable[[], None] | None = None
+        self._fixed: set[bytes] = set()  # channels set by set_handler: the gateway's own, for its whole life
 
     # -- the Router interface -------------------------------------------------
 
@@ -58,10 +59,12 @@ class ClusterRouter:
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop routing ``channel``; best effort (a lost link drops it anyway)."""
+        self._fixed.discard(channel.encode())
         await self.subscriber.unsubscribe(channel.encode())
 
     def set_handler(self, channel: str, handler: Handler) -> None:
         """Route ``channel`` to ``handler`` (no round trip); a channel not yet subscribed is placed by ``run``."""
+        self._fixed.add(channel.encode())
         self.subscriber.set_handler(channel.encode(), self._wrap(channel, handler))
 
     @property
@@ -79,8 +82,11 @@ class ClusterRouter:
 
     @property
     def healthy(self) -> bool:
-        """Every channel confirmed on a working link (readiness)."""
-        return self.subscriber.healthy
+        """Readiness: no channel dark, and the gateway's own channels (``set_handler``) confirmed.
+
+        Not ``ShardedSubscriber.healthy``: that counts a user's channel still being subscribed by
+        its login as missing, and readiness would flicker with every login."""
+        return self.live and all(self.subscriber.owner(ch) is not None for ch in self._fixed)
 
     async def run(self) -> None:
         """Keep every subscription in force (cancel to stop; every link is closed then)."""
