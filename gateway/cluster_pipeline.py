@@ -131,7 +131,11 @@ class ClusterAutoPipeline:
             except MovedError as exc:
                 asking = None
                 self.redirects += 1
-                await self.cluster.nodes_manager.move_slot(exc)
+                try:
+                    await self.cluster.nodes_manager.move_slot(exc)
+                except Exception as why:  # a slot the map had no owner for: read the whole map instead
+                    log.info("could not apply %s to the slot map (%s); refreshing it", exc, type(why).__name__)
+                    await self._reinitialize()
             except AskError as exc:
                 self.redirects += 1
                 asking = f"{exc.host}:{exc.port}"
