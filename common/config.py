@@ -46,6 +46,17 @@ def _positive(raw: str) -> int:
     return value
 
 
+DURABILITIES = ("memory", "replica")
+
+
+def _durability(raw: str) -> str:
+    """``memory`` (acked once the master has it) or ``replica`` (acked once a replica has it too: WAIT 1)."""
+    value = raw.strip().lower()
+    if value not in DURABILITIES:
+        raise ValueError(f"must be one of {', '.join(DURABILITIES)}, not {raw!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str  # Settings field
@@ -125,6 +136,10 @@ OPTIONS: tuple[Option, ...] = (
            "silent before it is PINGed; a PING unanswered this long makes /readyz 503", _GW, float),
     Option("redis_ping_timeout", "CHINWAG_REDIS_PING_TIMEOUT", "seconds a PING to Redis may go unanswered before "
            "the pub/sub connection is dropped and made again", _GW, float),
+    Option("durability", "CHINWAG_DURABILITY", "when a send is acked: 'memory' once Redis (the slot's master) "
+           "stored it; 'replica' only once a replica has it too (WAIT 1 after each send script; else the client "
+           "gets unavailable and retries with its ref). 'replica' needs a Redis Cluster, or a Redis with a "
+           "connected replica", _GW, _durability),
     Option("group_cursor_interval", "CHINWAG_GROUP_CURSOR_INTERVAL", "seconds between saves of the group "
            "positions that advanced (where a login without resume picks each group up)", _GW, float),
     Option("online_page", "CHINWAG_ONLINE_PAGE", "most names in welcome.online and in one answer to who "
@@ -185,6 +200,7 @@ class Settings:
     ping_interval: float = 20.0
     redis_ping_interval: float = 1.0
     redis_ping_timeout: float = 3.0
+    durability: str = "memory"  # or "replica": gateway/pipeline.py (WAIT), docs/cluster.md
     group_cursor_interval: float = 2.0
     presence_batch: float = 0.25
     presence_batch_writes: float = 2_500.0

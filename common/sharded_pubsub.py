@@ -126,6 +126,24 @@ class ShardedSubscriber:
         """Every channel confirmed on a working link."""
         return self._placed() >= set(self._handlers)
 
+    @property
+    def channels(self) -> int:
+        """Channels with a handler (subscribed, or to be placed by ``run``)."""
+        return len(self._handlers)
+
+    @property
+    def dark(self) -> frozenset[bytes]:
+        """Channels lost (``on_lost``) and not yet subscribed again (``on_resubscribed``)."""
+        return frozenset(self._lost)
+
+    def set_handler(self, channel: bytes, handler: Handler) -> None:
+        """Route ``channel`` to ``handler`` now, without waiting: a channel not yet subscribed is
+        placed by ``run`` (a gateway's own channels are set before ``run`` starts)."""
+        new = channel not in self._handlers
+        self._handlers[channel] = handler
+        if new:
+            self._wake.set()
+
     def owner(self, channel: bytes) -> str | None:
         """The node (``host:port``) whose link carries ``channel``, if it is placed."""
         return next((name for name, link in self._links.items() if channel in link.channels), None)

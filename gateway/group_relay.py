@@ -61,7 +61,7 @@ from protocol.names import group_name, id_tuple
 
 from .group_backlog import GroupBacklog, Replayer
 from .groups import Groups, GroupState
-from .router import Router
+from .router import Subscriptions
 from .session import Session
 from .store import Replay, Store
 
@@ -102,7 +102,7 @@ def _leaver(frame: bytes) -> str | None:
 class GroupRelay:
     """Local members of each group, the group channel subscriptions, and delivery to sessions."""
 
-    def __init__(self, router: Router, groups: Groups, spawn: Spawn, replay: Replayer | None = None) -> None:
+    def __init__(self, router: Subscriptions, groups: Groups, spawn: Spawn, replay: Replayer | None = None) -> None:
         self.router = router
         self.groups = groups
         self._spawn = spawn

@@ -32,7 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from common.redis import REDIS_ERRORS
 
-from .pipeline import AutoPipeline
+from .pipeline import Pipeline
 
 log = logging.getLogger("chinwag.limits")
 
@@ -111,7 +111,7 @@ class SharedIpLimiter:
     def __init__(
         self,
         redis: Redis | RedisCluster,
-        pipeline: AutoPipeline,
+        pipeline: Pipeline,
         key: Callable[[str], str],
         rate: float,
         burst: int,

@@ -21,6 +21,19 @@ Failures look like redis-py's, so callers handle one kind of error:
   ``NOSCRIPT`` (Redis restarted or flushed its script cache) is retried once
   with ``EVAL``, which also reloads the script.
 
+``evalsha(..., replicas=n)`` (``--durability replica``) writes ``WAIT n
+<wait_timeout>`` right behind the script, in the same write on the same
+connection, and answers only if ``WAIT`` says ``n`` replicas have every write
+of this connection so far (the script's included); else it raises
+:class:`NotReplicated`, a ``RedisError`` that is not a ``ResponseError``, so
+the caller answers ``unavailable`` and the client retries with its ref (the
+script's dedupe stores that retry once).  A script answered ``NOSCRIPT`` is sent
+again as ``EVAL`` *after* the ``WAIT``, so that ``WAIT``'s answer is thrown
+away and a new ``WAIT`` follows the ``EVAL``.
+
+On a Redis Cluster, gateway/cluster_pipeline.py keeps one of these per master
+and sends each command to the master owning its first key's slot.
+
 There is no background reconnect loop: the next call after a failure
 connects again (one attempt at a time, bounded by ``connect_timeout``).
 """
@@ -39,6 +52,8 @@ from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from common.runtime import retrieve
 
 log = logging.getLogger("chinwag.pipeline")
 
@@ -75,6 +90,38 @@ class Script(Protocol):
 _Eval = tuple[Script, Sequence[Arg], Sequence[Arg]]  # an EVALSHA's script, keys and args
 
 
+class NotReplicated(RedisError):
+    """``WAIT`` said fewer replicas than asked have the script's writes: the send is not acked
+    (a ``RedisError`` but no ``ResponseError``, so callers answer ``unavailable``)."""
+
+
+class _Wait:
+    """Marks a ``WAIT`` written right behind an EVALSHA (see ``_resend_as_eval``)."""
+
+    def __init__(self, command: bytes) -> None:
+        self.command = command
+
+
+_Entry = tuple[asyncio.Future[Any], float, _Eval | _Wait | None]
+
+
+class Pipeline(Protocol):
+    """What the send path needs: :class:`AutoPipeline` on one Redis, ``ClusterAutoPipeline`` on a cluster."""
+
+    @property
+    def batches(self) -> int: ...
+
+    @property
+    def commands(self) -> int: ...
+
+    def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg],
+                replicas: int = 0) -> Awaitable[Any]: ...
+
+    async def call(self, args: Sequence[Arg]) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: AutoPipeline) -> None:
         self.owner = owner
@@ -103,7 +150,8 @@ class _Protocol(asyncio.Protocol):
                 return
             fut, _sent_at, script = waiting.popleft()
             if not fut.done():
-                if isinstance(reply, hiredis.ReplyError) and script is not None and str(reply).startswith("NOSCRIPT"):
+                if (isinstance(reply, hiredis.ReplyError) and isinstance(script, tuple)
+                        and str(reply).startswith("NOSCRIPT")):
                     self.owner._resend_as_eval(fut, script)  # Redis lost its script cache (restart, SCRIPT FLUSH)
                 elif isinstance(reply, hiredis.ReplyError):  # as redis-py maps it: LOADING is BusyLoadingError...
                     fut.set_exception(BaseParser.parse_error(str(reply)))  # type: ignore[no-untyped-call]
@@ -118,28 +166,61 @@ class _Protocol(asyncio.Protocol):
 class AutoPipeline:
     """Commands from many coroutines, written together and answered in order."""
 
-    def __init__(self, redis_url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0) -> None:
+    def __init__(self, redis_url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0,
+                 wait_timeout: float = 1.0) -> None:
         self._params: dict[str, Any] = dict(parse_url(redis_url))
         self.timeout = timeout
+        self.wait_timeout = wait_timeout  # seconds a ``WAIT`` may take (``replicas=``); under ``timeout``
         self.connect_timeout = connect_timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._buffer: list[bytes] = []
         # One entry per command written or buffered, in order: its future, when it was queued, and
         # for an EVALSHA the (script, keys, args) to send again as EVAL if Redis answers NOSCRIPT.
-        self._waiting: deque[tuple[asyncio.Future[Any], float, _Eval | None]] = deque()
+        self._waiting: deque[_Entry] = deque()
         self._flush_scheduled = False
         self._watchdog: asyncio.TimerHandle | None = None
         self._closed = False
         self.batches = 0  # writes made, for the metrics: commands / batches is the batching factor
         self.commands = 0
 
-    def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Awaitable[Any]:
+    def evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], replicas: int = 0, *,
+                body: bool = False) -> Awaitable[Any]:
         """Run a script; sent again as EVAL (by the reader, see ``_resend_as_eval``) if Redis no longer has it.
 
         Not a coroutine: when connected it returns the reply's future itself, so a send awaits one
-        frame less (this runs for every message)."""
+        frame less (this runs for every message).  ``replicas``: answer only once that many replicas
+        have the script's writes (``WAIT``), else raise :class:`NotReplicated`.  ``body``: send EVAL
+        with the script's body at once (after a cluster's ``ASKING``, which covers one command only)."""
+        if replicas or body:
+            return self._eval_then_wait(script, keys, args, replicas, body)
         return self.submit([b"EVALSHA", script.sha, len(keys), *keys, *args], (script, keys, args))
+
+    async def _eval_then_wait(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg], replicas: int,
+                              body: bool) -> Any:
+        """The script, then ``WAIT replicas`` in the same write: its reply only if ``WAIT`` reached ``replicas``."""
+        await self.connect()
+        if body:
+            reply = self._queue(pack([b"EVAL", script.script, len(keys), *keys, *args]), None)
+        else:
+            reply = self._queue(pack([b"EVALSHA", script.sha, len(keys), *keys, *args]), (script, keys, args))
+        if not replicas:
+            return await reply
+        marker = _Wait(pack([b"WAIT", replicas, int(self.wait_timeout * 1000)]))
+        wait = self._queue(marker.command, marker)
+        wait.add_done_callback(retrieve)  # not awaited when the script fails
+        result = await reply
+        acked = await wait
+        if int(acked) < replicas:
+            raise NotReplicated(f"WAIT: {int(acked)} of {replicas} replica(s) acknowledged within "
+                                f"{self.wait_timeout:g}s; not acked")
+        return result
+
+    async def connect(self) -> None:
+        """Connected from here on until the next await (so commands queued now go out in one write)."""
+        proto = self._proto
+        if proto is None or proto.lost:
+            await self._connect()
 
     async def call(self, args: Sequence[Arg]) -> Any:
         """Queue one command; its reply (or its error) comes back here."""
@@ -156,7 +237,7 @@ class AutoPipeline:
         await self._connect()
         return await self._queue(pack(args), script)
 
-    def _queue(self, command: bytes, script: _Eval | None) -> asyncio.Future[Any]:
+    def _queue(self, command: bytes, script: _Eval | _Wait | None) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((fut, loop.time(), script))
@@ -169,11 +250,22 @@ class AutoPipeline:
 
     def _resend_as_eval(self, fut: asyncio.Future[Any], script: _Eval) -> None:
         """An EVALSHA came back NOSCRIPT: send the script's body with EVAL, answering the same future.
-        Queued after every command already waiting, whose replies come first, so the order holds."""
+        Queued after every command already waiting, whose replies come first, so the order holds.
+
+        If a ``WAIT`` followed the EVALSHA (next in line), its answer would come before the EVAL ran:
+        that answer goes to a throwaway future and the ``WAIT`` is written again after the EVAL."""
         s, keys, args = script
-        command = pack([b"EVAL", s.script, len(keys), *keys, *args])
         loop = asyncio.get_running_loop()
-        self._waiting.append((fut, loop.time(), None))
+        self._append(fut, pack([b"EVAL", s.script, len(keys), *keys, *args]), None, loop)
+        if self._waiting and isinstance(self._waiting[0][2], _Wait):
+            wait_fut, queued, marker = self._waiting[0]
+            assert isinstance(marker, _Wait)
+            self._waiting[0] = (loop.create_future(), queued, None)
+            self._append(wait_fut, marker.command, marker, loop)
+
+    def _append(self, fut: asyncio.Future[Any], command: bytes, script: _Eval | _Wait | None,
+                loop: asyncio.AbstractEventLoop) -> None:
+        self._waiting.append((fut, loop.time(), script))
         self._buffer.append(command)
         self.commands += 1
         if not self._flush_scheduled:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from websockets.exceptions import ConnectionClosed
@@ -62,6 +63,7 @@ class Recovery:
         # Id of the last broadcast fanned out; Gateway.start sets it from Redis's clock.
         self.last_broadcast = (int(time.time() * 1000), 0)
         self.held: list[bytes] | None = None  # broadcasts arriving during recovery
+        self.scope = Scope()  # what was lost since the last catch-up (what the next one replays)
         self.task: asyncio.Task[Any] | None = None
         self.reclaim_pending = False  # the lease was lost: the next recovery re-claims names first
         self.losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
@@ -92,15 +94,45 @@ class Recovery:
 
     def hold_everything(self) -> None:
         """Subscriptions are gone: from now on live frames wait until the catch-up has run."""
-        if self.held is None:
-            self.held = []
-        for session in self.gw.sessions.values():
-            if session not in self.gw.joining:
-                session.start_holding()
+        self.scope.everything = True
+        self._hold(self.scope)
 
-    def pubsub_lost(self) -> None:
+    def _hold(self, scope: Scope) -> None:
+        """Live frames of what ``scope`` covers wait until the catch-up has run."""
+        if scope.everything or scope.broadcast:
+            if self.held is None:
+                self.held = []
+        for session in self._sessions(scope):
+            session.start_holding()
+
+    def _sessions(self, scope: Scope) -> list[Session]:
+        """The sessions (not still logging in) whose streams ``scope`` replays: all of them, or the owners
+        of its user channels and the local members of its groups."""
+        gw = self.gw
+        live = [s for s in gw.sessions.values() if s not in gw.joining]
+        if scope.everything:
+            return live
+        members = {s for gkey in scope.groups for s in gw.relay.members.get(gkey, ())}
+        return [s for s in live if s.key in scope.users or s in members]
+
+    def pubsub_lost(self, channels: set[str] | None = None) -> None:
+        """The router lost subscriptions: everything (``channels`` None: the one connection), or on a
+        cluster the channels of one shard, and then only their sessions are held (Scope)."""
         self.losses += 1
-        self.hold_everything()
+        if channels is None:
+            self.hold_everything()
+            return
+        self.scope.add(channels, self._channel_kinds())
+        self._hold(self.scope)
+
+    def _channel_kinds(self) -> dict[str, tuple[str, str]]:
+        """Channel -> (kind, owner key) for every channel this gateway listens to."""
+        kinds: dict[str, tuple[str, str]] = {keys.BROADCAST_CHANNEL: ("broadcast", "")}
+        kinds.update((ch, ("presence", "")) for ch in keys.PRESENCE_CHANNELS)
+        kinds[keys.gateway_channel(self.gw.node_id)] = ("control", "")
+        kinds.update((keys.user_channel(key), ("user", key)) for key in self.gw.sessions)
+        kinds.update((keys.group_channel(gkey), ("group", gkey)) for gkey in self.gw.relay.members)
+        return kinds
 
     def lease_renewed(self, sent: float) -> None:
         """The lease was registered or renewed by a request sent at loop time ``sent``."""
@@ -130,7 +162,14 @@ class Recovery:
         self.reclaim_pending = True
         self.start()
 
-    def start(self) -> None:
+    def start(self, channels: set[str] | None = None) -> None:
+        """Catch up what was lost since the last catch-up (the router's ``on_resubscribed``).
+
+        ``channels`` (a cluster shard's, now subscribed again) need no more than what their loss
+        already put in the scope; a catch-up that ends while another shard is still dark keeps
+        holding, and that shard's resubscribe starts the next one, for the whole scope."""
+        if channels is None and self.scope.empty:
+            self.scope.everything = True  # a start with no loss recorded (the lease loop): be safe
         if self.task is not None and not self.task.done():
             self.task.cancel()  # superseded: its finally releases what it held
         self.task = self.gw.spawn(self._recover(), "recover")
@@ -143,9 +182,10 @@ class Recovery:
         meanwhile, and nothing new can be stored until Redis has loaded.
         """
         gw = self.gw
-        self.hold_everything()  # normally already holding since the connection was lost
+        scope = self.scope  # what was lost since the last catch-up; losses during this one add to it
+        self._hold(scope)  # normally already holding since the loss
         losses = self.losses
-        sessions = [s for s in gw.sessions.values() if s not in gw.joining]
+        sessions = self._sessions(scope)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
         backoff = Backoff(base=0.05, cap=1.0)
@@ -157,7 +197,7 @@ class Recovery:
                         lost = await lease.reclaim(gw)
                         self.reclaim_pending = False
                         sessions = [s for s in sessions if s not in lost]
-                    recovered = await self._catch_up(sessions)
+                    recovered = await self._catch_up(sessions, scope)
                     end_if_cancelled()  # a superseded catch-up must not release what the newer one holds
                 except (*REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
                     if loop.time() > deadline:
@@ -175,6 +215,7 @@ class Recovery:
         except BaseException:
             if self.losses == losses and gw.router.live:
                 self._release_held(sessions)
+                self.scope = Scope()
             raise
         if self.losses != losses or not gw.router.live:
             # The subscriptions are down (again): releasing now would let the first live frames
@@ -183,6 +224,7 @@ class Recovery:
             log.info("pub/sub is down again; holding live frames until the next catch-up")
             return
         self._release_held(sessions)
+        self.scope = Scope()
         try:
             await lease.settle(gw, sessions)
         except REDIS_ERRORS as exc:
@@ -195,14 +237,18 @@ class Recovery:
         for session in sessions:
             session.go_live()
 
-    async def _catch_up(self, sessions: list[Session]) -> int:
-        """Replay broadcasts and each session's DMs after what was last written (id-checked, so re-runnable)."""
+    async def _catch_up(self, sessions: list[Session], scope: Scope) -> int:
+        """Replay what ``scope`` lost after what was last written (id-checked, so re-runnable): broadcasts,
+        the inboxes of its users, its groups' streams; the online list again after presence was lost."""
         gw = self.gw
         recovered = 0
-        for _, frame in (await gw.store.replay(keys.BROADCAST_STREAM, id_str(self.last_broadcast))).frames:
-            self.emit_broadcast(frame)
-            recovered += 1
+        if scope.everything or scope.broadcast:
+            for _, frame in (await gw.store.replay(keys.BROADCAST_STREAM, id_str(self.last_broadcast))).frames:
+                self.emit_broadcast(frame)
+                recovered += 1
         for session in sessions:
+            if not scope.everything and session.key not in scope.users:
+                continue  # held for a group only: its own channel was never lost
             missed = (await gw.store.replay(keys.inbox_stream(session.key), session.last_dm_id)).frames
             try:
                 for _, frame in missed:
@@ -212,9 +258,22 @@ class Recovery:
             recovered += len(missed)
         # Memberships that ended (or began again) while the subscriptions were down; each member's
         # replay stops at the newest id when its membership was read: later ones arrive live.
+        if scope.everything or scope.groups:
+            recovered += await self._catch_up_groups(sessions, scope)
+        if scope.everything or scope.presence:
+            page = await gw.registry.online_page(None, gw.settings.online_page)  # clients page on with `who`
+            online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
+            gw.fanout.broadcast(online)
+        return recovered
+
+    async def _catch_up_groups(self, sessions: list[Session], scope: Scope) -> int:
+        gw = self.gw
+        recovered = 0
         bounds = await gw.relay.verify()
         caught_up = set(sessions)  # not sessions still logging in: their login replays their groups
         for gkey, members in list(gw.relay.members.items()):
+            if not scope.everything and gkey not in scope.groups:
+                continue
             readers = [s for s in members if s in caught_up]
             if not readers:
                 continue
@@ -230,7 +289,36 @@ class Recovery:
                     except ConnectionClosed:
                         continue
                 recovered += 1
-        page = await gw.registry.online_page(None, gw.settings.online_page)  # clients page on with `who`
-        online = f.encode(f.Online(users=page.names, total=page.total, next=page.next))
-        gw.fanout.broadcast(online)
         return recovered
+
+
+@dataclass
+class Scope:
+    """What was lost since the last catch-up, so what the next one replays: everything (the one pub/sub
+    connection, a lost lease), or on a cluster the channels of the shards whose links went: users'
+    inboxes, groups' streams, the broadcast stream, the online list (presence is state, not a stream).
+    A lost gateway control channel needs nothing replayed; an unknown channel counts as everything."""
+
+    everything: bool = False
+    broadcast: bool = False
+    presence: bool = False
+    users: set[str] = field(default_factory=set)
+    groups: set[str] = field(default_factory=set)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.everything or self.broadcast or self.presence or self.users or self.groups)
+
+    def add(self, channels: set[str], kinds: dict[str, tuple[str, str]]) -> None:
+        for channel in channels:
+            kind, key = kinds.get(channel, ("unknown", ""))
+            if kind == "broadcast":
+                self.broadcast = True
+            elif kind == "presence":
+                self.presence = True
+            elif kind == "user":
+                self.users.add(key)
+            elif kind == "group":
+                self.groups.add(key)
+            elif kind == "unknown":
+                self.everything = True

@@ -19,7 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from common import keys
 from protocol.errors import RateLimited
 
-from .pipeline import AutoPipeline
+from .pipeline import Pipeline
 from .store import _RATE
 
 # KEYS: the bucket ; ARGV: rate per second, burst -> {1} allowed | {-9, ms until a token}
@@ -28,7 +28,7 @@ _TAKE = _RATE + "return {1}\n"
 
 class RequestLimiter:
     def __init__(
-        self, redis: Redis | RedisCluster, rate: float, burst: int, pipeline: AutoPipeline | None = None
+        self, redis: Redis | RedisCluster, rate: float, burst: int, pipeline: Pipeline | None = None
     ) -> None:
         self.rate = rate  # requests per second per user; 0 turns the limit off
         self.burst = max(1, burst)

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio.connection import parse_url
@@ -32,6 +32,14 @@ from protocol.errors import Unavailable
 log = logging.getLogger("chinwag.router")
 
 Handler = Callable[[bytes], None]
+
+
+class Subscriptions(Protocol):
+    """What logins and the group relay need of a router: :class:`Router`, or ``ClusterRouter`` on a cluster."""
+
+    async def subscribe(self, channel: str, handler: Handler, timeout: float = 5.0) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
 
 
 def _command(*args: bytes) -> bytes:
@@ -296,8 +304,7 @@ class Router:
         if isinstance(reply, list) and reply:
             kind = reply[0]
             if kind == b"message":
-                if self.before_message is not None:
-                    self.before_message()
+                guarded(self.before_message, reply[1])
                 handler = self._handlers.get(reply[1])
                 if handler is not None:
                     try:
@@ -325,6 +332,17 @@ class Router:
             log.error("Redis pub/sub error: %s", reply)
 
 
+
+
+def guarded(hook: Callable[[], None] | None, channel: bytes | str) -> None:
+    """Run ``before_message``; its failure is logged and the message still delivered (a raising hook
+    must not end the read loop, nor drop the frame: without the check it is delivered as before)."""
+    if hook is None:
+        return
+    try:
+        hook()
+    except Exception:
+        log.exception("before_message failed for a message on %r; delivering it anyway", channel)
 
 
 class _HandshakeError(Exception):

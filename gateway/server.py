@@ -57,12 +57,11 @@ from .keepalive import cut_off, keepalive, sweep_buffers
 from .limits import SharedIpLimiter
 from .login import Logins
 from .metrics import GatewayMetrics
-from .pipeline import AutoPipeline
 from .recovery import Recovery
 from .request_rate import RequestLimiter
-from .router import Router
 from .session import Session
 from .store import Store
+from .transport import check_durability, make_pipeline, make_router, replicas_for
 
 log = logging.getLogger("chinwag.gateway")
 
@@ -78,14 +77,12 @@ class Gateway:
         self.settings = settings
         self.node_id = settings.node_id
         self.redis = redis or connect_redis(settings.redis_url)
-        self.router = Router(
-            settings.redis_url, keepalive=settings.redis_ping_interval, ping_timeout=settings.redis_ping_timeout
-        )
+        self.router = make_router(settings, self.redis)  # one pub/sub connection, or sharded on a cluster
         self.registry = Registry(self.redis, settings.lease_ttl)
-        self.pipeline = AutoPipeline(settings.redis_url)  # the send path: auto-pipelined, see pipeline.py
+        self.pipeline = make_pipeline(settings, self.redis)  # the send path: auto-pipelined, see pipeline.py
         self.store = Store(
             self.redis, settings.stream_maxlen, rate=settings.rate_messages, burst=settings.rate_burst,
-            pipeline=self.pipeline,
+            pipeline=self.pipeline, replicas=replicas_for(settings),
         )
         self.accounts = Accounts(
             self.redis,
@@ -161,6 +158,7 @@ class Gateway:
         await self.redis.aclose()
 
     async def _start(self) -> None:
+        await check_durability(self.settings, self.redis)  # --durability replica needs a replica to wait for
         try:
             last: Any = await self.redis.get(keys.BROADCAST_CLOCK)  # the last broadcast id handed out
             self.recovery.last_broadcast = id_tuple(last.decode()) if last else (0, 0)
@@ -178,7 +176,8 @@ class Gateway:
         self.spawn(run_cursor_flusher(self.groups, self.relay.members, self.settings.group_cursor_interval),
                    "group-cursors")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self.recovery.on_broadcast)
-        self.router.set_handler(keys.PRESENCE_CHANNEL, self.fanout.on_presence)
+        for channel in keys.PRESENCE_CHANNELS:  # every partition (one on a single Redis)
+            self.router.set_handler(channel, self.fanout.on_presence)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self.recovery.start
         self.router.on_lost = self.recovery.pubsub_lost

@@ -54,7 +54,7 @@ from protocol.names import id_tuple
 
 from . import store_lua as lua
 from .history import dm_parity, merge_newest, rows
-from .pipeline import AutoPipeline
+from .pipeline import Pipeline
 
 _RATE = lua.RATE_BUCKET  # gateway/request_rate.py builds its request bucket from it
 
@@ -104,10 +104,11 @@ class Store:
 
     def __init__(
         self, redis: Redis | RedisCluster, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0,
-        burst: int = 1, pipeline: AutoPipeline | None = None,
+        burst: int = 1, pipeline: Pipeline | None = None, replicas: int = 0,
     ) -> None:
         self.redis = redis
         self.pipeline = pipeline  # sends go through it when given (the gateway), else through ``redis``
+        self.replicas = replicas  # --durability replica: sends ack only once this many replicas have them
         self.maxlen = maxlen
         self.dedupe_ttl = dedupe_ttl
         self.rate = rate  # sends per second per user (0: unlimited)
@@ -125,6 +126,14 @@ class Store:
         if self.pipeline is not None:
             return self.pipeline.evalsha(script, keys, args)
         return cast(Awaitable[Any], script(keys=keys, args=args))
+
+    def _send(self, script: Any, keys: list[Any], args: list[Any]) -> Awaitable[Any]:
+        """A store step of a send, acked only once ``replicas`` replicas have it (``WAIT``, in the
+        pipeline's same write).  The rate step does not wait: a token lost in a failover costs nothing.
+        Through redis-py (no pipeline: tools and tests) ``replicas`` is not applied."""
+        if self.pipeline is not None:
+            return self.pipeline.evalsha(script, keys, args, self.replicas)
+        return self._run(script, keys, args)
 
     async def _take_token(self, sender_key: str) -> None:
         """Step 1 of a send, in the sender's slot: one token from their bucket, or RateLimited (and
@@ -152,7 +161,7 @@ class Store:
         recipient's slot that dedupes, checks the account, stores, publishes and moves ``delivered``."""
         await self._take_token(sender_key)
         inbox = keys.inbox_stream(to_key)
-        result = await self._run(
+        result = await self._send(
             self._send_dm,
             [keys.dm_dedupe(to_key, sender_key, ref or ""), keys.user_clock(to_key), inbox, keys.stream_origin(inbox),
              keys.dm_half(to_key, sender_key), keys.account(to_key), keys.session(to_key)],
@@ -169,7 +178,7 @@ class Store:
         """Store and publish a broadcast once per (sender, ref), in ``{all}`` with its own clock."""
         await self._take_token(sender_key)
         stream = keys.BROADCAST_STREAM
-        result = await self._run(
+        result = await self._send(
             self._send_broadcast,
             [keys.broadcast_dedupe(sender_key, ref or ""), keys.BROADCAST_CLOCK, stream, keys.stream_origin(stream)],
             self._args(_digest(ref, "*", body, file_json), sender_json, body, keys.BROADCAST_CHANNEL, file_json),
@@ -184,7 +193,7 @@ class Store:
         group's clock; NotFound / NotMember otherwise (checked in the same script)."""
         await self._take_token(sender_key)
         stream = keys.group_stream(gkey)
-        result = await self._run(
+        result = await self._send(
             self._send_group,
             [keys.group_dedupe(gkey, sender_key, ref or ""), keys.group_clock(gkey), stream,
              keys.stream_origin(stream), keys.group(gkey), keys.group_members(gkey)],

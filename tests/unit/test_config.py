@@ -51,3 +51,12 @@ def test_settings_are_frozen_and_node_ids_differ() -> None:
     with pytest.raises(AttributeError):
         a.port = 1  # type: ignore[misc]
     assert a.hard_frame_bytes >= 4 * a.max_frame_bytes
+
+
+def test_durability_is_memory_or_replica() -> None:
+    assert Settings.from_args("gateway", [], env={}).durability == "memory"
+    assert Settings.from_args("gateway", [], env={"CHINWAG_DURABILITY": "Replica"}).durability == "replica"
+    assert Settings.from_args("server", ["--durability", "memory"], env={"CHINWAG_DURABILITY": "replica"}
+                              ).durability == "memory"
+    with pytest.raises(SystemExit):
+        Settings.from_args("gateway", [], env={"CHINWAG_DURABILITY": "disk"})
