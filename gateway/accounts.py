@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from common import keys
@@ -155,7 +156,7 @@ def _skeleton_keys(key: str) -> list[str]:
 class Accounts:
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         *,
         time_cost: int = 2,
         memory_kib: int = 19_456,

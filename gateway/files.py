@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -147,7 +148,7 @@ class FileService:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         blobs: BlobStore | None = None,
         *,
         metrics: Metrics | None = None,

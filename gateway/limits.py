@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from common.redis import REDIS_ERRORS
 
@@ -109,7 +110,7 @@ class SharedIpLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         pipeline: AutoPipeline,
         key: Callable[[str], str],
         rate: float,

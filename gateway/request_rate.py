@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from common import keys
 from protocol.errors import RateLimited
@@ -26,7 +27,9 @@ _TAKE = _RATE + "return {1}\n"
 
 
 class RequestLimiter:
-    def __init__(self, redis: Redis, rate: float, burst: int, pipeline: AutoPipeline | None = None) -> None:
+    def __init__(
+        self, redis: Redis | RedisCluster, rate: float, burst: int, pipeline: AutoPipeline | None = None
+    ) -> None:
         self.rate = rate  # requests per second per user; 0 turns the limit off
         self.burst = max(1, burst)
         self.redis = redis

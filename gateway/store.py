@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from common import keys
 from common.lua_json import IfSet, Raw, Text, json_expr
@@ -258,7 +259,8 @@ class Store:
     """Appends, reads and replays messages; one Redis round trip per operation."""
 
     def __init__(
-        self, redis: Redis, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0, burst: int = 1,
+        self, redis: Redis | RedisCluster, maxlen: int = 10_000, dedupe_ttl: int = 300, rate: float = 0.0,
+        burst: int = 1,
         pipeline: AutoPipeline | None = None,
     ) -> None:
         self.redis = redis
