@@ -9,7 +9,8 @@ GATEWAYS_ON_A_CLUSTER (strict xfail): the gateways can run on a Redis Cluster on
 other branches of issue 15 are merged (the router and auto-pipeline take a redis+cluster://
 URL, every script single-slot).  Until then `up` times out waiting for a ready gateway and
 the module is an expected failure; once it passes, strict makes it XPASS(strict) and fail,
-and the marker must go.
+and the marker must go.  Measured warm on a trial merge of every issue-15 branch: about 70 s
+for the module (image rebuild 15 s, up and healthy 42 s, chat 0.3 s, down 7 s).
 """
 
 from __future__ import annotations
