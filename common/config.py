@@ -17,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from common.redis import is_cluster_url, parse_cluster_url
+
 
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
@@ -78,9 +80,10 @@ _GW = frozenset((_G, _S))
 OPTIONS: tuple[Option, ...] = (
     Option("host", "CHINWAG_HOST", "address to listen on", _ALL),
     Option("port", "CHINWAG_PORT", "WebSocket port", _GW, int),
-    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://)", _ALL,
-           role_help={_S: "Redis URL (redis://, unix://); without it an embedded Redis is started, its data "
-                          "in --data-dir"}),
+    Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://), or a Redis Cluster's seed nodes: "
+           "redis+cluster://host:port[,host:port...]", _ALL,
+           role_help={_S: "Redis URL (redis://, unix://; one Redis, not a cluster); without it an embedded "
+                          "Redis is started, its data in --data-dir"}),
     Option("http_port", "CHINWAG_HTTP_PORT", "port for /healthz, /readyz and /metrics (default: the WebSocket "
            "port + 100; 0 turns it off)", _ALL, int,
            role_help={_P: "port for /healthz, /readyz and /metrics (default: 9190; 0 turns it off)"}),
@@ -261,7 +264,26 @@ class Settings:
                     parser.error(f"{opt.env}: {exc}")
         if "redis_url" not in values and env.get("CHINWAG_REDIS_URL"):
             values["redis_url"] = env["CHINWAG_REDIS_URL"]
+        if problem := _redis_url_problem(role, values.get("redis_url")):
+            parser.error(problem)
         return cls(**values)
+
+
+def _redis_url_problem(role: str, url: str | None) -> str | None:
+    """A malformed cluster URL, found at start so a typo never waits for the first command.
+
+    Only for the programs that take a cluster (gateway, presence).
+    ``chinwag-server`` refuses any cluster URL itself (chinwag/server.py); the
+    check is not here because chinwag-admin builds "server" Settings from an
+    environment whose REDIS_URL it then ignores.
+    """
+    if role == "server" or not url or not is_cluster_url(url):
+        return None
+    try:
+        parse_cluster_url(url)
+    except ValueError as exc:
+        return f"--redis-url: {exc}"
+    return None
 
 
 def build_parser(role: str, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:

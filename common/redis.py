@@ -6,8 +6,11 @@ a Redis Cluster, ``redis+cluster://[user:password@]host:port[,host:port…]``
 learns the rest of the cluster from them.  A cluster URL gets redis-py's
 asyncio ``RedisCluster`` (see docs/cluster.md for why that client), from
 ``connect_redis_cluster``.  ``connect_redis`` serves single-Redis URLs as it
-always did and refuses a cluster URL with a clear error: the gateway and
-presence scripts are not yet single-slot, so they cannot run on a cluster.
+always did and refuses a cluster URL with a clear error, so code that only
+knows one Redis (the embedded server, a single-Redis tool) never gets a
+cluster client by accident.  The programs that run on either (the gateway,
+presence, ``chinwag-admin``, the load tester) call ``connect_any``, which picks
+by the URL's scheme, and type what they pass down as ``RedisClient``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ from redis.exceptions import ConnectionError, RedisError
 # ``wait_for`` around a command running out.  Loops catch exactly these, back off and retry.
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
+
+# What the programs pass down: one Redis or a cluster client.  Both carry the same command methods
+# (get, hset, evalsha, pipeline(transaction=False), ...); what differs is which scripts and
+# multi-key commands each may run (docs/cluster.md: one slot per script).
+RedisClient = Redis | RedisCluster
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}  # scheme -> TLS
 
@@ -122,14 +130,15 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 
     caller's backoff loop.  A timeout is not retried: the script may have run,
     and running a send twice would store it twice.
 
-    A ``redis+cluster://`` URL is refused here (ValueError): the programs that
-    call this run scripts that are not single-slot yet (docs/cluster.md).
+    A ``redis+cluster://`` URL is refused here (ValueError): a caller that can
+    take a cluster calls ``connect_any``; one that cannot must not get a
+    client whose scripts would fail CROSSSLOT later, far from the cause.
     """
     if is_cluster_url(url):
         parse_cluster_url(url)  # a malformed one is reported as such first
         raise ValueError(
-            f"{redacted_url(url)}: Chinwag's gateways and presence cannot run on a Redis Cluster yet "
-            "(their scripts are not single-slot; docs/cluster.md); use a single Redis URL"
+            f"{redacted_url(url)}: connect_redis takes a single Redis URL; a Redis Cluster needs "
+            "connect_any or connect_redis_cluster (docs/cluster.md)"
         )
     pool = BlockingConnectionPool.from_url(
         url,
@@ -142,6 +151,16 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 
         health_check_interval=0,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+def connect_any(url: str, *, max_connections: int = 64) -> RedisClient:
+    """The client a URL names: ``connect_redis_cluster`` for ``redis+cluster://``, else ``connect_redis``.
+
+    ``max_connections`` is per node on a cluster, for the whole pool on one Redis.
+    """
+    if is_cluster_url(url):
+        return connect_redis_cluster(url, max_connections=max_connections)
+    return connect_redis(url, max_connections=max_connections)
 
 
 def redacted_url(url: str | None) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import BusyLoadingError, ResponseError
 from websockets.asyncio.connection import broadcast
 from websockets.asyncio.server import ServerConnection
@@ -74,7 +75,7 @@ class Dispatcher:
 
     settings: Settings
     parser: f.FrameParser
-    redis: Redis
+    redis: Redis | RedisCluster
     store: Store
     registry: Registry
     groups: Groups

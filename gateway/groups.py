@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from common import keys
 from common.lua_json import Const, IfSet, Raw, Text, json_expr
@@ -306,7 +307,7 @@ def _s(value: Any) -> str:
 
 
 class Groups:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis | RedisCluster) -> None:
         self.redis = redis
         self._create = redis.register_script(_CREATE)
         self._join = redis.register_script(_JOIN)

@@ -27,14 +27,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from common import keys
 from common.config import Settings
 from common.http import Route, health_routes, serve_http
-from common.redis import REDIS_ERRORS, connect_redis, redacted_url
+from common.redis import REDIS_ERRORS, RedisClient, connect_any, redacted_url
 from common.runtime import cancel_and_wait, service_main
 from presence.registry import Registry
 from protocol import control
@@ -71,12 +70,13 @@ _WS_LOG = logging.getLogger("websockets.server")
 class Gateway:
     """One gateway node: builds its parts and wires their callbacks; owns its sockets' lifecycle."""
 
-    def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
+    def __init__(self, settings: Settings, redis: RedisClient | None = None) -> None:
         if not settings.redis_url:
             raise ValueError("the gateway needs a Redis URL")
         self.settings = settings
         self.node_id = settings.node_id
-        self.redis = redis or connect_redis(settings.redis_url)
+        # One Redis or a Redis Cluster, by the URL's scheme (common.redis.connect_any).
+        self.redis = redis or connect_any(settings.redis_url)
         self.router = make_router(settings, self.redis)  # one pub/sub connection, or sharded on a cluster
         self.registry = Registry(self.redis, settings.lease_ttl)
         self.pipeline = make_pipeline(settings, self.redis)  # the send path: auto-pipelined, see pipeline.py

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from common import keys
 from common.lua_json import Const, Text, json_expr
@@ -210,7 +211,7 @@ def _s(value: bytes | str) -> str:
 class Registry:
     """The atomic operations on presence state; gateway and presence service share it."""
 
-    def __init__(self, redis: Redis, lease_ttl: float = 10.0) -> None:
+    def __init__(self, redis: Redis | RedisCluster, lease_ttl: float = 10.0) -> None:
         self.redis = redis
         self.lease_ttl_ms = int(lease_ttl * 1000)
         self._lease = redis.register_script(_LEASE)

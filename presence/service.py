@@ -25,7 +25,7 @@ from common.backoff import Backoff
 from common.config import Settings
 from common.http import health_routes, serve_http
 from common.metrics import Metrics
-from common.redis import connect_redis
+from common.redis import connect_any
 from common.runtime import cancel_and_wait, end_if_cancelled, service_main
 
 from .registry import Registry
@@ -106,7 +106,7 @@ def add_metrics(metrics: Metrics, reaper: Reaper) -> None:
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the reaper (and its HTTP endpoints) until ``stop`` is set."""
-    redis = connect_redis(settings.redis_url or "redis://127.0.0.1:6379/0")
+    redis = connect_any(settings.redis_url or "redis://127.0.0.1:6379/0")  # one Redis or a cluster, by scheme
     reaper = Reaper(Registry(redis, settings.lease_ttl), settings)
     task = asyncio.create_task(reaper.run(), name="presence-reaper")
     metrics = Metrics()

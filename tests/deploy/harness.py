@@ -70,6 +70,9 @@ COMPOSE_TIMEOUT = 240.0  # one podman-compose command (down waits out stop_grace
 # A service missing here would get the host's nameservers again, which
 # test_containers_resolve_names_only_inside_the_project_network catches.
 SERVICES = ("redis", "presence", "gateway", "lb")
+# docker-compose.cluster.yml: six Redis Cluster nodes and the one-shot service that forms the cluster.
+CLUSTER_REDIS = tuple(f"redis-{n}" for n in range(1, 7))
+CLUSTER_SERVICES = (*CLUSTER_REDIS, "redis-init", "presence", "gateway", "lb")
 
 
 class HarnessError(RuntimeError):
@@ -196,9 +199,12 @@ class Cluster:
 
     _count = 0
 
-    def __init__(self, podman: Podman, files: list[str], extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, podman: Podman, files: list[str], extra_env: dict[str, str] | None = None,
+                 services: tuple[str, ...] = SERVICES, one_shot: tuple[str, ...] = ()) -> None:
         Cluster._count += 1
         self.podman = podman
+        self.services = services  # every service of the compose file(s): each gets the network-only dns
+        self.one_shot = one_shot  # services that run once and exit 0 (no healthcheck to wait for)
         self.project = f"{PROJECT_PREFIX}{os.getpid()}x{Cluster._count}"
         self.lb_port = free_port()
         self.stats_port = free_port()
@@ -248,11 +254,11 @@ class Cluster:
         """The harness's compose override: lb's rlimits, and each service's DNS server(s).
 
         Written as JSON, which is YAML too."""
-        services: dict[str, dict[str, Any]] = {service: {} for service in SERVICES}
+        services: dict[str, dict[str, Any]] = {service: {} for service in self.services}
         # Integers, as in the base file (podman-compose will not merge a str into an int).
         services["lb"]["ulimits"] = {"nofile": self.podman.nofile, "nproc": self.podman.nproc}
         if dns:
-            for service in SERVICES:
+            for service in self.services:
                 services[service]["dns"] = dns
         self.override.write_text(json.dumps({"services": {k: v for k, v in services.items() if v}}, indent=2))
 
@@ -383,8 +389,15 @@ class Cluster:
             return bool(ips) and {addr for addr, status in servers.items() if status == "UP"} == ips
         return False
 
+    def exited_ok(self, container: str) -> bool:
+        state = self.inspect(container)["State"]
+        return not state["Running"] and int(state.get("ExitCode", -1)) == 0
+
     def wait_healthy(self, timeout: float = 180.0) -> None:
-        everything = [c for s in ("redis", "presence", "gateway", "lb") for c in self.containers(s)]
+        for service in self.one_shot:
+            for container in self.containers(service):
+                wait_until(lambda c=container: self.exited_ok(c), timeout, f"{container} done", interval=1.0)
+        everything = [c for s in self.services if s not in self.one_shot for c in self.containers(s)]
         for container in everything:
             wait_until(lambda c=container: self.healthy(c), timeout, f"{container} healthy", interval=1.0)
         wait_until(self.lb_sees_all_gateways, timeout, "HAProxy: every gateway UP", interval=0.5)
@@ -405,7 +418,7 @@ class Cluster:
 
     def logs(self) -> str:
         parts = []
-        for service in ("redis", "presence", "gateway", "lb"):
+        for service in self.services:
             for container in self.containers(service):
                 out = self.podman("logs", "--tail", "40", container, check=False, timeout=60)
                 parts.append(f"--- {container}\n{out.stdout[-4000:]}{out.stderr[-4000:]}")

@@ -9,7 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from chinwag.cluster import Cluster
+from chinwag.loadtest_measure import ServerProbe
+from common.redis_cluster import RedisCluster
 from tests.helpers import ROOT
+from tests.integration.test_cluster_shards import GATEWAYS_ON_A_CLUSTER
 
 
 def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
@@ -98,3 +104,26 @@ def test_idle_smoke_with_presence_on_holds_every_connection(tmp_path: Path) -> N
     assert result["login_errors"] == 0
     assert result["gateways"]["gateway 1"]["connections"] == 30
     assert result["rss_kib_per_connection"] is not None
+
+
+def test_server_probe_reads_each_cluster_masters_cpu(redis_cluster: RedisCluster) -> None:
+    """--redis-shards: each master's CPU comes from its own INFO CPU, and grows with the work it does."""
+    probe = ServerProbe.of(Cluster(redis_cluster=redis_cluster))
+    masters = {f"redis {m.address}" for m in redis_cluster.master_nodes()}
+    before = probe.cpu()
+    assert set(before) == masters and all(v > 0 for v in before.values())
+    busy = redis_cluster.master_nodes()[0]
+    for _ in range(200):
+        busy.ask("INFO", "all")
+    after = probe.cpu()
+    assert after[f"redis {busy.address}"] > before[f"redis {busy.address}"]
+
+
+@GATEWAYS_ON_A_CLUSTER
+def test_dm_smoke_on_a_redis_cluster_reports_cpu_per_shard(tmp_path: Path) -> None:
+    result = _run(tmp_path, "dm", "--start-cluster", "2", "--redis-shards", "3", "--clients", "10", "--rate", "200",
+                  "--duration", "3")
+    assert result["redis_shards"] == 3
+    assert result["delivered"] == result["sent"] > 0 and result["lost"] == 0
+    assert len(result["redis_shard_cpu_s"]) == 3
+    assert result["redis_cpu_s"] == pytest.approx(sum(result["redis_shard_cpu_s"].values()), abs=0.01)

@@ -18,11 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -35,7 +32,6 @@ from common.redis_cluster import ClusterNode, RedisCluster
 from common.runtime import cancel_and_wait
 from common.sharded_pubsub import ShardedSubscriber
 from tests.helpers import async_wait_until
-from tests.integration.test_cluster import ClusterProc
 
 FAILOVER_DEADLINE = 15.0  # node timeout 2 s + election; measured about 4 to 5 s here
 STEP = 10.0  # deadline of one command, subscribe or close (socket timeouts are 2 s and 5 s)
@@ -263,43 +259,6 @@ async def test_a_link_that_stops_answering_is_dropped_and_replaced(
     finally:
         master.ask("CLIENT", "UNPAUSE")
         await _stop(subscriber, runner)
-
-
-async def test_chinwag_cluster_up_starts_a_redis_cluster_and_says_the_gateways_cannot_use_it(
-        tmp_path: Path) -> None:
-    launcher = ClusterProc(["--gateways", "3", "--redis-shards", "3"], tmp_path)
-    try:
-        launcher.wait_ready()
-        text = "\n".join(launcher.lines)
-        url = re.search(r"redis\s+(redis\+cluster://\S+)", text)
-        assert url, text
-        assert "gateways and presence NOT started" in text
-        assert not launcher.gateways()  # no gateway line: none pretends to run
-        assert len(re.findall(r"^\s+\S+:\d+\s+master", text, re.M)) == 3
-        assert len(re.findall(r"^\s+\S+:\d+\s+replica of", text, re.M)) == 3
-        redis = connect_redis_cluster(url.group(1))
-        try:
-            info = await redis.cluster_info()
-            assert info["cluster_state"] == "ok" and int(info["cluster_size"]) == 3
-            await redis.spublish(b"cw:test:launcher", b"x")  # a sharded publish is served
-        finally:
-            await redis.aclose()
-    finally:
-        assert launcher.stop() == 0
-    ports = [int(p) for p in re.findall(r":(\d+)", url.group(1))]
-    assert not any(_answers(port) for port in ports)  # every node stopped with the launcher
-
-
-def _answers(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
-
-
-def test_chinwag_cluster_refuses_to_run_gateways_on_a_cluster_url(tmp_path: Path) -> None:
-    launcher = ClusterProc(["--gateways", "1", "--redis-url", "redis+cluster://127.0.0.1:7000"], tmp_path)
-    assert launcher.proc.wait(30) == 1
-    assert "cannot run on a Redis Cluster yet" in launcher.err_path.read_text()
 
 
 async def test_a_failing_handler_or_callback_does_not_stop_delivery(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from chinwag.server import main as server_main
 from common.config import OPTIONS, Settings, build_parser
 
 
@@ -60,3 +61,37 @@ def test_durability_is_memory_or_replica() -> None:
                               ).durability == "memory"
     with pytest.raises(SystemExit):
         Settings.from_args("gateway", [], env={"CHINWAG_DURABILITY": "disk"})
+
+
+@pytest.mark.parametrize("role", ["gateway", "presence"])
+def test_gateway_and_presence_keep_a_cluster_url(role: str) -> None:
+    url = "redis+cluster://redis-1:6379,redis-2:6379,redis-3:6379"
+    assert Settings.from_args(role, ["--redis-url", url], env={}).redis_url == url
+    assert Settings.from_args(role, [], env={"CHINWAG_REDIS_URL": url}).redis_url == url
+
+
+def test_a_malformed_cluster_url_stops_the_program_at_start(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        Settings.from_args("gateway", [], env={"REDIS_URL": "redis+cluster://u:secret@a:x"})
+    err = capsys.readouterr().err
+    assert "bad port" in err and "secret" not in err
+
+
+def test_chinwag_server_refuses_a_cluster_url(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        server_main(["--redis-url", "redis+cluster://u:secret@a:7000"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "chinwag-server runs on one Redis, not a Redis Cluster" in err and "secret" not in err
+
+
+def test_chinwag_admin_refuses_a_cluster_url_and_ignores_one_in_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chinwag.admin import main as admin_main
+
+    monkeypatch.setenv("REDIS_URL", "redis+cluster://a:x")  # "server" Settings from the env: not checked
+    assert Settings.from_args("server", [], prog="chinwag-admin").redis_url == "redis+cluster://a:x"
+    with pytest.raises(SystemExit):
+        admin_main(["--redis-url", "redis+cluster://a:7000"])
+    assert "chinwag-admin watches one Redis" in capsys.readouterr().err

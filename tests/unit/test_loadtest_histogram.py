@@ -138,3 +138,20 @@ def test_unit_of_a_scenario() -> None:
     assert unit_of(ns(scenario="dm", group_size=10)) == 2
     assert unit_of(ns(scenario="group", group_size=4)) == 4
     assert unit_of(ns(scenario="broadcast", group_size=10)) == 1
+
+
+def test_redis_cluster_cpu_is_reported_per_shard_and_summed() -> None:
+    servers = {"gateway 1": 2.0, "redis 127.0.0.1:20001": 0.5, "redis 127.0.0.1:20002": 0.25,
+               "redis 127.0.0.1:20003": 0.25}
+    out = cpu_usage(10.0, [1.0], servers, 10_000, None, 4)
+    assert out["redis_shard_cpu_s"] == {"127.0.0.1:20001": 0.5, "127.0.0.1:20002": 0.25, "127.0.0.1:20003": 0.25}
+    assert out["redis_cpu_s"] == 1.0 and out["redis_cpu_us_per_delivered"] == 100.0
+    assert "redis_shard_cpu_s" not in cpu_usage(10.0, [1.0], {"gateway 1": 2.0, "redis": 1.0}, 10_000, None, 4)
+
+
+def test_redis_shards_needs_a_started_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    from chinwag.loadtest import main
+
+    with pytest.raises(SystemExit):
+        main(["dm", "--urls", "ws://127.0.0.1:1", "--redis-shards", "3"])
+    assert "only with --start-cluster" in capsys.readouterr().err

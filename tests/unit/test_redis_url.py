@@ -6,7 +6,14 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from common.redis import ClusterUrl, connect_redis, connect_redis_cluster, is_cluster_url, parse_cluster_url
+from common.redis import (
+    ClusterUrl,
+    connect_any,
+    connect_redis,
+    connect_redis_cluster,
+    is_cluster_url,
+    parse_cluster_url,
+)
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -60,8 +67,20 @@ async def test_each_kind_of_url_gets_its_client() -> None:
     await cluster.aclose()
 
 
-def test_programs_refuse_a_cluster_url_until_their_scripts_are_single_slot() -> None:
-    with pytest.raises(ValueError, match="cannot run on a Redis Cluster yet"):
+def test_connect_redis_refuses_a_cluster_url() -> None:
+    with pytest.raises(ValueError, match="connect_redis takes a single Redis URL"):
         connect_redis("redis+cluster://127.0.0.1:7000")
     with pytest.raises(ValueError, match="bad port"):  # a malformed one says so first
         connect_redis("redis+cluster://127.0.0.1:x")
+
+
+async def test_connect_any_picks_the_client_by_scheme() -> None:
+    single = connect_any("redis://127.0.0.1:1/0")
+    assert isinstance(single, Redis)
+    await single.aclose()
+    cluster = connect_any("redis+cluster://127.0.0.1:1,127.0.0.1:2", max_connections=4)
+    assert isinstance(cluster, RedisCluster)
+    assert [(n.host, n.port) for n in cluster.startup_nodes] == [("127.0.0.1", 1), ("127.0.0.1", 2)]
+    await cluster.aclose()
+    with pytest.raises(ValueError, match="bad port"):
+        connect_any("redis+cluster://127.0.0.1:x")
