@@ -247,3 +247,19 @@ async def test_leave_stops_delivery_before_redis_answers() -> None:
     answer.set_result(False)
     await leaving
     assert bob.written == []
+
+
+def test_an_invitation_on_the_users_channel_is_written_not_taken_for_a_dm() -> None:
+    """Issue 15: an invitation reaches a non-member through their own channel (the DM channel), from
+    the invitee's slot.  It is written as it comes (held while the session is), and a DM after it is
+    still id-checked as before."""
+    bob = session("bob")
+    invited = event("invited", "bob")
+    dm = b'{"type":"message","id":"5-0","from":"alice","to":"@bob","body":"hi","ts":5}'
+    bob.holding = True
+    bob.deliver_dm(invited)
+    assert bob.written == []
+    bob.go_live()
+    bob.deliver_dm(dm)
+    bob.deliver_dm(dm)  # a duplicate: dropped by id
+    assert bob.written == [invited, dm] and bob.last_dm == (5, 0)
