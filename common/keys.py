@@ -183,6 +183,14 @@ def group_since(gkey: str) -> str:
     return f"{PREFIX}{{g:{gkey}}}:j"
 
 
+def group_ended(gkey: str) -> str:
+    """Hash member key -> "since upto": the last membership of each user that ended (leave or removal),
+    kept in the group's slot so the user's side (``group_parted``, written in a second step) can be
+    repaired at login if a crash fell between the two steps (gateway/groups.py).  Expires PARTED_TTL
+    after the last write."""
+    return f"{PREFIX}{{g:{gkey}}}:e"
+
+
 def invitations(ukey: str) -> str:
     """Hash group key -> the ``invited`` group_event frame: invitations still pending, sent at login."""
     return f"{PREFIX}{{u:{ukey}}}:inv"

@@ -2,8 +2,9 @@
 
 The rule this module keeps: a group ``message`` is written to a session only
 if Redis counted its user a member when the message was stored.  Group
-``message`` frames carry the global id (``cw:lastid``) they were stored under,
-and every membership starts at a position, the newest id when it began.
+``message`` frames carry the id they were stored under, from the group's own
+clock (``keys.group_clock``), and every membership starts at a position, the
+group's position when it began.
 
 **Joining** (``create``, ``join``, and each of the user's groups at login):
 
@@ -26,11 +27,14 @@ and every membership starts at a position, the newest id when it began.
    checked by id: nothing at or before the position is ever written.
 
 **Leaving** stops delivery synchronously, before Redis is asked.  **Removal**
-(by the owner, or a leave by the same user's session on another gateway)
-arrives as a ``part`` control message, which the script publishes after the
-membership is gone: handled synchronously in the router's callback (no task,
-no await), it stops delivery before any later frame of that group; a member's
-own ``left``/``removed`` event on the channel does the same.  A session taken
+by the owner arrives on the group's own channel: the script publishes the
+``removed`` event and, right after it, a hidden ``part`` notice with the
+membership's span (never written to a client), after the membership is gone.
+Handled synchronously in the router's callback (no task, no await), the
+notice stops delivery before any later frame of that group (the channel is
+ordered, and every gateway with a local member or pending join hears it); a
+leave by the same user's session on another gateway is stopped the same way
+by its ``left`` event.  A session taken
 over elsewhere is detached from every group when the kick arrives.  After the
 pub/sub connection was lost (and control messages with it), :meth:`verify`
 re-reads every local membership before anything is replayed.
@@ -69,6 +73,7 @@ log = logging.getLogger("chinwag.groups")
 
 _MAX_PARKED = 10_000  # frames buffered for one pending join (a join takes one round trip)
 _events = msgspec.json.Decoder(dict[str, object])
+_PART_PREFIX = control.encode(control.Part(group="", user="")).partition(b",")[0] + b","
 
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
 T = TypeVar("T")
@@ -89,14 +94,26 @@ class _Pending:
 
 
 def _leaver(frame: bytes) -> str | None:
-    """The user a ``left`` or ``removed`` group_event is about (None for any other frame)."""
-    if b'"event":"left"' not in frame and b'"event":"removed"' not in frame:
+    """The user a ``left`` group_event is about (None for any other frame).  A ``removed`` event is
+    always followed on the channel by a ``part`` notice (same script), which stops delivery then."""
+    if b'"event":"left"' not in frame:
         return None
     try:
         event = _events.decode(frame)
     except msgspec.DecodeError:
         return None
-    return str(event.get("user")) if event.get("event") in ("left", "removed") else None
+    return str(event.get("user")) if event.get("event") == "left" else None
+
+
+def _part(frame: bytes) -> control.Part | None:
+    """The hidden ``part`` notice a removal publishes on the group's channel (None for any other frame)."""
+    if not frame.startswith(_PART_PREFIX):
+        return None
+    try:
+        msg = control.decode(frame)
+    except msgspec.DecodeError:
+        return None
+    return msg if isinstance(msg, control.Part) else None
 
 
 class GroupRelay:
@@ -206,7 +223,7 @@ class GroupRelay:
                 break  # removed again within them
             if frame.startswith(f.MESSAGE_PREFIX):
                 session.deliver_group(gkey, frame)
-            else:
+            elif not frame.startswith(_PART_PREFIX):  # another user's part (this user's cancels the join)
                 self._event(session, gkey, frame, _leaver(frame))
 
     @staticmethod
@@ -272,9 +289,12 @@ class GroupRelay:
         session stops hearing of the group."""
         session = sessions.get(ukey)
         if session is not None:
-            self.detach(session, gkey)
-            if upto and gkey in session.last_group:  # not a session that began after the removal
-                self.backlog.deliver(session, gkey, since or "0-0", upto)
+            self._end(session, gkey, since, upto)
+
+    def _end(self, session: Session, gkey: str, since: str, upto: str) -> None:
+        self.detach(session, gkey)
+        if upto and gkey in session.last_group:  # not a session that began after the removal
+            self.backlog.deliver(session, gkey, since or "0-0", upto)
 
     # -- delivery -----------------------------------------------------------
 
@@ -285,6 +305,11 @@ class GroupRelay:
                 if frame.startswith(f.MESSAGE_PREFIX):
                     for session in members:  # deliver_group never changes membership
                         session.deliver_group(gkey, frame)
+                elif (part := _part(frame)) is not None:
+                    # A removal (published right after its ``removed`` event): stop delivery to the
+                    # removed user here, and write what the membership stored that they lack.
+                    for session in [s for s in members if s.key == part.user]:
+                        self._end(session, gkey, part.since, part.upto)
                 elif not frame.startswith(control.MARK_PREFIX):
                     leaver = _leaver(frame)
                     for session in list(members):
@@ -314,6 +339,11 @@ class GroupRelay:
                     self._promote(session, gkey, p)
             return  # before the marker: published before the membership existed
         if frame.startswith(control.MARK_PREFIX):
+            return
+        part = _part(frame)
+        if part is not None and part.user == session.key:  # removed before the join took effect
+            p.cancelled = True
+            p.frames.clear()
             return
         if len(p.frames) < _MAX_PARKED:
             p.frames.append(frame)
@@ -358,13 +388,13 @@ class GroupRelay:
 
     # -- after the pub/sub connection was lost ------------------------------
 
-    async def verify(self) -> dict[Session, tuple[int, int]]:
-        """Markers and ``part`` messages published while the subscriptions were down are gone: pending
+    async def verify(self) -> dict[tuple[Session, str], tuple[int, int]]:
+        """Markers and ``part`` notices published while the subscriptions were down are gone: pending
         joins stop waiting for a marker (messages stay checked by id), and every local membership is
         read again from Redis.  Sessions no longer members stop receiving; a membership that began
-        again meanwhile (removed, then back) starts at its new position.  Returns, per session, the
-        newest id when its memberships were read: a catch-up replay must stop there (what is later
-        arrives live, behind any removal)."""
+        again meanwhile (removed, then back) starts at its new position.  Returns, per (session,
+        group), the group's position when that membership was read (each group has its own clock):
+        a catch-up replay must stop there (what is later arrives live, behind any removal)."""
         for gkey, pending in list(self._pending.items()):
             for session, p in list(pending.items()):
                 if not p.marked:
@@ -375,26 +405,36 @@ class GroupRelay:
         for gkey, members in self.members.items():
             for session in members:
                 by_session.setdefault(session, []).append(gkey)
-        bounds: dict[Session, tuple[int, int]] = {}
+        bounds: dict[tuple[Session, str], tuple[int, int]] = {}
         for session, gkeys in by_session.items():
-            now, since = await self.groups.membership(session.key, gkeys)
-            bounds[session] = id_tuple(now)
-            gone = [g for g in gkeys if g in session.groups and g not in since]  # not detached meanwhile
-            # Read before detaching (an error here leaves the membership for the retried catch-up).
-            parted = await self.groups.parted(session.key, gone) if gone else {}
-            for gkey in gkeys:
-                if gkey not in session.groups:
-                    continue  # detached while we waited
-                if gkey not in since:
-                    log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
-                    self.detach(session, gkey)
-                    if gkey in parted:  # removed by the owner while the notice could not reach us
-                        self.backlog.deliver(session, gkey, *parted[gkey])
-                else:
-                    if id_tuple(since[gkey]) > session.last_group.get(gkey, (0, 0)):
-                        await self.backlog.write_ended(session, gkey)  # removed (or left) and back meanwhile?
-                    self._floor(session, gkey, id_tuple(since[gkey]))
+            await _confirm(self, session, gkeys, bounds)
         return bounds
+
+
+async def _confirm(
+    relay: GroupRelay, session: Session, gkeys: list[str], bounds: dict[tuple[Session, str], tuple[int, int]]
+) -> None:
+    """``verify`` for one session: read its memberships of ``gkeys`` again and act on the answer."""
+    views = await relay.groups.views(session.key, gkeys)
+    for gkey, view in views.items():
+        bounds[session, gkey] = id_tuple(view.now)
+    gone = [g for g in gkeys if g in session.groups and views[g].since is None]  # not detached meanwhile
+    # Read before detaching (an error here leaves the membership for the retried catch-up).
+    parted = await relay.groups.parted(session.key, gone) if gone else {}
+    for gkey in gkeys:
+        if gkey not in session.groups:
+            continue  # detached while we waited
+        since = views[gkey].since
+        if since is None:
+            log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
+            relay.detach(session, gkey)
+            if gkey in parted:  # removed by the owner while the notice could not reach us
+                relay.backlog.deliver(session, gkey, *parted[gkey])
+        else:
+            if id_tuple(since) > session.last_group.get(gkey, (0, 0)):
+                await relay.backlog.write_ended(session, gkey)  # removed (or left) and back meanwhile?
+            relay._floor(session, gkey, id_tuple(since))
+
 
 async def join_groups_at_login(
     relay: GroupRelay, groups: Groups, store: Store, session: Session, resume: dict[str, str]
@@ -405,33 +445,37 @@ async def join_groups_at_login(
     starts at the client's resume point, else where this user's sessions
     stopped reading it (saved as it advances), else now (nothing old is
     pushed to a fresh member); never before the membership began.  The
-    memberships are read again after subscribing, in one step with the
-    newest id, so a removal in between is seen either there or as a
-    ``part`` that cancels the pending one.
+    memberships are read after subscribing, each in one step with its
+    group's position, so a removal in between is seen either there or as a
+    ``part`` that cancels the pending one.  The user's set of groups may name
+    groups that no longer list them (gateway/groups.py: the set is written
+    before the group decides, and trimmed here): those are repaired and skipped.
     """
-    mine = await groups.of_user(session.key)
+    mine = await groups.keys_of_user(session.key)
     if not mine:
         return {}
     wanted = {group_name(stream)[1]: pos for stream, pos in resume.items() if stream.startswith("#")}
     cursors = await groups.cursors(session.key)
-    await relay.open_many(session, [g.key for g in mine])
+    await relay.open_many(session, mine)
     try:
-        now, since = await groups.membership(session.key, [g.key for g in mine])
+        views = await groups.views(session.key, mine)
     except BaseException:
         relay.detach_all(session)
         raise
     out: dict[str, tuple[str, str, Replay, bool]] = {}
-    for g in mine:
-        if g.key not in since:  # left or removed meanwhile
-            relay.abandon(session, g.key)
+    for gkey in mine:
+        view = views[gkey]
+        if view.since is None:  # left or removed (maybe meanwhile), or a join that never took effect
+            relay.abandon(session, gkey)
+            await groups.repair(session.key, gkey, view)
             continue
-        start = max(wanted.get(g.key) or cursors.get(g.key) or now, since[g.key], key=id_tuple)
-        if not relay.admit(session, g.key, g.name, start):  # live frames from now on, held
+        start = max(wanted.get(gkey) or cursors.get(gkey) or view.now, view.since, key=id_tuple)
+        if not relay.admit(session, gkey, view.name, start):  # live frames from now on, held
             continue
-        replay = await store.replay(keys.group_stream(g.key), start)
-        # Up to ``now`` only: the membership held then; anything later came (or comes) live,
-        # where a removal in between is seen in order.
-        upto = id_tuple(now)
+        replay = await store.replay(keys.group_stream(gkey), start)
+        # Up to the group's position then: the membership held then; anything later came (or comes)
+        # live, where a removal in between is seen in order.
+        upto = id_tuple(view.now)
         frames = [(rid, data) for rid, data in replay.frames if id_tuple(rid) <= upto]
-        out[f"#{g.name}"] = (g.key, start, Replay(frames, replay.recovered), g.key in wanted)
+        out[f"#{view.name}"] = (gkey, start, Replay(frames, replay.recovered), gkey in wanted)
     return out

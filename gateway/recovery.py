@@ -282,7 +282,7 @@ class Recovery:
             for _, frame in (await gw.store.replay(keys.group_stream(gkey), id_str(since))).frames:
                 mid = frame_id(frame)
                 for session in readers:
-                    if mid > bounds.get(session, (0, 0)):
+                    if mid > bounds.get((session, gkey), (0, 0)):
                         continue
                     try:
                         await session.replay_group(gkey, frame)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from websockets.asyncio.server import ServerConnection
 
 from common.metrics import Counter
+from protocol import frames as f
 from protocol.frames import frame_id
 
 from .connection import set_write_bound, write_text
@@ -28,6 +29,7 @@ from .connection import set_write_bound, write_text
 log = logging.getLogger("chinwag.session")
 
 _DM, _BROADCAST, _OTHER, _GROUP = 0, 1, 2, 3  # kinds of held frames
+_GROUP_EVENT = f.encode(f.GroupEvent(group="", event="", user="")).partition(b",")[0] + b","
 
 
 class Session:
@@ -96,7 +98,14 @@ class Session:
             self.on_slow(self)
 
     def deliver_dm(self, frame: bytes) -> None:
-        """Router handler for this user's channel (live DMs)."""
+        """Router handler for this user's channel: live DMs, and notices for this user alone (an
+        invitation to a group: gateway/groups.py), which are not DMs and are written as they come."""
+        if frame.startswith(_GROUP_EVENT):
+            if self.holding:
+                self.hold(frame)
+            else:
+                self.push(frame)
+            return
         if self.holding:
             self.early.append((_DM, frame, ""))
         else:

@@ -5,7 +5,7 @@
 recipient exactly once with its acked id, unacked ones at most once, nothing
 arrives that nobody sent, ids rise per stream, and nobody gets a group message
 stored while they were clearly not a member (membership windows are bounded by
-``cw:lastid`` read before and after each change; a join's position is exact).
+the group's clock read before and after each change; a join's position is exact).
 """
 
 from __future__ import annotations

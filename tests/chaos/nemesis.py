@@ -21,7 +21,7 @@ whole history:
   by resume), in id order per stream; an unacked send at most once; nothing
   arrives that nobody sent;
 * nobody receives a group message stored while they were clearly not a
-  member (membership windows are bounded by ``cw:lastid`` read just before
+  member (membership windows are bounded by the group's clock read just before
   and after each membership change; a join's own ``position`` makes its start
   exact), and every clear member receives it;
 * no name is held by two sessions: each user's name is held by exactly the
@@ -63,7 +63,7 @@ from client.errors import ClientError
 from common import keys
 from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound, NotMember
-from protocol.names import id_tuple
+from protocol.names import group_name, id_tuple
 from tests.chaos.checker import Checker, History, Mid, Sent, Transition
 from tests.chaos.proxy import Proxy
 from tests.helpers import BIND_ATTEMPTS, Proc, Processes, RedisServer, async_wait_until
@@ -170,13 +170,18 @@ class Cluster:
         if proc is not None and proc.proc is not None and proc.proc.poll() is None:
             proc.proc.send_signal(sig)
 
-    async def last_id(self) -> Mid:
-        """``cw:lastid`` now (retried while Redis restarts): the newest message id stored anywhere."""
+    async def last_id(self, group: str) -> Mid:
+        """The group's position now (retried while Redis restarts): its clock, the last id it handed out
+        (or its stream's last entry, if later), as the membership scripts read it (gateway/group_scripts.py)."""
+        gkey = group_name(group)[1]
         deadline = time.monotonic() + 60
         while True:
             try:
-                raw = await self.admin.get(keys.LAST_ID)
-                return id_tuple(raw.decode()) if raw else (0, 0)
+                clock = await self.admin.get(keys.group_clock(gkey))
+                last = await self.admin.xrevrange(keys.group_stream(gkey), count=1)
+                ids = [id_tuple(clock.decode())] if clock else []
+                ids += [id_tuple(last[0][0].decode())] if last else []
+                return max(ids, default=(0, 0))
             except (OSError, redis_async.RedisError):
                 if time.monotonic() > deadline:
                     raise
@@ -277,7 +282,7 @@ class Run(Checker):
             self.users[name] = user
         owner0, owner1 = self.users["u0"], self.users["u1"]
         for gname, owner, invite_only in (("g0", owner0, False), ("g1", owner1, True)):
-            lo = await cluster.last_id()
+            lo = await cluster.last_id(gname)
             info = await owner.client.group("create", gname, invite_only=invite_only)
             assert info.position is not None
             self.history.membership[(owner.name, gname)].append(Transition(True, lo, id_tuple(info.position)))
@@ -354,17 +359,17 @@ class Run(Checker):
 
     async def _change(self, cluster: Cluster, user: User, group: str, op: str, actor: User) -> None:
         key = (user.name, group)
-        lo = await cluster.last_id()
+        lo = await cluster.last_id(group)
         try:
             info = await self._request(actor, op, group, user.name if op == "remove" else None)
         except Forbidden:
             self.history.refused_joins += 1  # not a member, before, during and after
-            self.history.refused_windows[key].append((lo, await cluster.last_id()))
+            self.history.refused_windows[key].append((lo, await cluster.last_id(group)))
             return
         except NotMember:
             info = None if op != "leave" else f.GroupInfo(op=op, group=group, owner="", invite_only=False, members=[])
             if op == "leave":  # a retried leave whose first attempt ran: left all the same
-                self.history.membership[key].append(Transition(False, lo, await cluster.last_id()))
+                self.history.membership[key].append(Transition(False, lo, await cluster.last_id(group)))
                 return
         if info is None:  # no answer: it may have happened, now or later
             self.history.unknown_after[key] = lo
@@ -373,7 +378,7 @@ class Run(Checker):
             assert info.position is not None
             self.history.membership[key].append(Transition(True, lo, id_tuple(info.position)))
         else:
-            self.history.membership[key].append(Transition(False, lo, await cluster.last_id(), op == "remove"))
+            self.history.membership[key].append(Transition(False, lo, await cluster.last_id(group), op == "remove"))
 
     async def work(self, cluster: Cluster, user: User) -> None:
         names = sorted(self.users)

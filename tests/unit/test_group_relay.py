@@ -16,6 +16,7 @@ from common import keys
 from gateway.group_relay import GroupRelay
 from gateway.groups import GroupState
 from gateway.session import Session
+from protocol import control
 from protocol.errors import Forbidden
 from tests.helpers import async_wait_until
 
@@ -177,14 +178,55 @@ async def test_a_removal_right_after_the_join_cancels_it_before_anything_is_deli
     assert msg(4) not in bob.written and msg(5) not in bob.written and "g" not in bob.groups
 
 
-async def test_a_members_own_removed_event_stops_delivery_on_any_gateway() -> None:
+def part_notice(user: str, since: str = "", upto: str = "") -> bytes:
+    """The hidden notice a removal publishes on the group's channel right after its ``removed`` event."""
+    return control.encode(control.Part(group="g", user=user, since=since, upto=upto))
+
+
+async def test_a_removal_on_the_groups_channel_stops_delivery_on_any_gateway() -> None:
+    """Issue 15: a removal reaches the removed member's gateway on the group's own channel (its
+    ``removed`` event, then the hidden ``part`` notice, from one script), not on a control channel.
+    The removed member sees the event; nobody sees the notice; the others keep receiving."""
+    r, router, _ = relay()
+    bob, alice = session("bob"), session("alice")
+    for s in (bob, alice):
+        await r.open(s, "g", None)
+        r.admit(s, "g", "G", "1-0", now=True)
+    router.handlers[CHANNEL](event("removed", "bob"))
+    router.handlers[CHANNEL](part_notice("bob", "1-0", "1-0"))
+    router.handlers[CHANNEL](msg(2))
+    assert bob.written == [event("removed", "bob")] and "g" not in bob.groups
+    assert alice.written == [event("removed", "bob"), msg(2)]
+
+
+async def test_a_removal_notice_on_the_channel_cancels_a_join_that_has_not_taken_effect() -> None:
     r, router, _ = relay()
     bob = session("bob")
-    await r.open(bob, "g", None)
-    r.admit(bob, "g", "G", "1-0", now=True)
-    router.handlers[CHANNEL](event("removed", "bob"))
-    router.handlers[CHANNEL](msg(2))
-    assert bob.written == [event("removed", "bob")]
+    answer, nonces, joining = await start_join(r, router, bob)
+    deliver = router.handlers[CHANNEL]
+    deliver(mark(nonces[0]))
+    deliver(msg(3))
+    deliver(event("removed", "bob"))
+    deliver(part_notice("bob", "2-0", "3-0"))
+    deliver(msg(4))
+    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
+    await joining
+    deliver(msg(5))
+    assert bob.written == [] and "g" not in bob.groups
+
+
+async def test_another_users_removal_notice_parked_during_a_join_is_never_written() -> None:
+    r, router, _ = relay()
+    bob = session("bob")
+    answer, nonces, joining = await start_join(r, router, bob)
+    deliver = router.handlers[CHANNEL]
+    deliver(mark(nonces[0]))
+    deliver(event("removed", "carol"))
+    deliver(part_notice("carol", "1-0", "2-0"))
+    deliver(msg(3))
+    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
+    await joining
+    assert bob.written == [event("removed", "carol"), msg(3)]
 
 
 async def test_leave_stops_delivery_before_redis_answers() -> None:
@@ -205,3 +247,19 @@ async def test_leave_stops_delivery_before_redis_answers() -> None:
     answer.set_result(False)
     await leaving
     assert bob.written == []
+
+
+def test_an_invitation_on_the_users_channel_is_written_not_taken_for_a_dm() -> None:
+    """Issue 15: an invitation reaches a non-member through their own channel (the DM channel), from
+    the invitee's slot.  It is written as it comes (held while the session is), and a DM after it is
+    still id-checked as before."""
+    bob = session("bob")
+    invited = event("invited", "bob")
+    dm = b'{"type":"message","id":"5-0","from":"alice","to":"@bob","body":"hi","ts":5}'
+    bob.holding = True
+    bob.deliver_dm(invited)
+    assert bob.written == []
+    bob.go_live()
+    bob.deliver_dm(dm)
+    bob.deliver_dm(dm)  # a duplicate: dropped by id
+    assert bob.written == [invited, dm] and bob.last_dm == (5, 0)
