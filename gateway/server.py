@@ -178,7 +178,8 @@ class Gateway:
         self.spawn(run_cursor_flusher(self.groups, self.relay.members, self.settings.group_cursor_interval),
                    "group-cursors")
         self.router.set_handler(keys.BROADCAST_CHANNEL, self.recovery.on_broadcast)
-        self.router.set_handler(keys.PRESENCE_CHANNEL, self.fanout.on_presence)
+        for channel in keys.PRESENCE_CHANNELS:  # every presence partition
+            self.router.set_handler(channel, self.fanout.on_presence)
         self.router.set_handler(keys.gateway_channel(self.node_id), self._on_control)
         self.router.on_resubscribed = self.recovery.start
         self.router.on_lost = self.recovery.pubsub_lost
