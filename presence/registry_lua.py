@@ -129,35 +129,33 @@ return out
 """
 
 # {reg}.  KEYS: gateways, epochs, reaping ; ARGV: batch size, node ('' = every expired lease)
-# -> flat {node, epoch}*: the leases taken away now, plus those a reaper began to free and did not finish.
-# Taking the lease away first means no claim under it can complete after this (ONLINE_ADD checks).
+# -> flat {node, epoch}*: the leases taken away now, plus those a reaper began to free and did not finish
+# (a gateway may have registered a new lease since: that one is not touched).  Taking the lease away
+# first means no claim under it can complete after this (ONLINE_ADD checks).
 REAP_START = _NOW + """
 local ids
 if ARGV[2] ~= '' then
   ids = {ARGV[2]}
 else
   ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now), 'LIMIT', 0, tonumber(ARGV[1]))
-  for _, pending in ipairs(redis.call('HKEYS', KEYS[3])) do
-    ids[#ids + 1] = pending
+end
+for _, gw in ipairs(ids) do
+  local epoch = redis.call('HGET', KEYS[2], gw)
+  if epoch then
+    redis.call('HSET', KEYS[3], gw, epoch)
+    redis.call('HDEL', KEYS[2], gw)
   end
+  redis.call('ZREM', KEYS[1], gw)
+end
+if ARGV[2] ~= '' then
+  local epoch = redis.call('HGET', KEYS[3], ARGV[2])
+  return epoch and {ARGV[2], epoch} or {}
 end
 local out = {}
-local seen = {}
-for _, gw in ipairs(ids) do
-  if not seen[gw] then
-    seen[gw] = true
-    local epoch = redis.call('HGET', KEYS[2], gw)
-    if epoch then
-      redis.call('HSET', KEYS[3], gw, epoch)
-      redis.call('HDEL', KEYS[2], gw)
-    end
-    redis.call('ZREM', KEYS[1], gw)
-    local reaping = redis.call('HGET', KEYS[3], gw)
-    if reaping then
-      out[#out + 1] = gw
-      out[#out + 1] = reaping
-    end
-  end
+local pending = redis.call('HGETALL', KEYS[3])
+for i = 1, #pending, 2 do
+  out[#out + 1] = pending[i]
+  out[#out + 1] = pending[i + 1]
 end
 return out
 """
