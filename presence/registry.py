@@ -25,8 +25,9 @@ takeover, ``{gw:<old>}`` drop the old member and publish the kick on the old
 gateway's control channel; (4) ``{reg}`` check the lease epoch is still live,
 record the owner, add the name to ONLINE, read a page of it; (5)
 ``{pres}`` publish ``online`` if step 4 added the name.  A refused claim drops
-its member again.  Before step 1 the lease is read, so a gateway without one
-gets NoLease with nothing written.
+its member again.  The epoch comes from the gateway's last registration or
+renewal (or is read first: a gateway without a lease gets NoLease with nothing
+written); if the lease was lost since, step 4 answers NoLease.
 
 **Release** (a logout): (1) ``{u}`` free the session if it is this gateway's
 and token's; (2) ``{reg}`` take the name off ONLINE if this session put it
@@ -198,16 +199,27 @@ class Registry:
         self._reap_start = redis.register_script(lua.REAP_START)
         self._reap_done = redis.register_script(lua.REAP_DONE)
         self._kick = redis.register_script(lua.KICK)
+        # The lease epoch each gateway registered through this registry last had (saves a round trip per
+        # claim).  A stale one is harmless: claim step 4 checks the epoch and answers NoLease.
+        self._epochs: dict[str, int] = {}
 
     # -- leases ------------------------------------------------------------------------
 
     async def register_gateway(self, node_id: str) -> int:
         """Take a lease (or extend the live one); returns its epoch."""
-        return int(await self._lease(keys=self._lease_keys, args=[node_id, self.lease_ttl_ms, "register"]))
+        self._epochs.pop(node_id, None)
+        epoch = int(await self._lease(keys=self._lease_keys, args=[node_id, self.lease_ttl_ms, "register"]))
+        self._epochs[node_id] = epoch
+        return epoch
 
     async def renew_lease(self, node_id: str) -> bool:
         """Extend the lease; False means it was reaped and must be registered again."""
-        return bool(await self._lease(keys=self._lease_keys, args=[node_id, self.lease_ttl_ms, "renew"]))
+        epoch = int(await self._lease(keys=self._lease_keys, args=[node_id, self.lease_ttl_ms, "renew"]))
+        if epoch:
+            self._epochs[node_id] = epoch
+        else:
+            self._epochs.pop(node_id, None)
+        return bool(epoch)
 
     @property
     def _lease_keys(self) -> list[str]:
@@ -234,7 +246,7 @@ class Registry:
         lease, and the caller claims again with the same token (after registering)
         or releases it.  Claiming again with the same token is always safe.
         """
-        epoch = await self._epoch(node_id)
+        epoch = self._epochs.get(node_id) or await self._epoch(node_id)
         if epoch is None:
             raise NoLease(node_id)
         t = token_hash(token)
@@ -281,6 +293,8 @@ class Registry:
             args.extend(session)
         result = await self._online_add(keys=[keys.ONLINE, keys.ONLINE_OWNERS, keys.GATEWAY_EPOCHS], args=args)
         if int(result[0]) == -1:
+            if self._epochs.get(node_id) == epoch:
+                del self._epochs[node_id]
             raise NoLease(node_id)
         added = [(by_name[_s(n)], _s(n)) for n in result[1]]
         return added, [_s(n) for n in result[2]], int(result[3])
@@ -356,6 +370,7 @@ class Registry:
 
     async def release_gateway(self, node_id: str) -> list[str]:
         """Free every name a gateway holds and drop its lease (clean shutdown)."""
+        self._epochs.pop(node_id, None)
         _, freed = await self._run_reap(node_id)
         return freed
 

@@ -142,6 +142,8 @@ async def test_claim_release_takeover_reap_and_reclaim_run_single_slot(env: Env)
     assert await reg.claim(bob, bob, gw0, "t3") is not None
     assert await reg.claim(carol, carol, gw1, "t4") is not None
     assert await _mine(env) == sorted([alice, bob, carol])
+    page = await reg.online_page(None, 1000)  # the index is one slot: a page and the count in one MULTI
+    assert set(env.names.values()) & set(page.names) == {alice, bob, carol}
 
     took = await reg.claim(alice, alice, gw1, "t5", takeover_token="t1")  # takeover: the old gateway is told
     assert took is not None and took.took_over and await reg.holder(alice) == gw1
