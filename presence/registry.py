@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -176,11 +177,13 @@ def held_key(member: str | bytes) -> str:
 
 
 async def _in_batches(calls: Iterable[Awaitable[Any]]) -> list[Any]:
-    """Await ``calls`` ``_BATCH`` at a time (a big gateway's sessions must not take every connection)."""
-    pending = list(calls)
+    """Await ``calls`` ``_BATCH`` at a time (a big gateway's sessions must not take every connection).
+
+    ``calls`` is consumed lazily (a generator): after a failure no call is left created and never awaited."""
+    it = iter(calls)
     out: list[Any] = []
-    for start in range(0, len(pending), _BATCH):
-        out.extend(await asyncio.gather(*pending[start:start + _BATCH]))
+    while batch := list(itertools.islice(it, _BATCH)):
+        out.extend(await asyncio.gather(*batch))
     return out
 
 
@@ -341,7 +344,7 @@ class Registry:
         freed = await self._free(keys=[keys.session(key)], args=[node_id, t, ""])  # 1
         removed = await self._drop_online(node_id, "", [(key, t)])  # 2
         await self._announce(removed, "offline")  # 3
-        epoch = _s(freed[1]) if freed else await self._epoch(node_id)
+        epoch = _s(freed[1]) if freed else self._epochs.get(node_id) or await self._epoch(node_id)
         if epoch is not None:
             await self.redis.srem(keys.gateway_users(node_id), _member(key, t, epoch))  # 4
         return bool(freed) or bool(removed)

@@ -275,3 +275,38 @@ def test_the_presence_partitions_spread_over_the_clusters_masters(redis_cluster:
     """On the real 3-master cluster (CLUSTER SLOTS asked, not assumed): about a third of the channels each."""
     owners = collections.Counter(redis_cluster.master_for_key(ch).address for ch in keys.PRESENCE_CHANNELS)
     assert len(owners) == 3 and sorted(owners.values()) == [5, 5, 6], owners
+
+
+async def test_a_claim_whose_lease_is_reaped_midway_answers_no_lease_and_can_be_finished_or_undone(
+    env: Env,
+) -> None:
+    """The lease went between claim steps 2 and 4 (this registry still had its epoch): step 4 answers
+    NoLease with the session written.  The gateway claims again with the same token after registering
+    (gateway/login.py) and gets it; or releases it, and nothing is left."""
+    reg = env.registry
+    alice, bob = env.key("alice"), env.key("bob")
+    gw0, _, _ = env.gws
+    await reg.register_gateway(gw0)
+    reaper = Registry(env.redis)
+    await env.redis.zadd(keys.GATEWAYS, {gw0: 1})
+    await reaper.reap_expired()
+    with pytest.raises(NoLease):
+        await reg.claim(alice, alice, gw0, "ta")
+    assert await reg.holder(alice) == gw0 and await _mine(env) == []  # written under the dead lease
+    with pytest.raises(NoLease):  # the registry knows now: nothing written
+        await reg.claim(bob, bob, gw0, "tb")
+    assert await reg.holder(bob) is None
+    assert await reg.release(alice, gw0, "ta") is True  # undone
+    assert await reg.holder(alice) is None and await env.redis.exists(keys.gateway_users(gw0)) == 0
+
+    await reg.register_gateway(gw0)
+    await env.redis.zadd(keys.GATEWAYS, {gw0: 1})
+    await reaper.reap_expired()
+    with pytest.raises(NoLease):
+        await reg.claim(bob, bob, gw0, "tb")
+    await reg.register_gateway(gw0)
+    claim = await reg.claim(bob, bob, gw0, "tb")  # finished: the same token takes its session back
+    assert claim is not None and not claim.took_over
+    assert await _mine(env) == [bob] and await reg.holder(alice) is None
+    assert await reg.release_gateway(gw0) == [bob]
+    assert await env.redis.exists(keys.gateway_users(gw0)) == 0
