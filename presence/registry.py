@@ -86,9 +86,12 @@ Why a crash (or a Redis error) between two steps is safe, and what repairs it:
   its release or its gateway's reap.
 
 Presence events are published in their own step, after the index changed, on
-the user's partition (so one user's events stay in order as published).  They
-are hints: a crash between an index change and its event loses the event, and
-the index (``online_page``, re-read by gateways after any outage) is the truth.
+the user's partition, and each publisher then reads the index and publishes a
+correction if it no longer agrees (two processes' events for one user may be
+published in the opposite order of their changes; the last one published is
+then still right).  A crash between an index change and its event loses the
+event: the index (``online_page``, re-read by gateways after any outage) is
+the truth.
 
 Scripts take the time from Redis (``TIME``), so gateways with skewed clocks
 agree on lease expiry.
@@ -303,11 +306,27 @@ class Registry:
         return added, [_s(n) for n in result[2]], int(result[3])
 
     async def _announce(self, users: list[tuple[str, str]], status: str) -> None:
-        """Publish presence events, each on its user's partition (a step of its own: its own slot)."""
+        """Publish presence events, each on its user's partition (a step of its own: its own slot), then
+        confirm them against the index and publish the correction for any the index no longer agrees with.
+
+        Two processes can change one user's entry and publish in the opposite order (a reaper's
+        ``offline`` after a new login's ``online``).  Every publisher reads the index after its publish,
+        so the last event published for a user always says what the index says once changes stop.
+        """
+        if not users:
+            return
         publish = self.redis.spublish if self._publish == "SPUBLISH" else self.redis.publish
-        await _in_batches(
-            publish(keys.presence_channel(key), f.encode(f.Presence(user=name, status=status))) for key, name in users
-        )
+
+        async def send(batch: list[tuple[str, str]], what: str) -> None:
+            await _in_batches(
+                publish(keys.presence_channel(key), f.encode(f.Presence(user=name, status=what))) for key, name in batch
+            )
+
+        await send(users, status)
+        scores = await self.redis.zmscore(keys.ONLINE, [name for _, name in users])
+        wrong = [user for user, score in zip(users, scores, strict=True) if (score is not None) != (status == "online")]
+        if wrong:
+            await send(wrong, "offline" if status == "online" else "online")
 
     # -- re-claim ------------------------------------------------------------------------
 

@@ -382,3 +382,14 @@ async def test_reclaim_takes_back_free_names_keeps_own_and_leaves_others(
     assert await registry.online() == ["Alice", "Bob", "Carol"]
     assert await presence.data() == [_online("Alice")]
     assert await registry.reclaim("gw1", []) == []
+
+
+async def test_an_event_the_index_no_longer_agrees_with_is_corrected(registry: Registry, presence: Listener) -> None:
+    """A reaper's ``offline`` can be published after a new login's ``online`` of the same user (two
+    processes, two steps each): the publisher reads the index after publishing and says it again."""
+    await registry.register_gateway("gw1")
+    await registry.claim("alice", "Alice", "gw1", "t1")
+    await registry._announce([("alice", "Alice"), ("bob", "Bob")], "offline")  # a late offline for alice
+    await registry._announce([("carol", "Carol")], "online")  # a late online of someone already gone
+    assert await presence.data() == [_online("Alice"), _offline("Alice"), _offline("Bob"), _online("Alice"),
+                                     _online("Carol"), _offline("Carol")]
