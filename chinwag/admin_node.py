@@ -29,7 +29,7 @@ from common.config import Settings
 from common.embedded import EmbeddedRedis
 from common.redis import connect_redis, redacted_url
 from common.runtime import cancel_and_wait, end_if_cancelled
-from presence.registry import Registry
+from presence.registry import Registry, held_key
 from protocol.names import name_key
 
 if TYPE_CHECKING:
@@ -196,7 +196,7 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
             end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last turn
             pubsub = redis.pubsub()
             try:
-                await pubsub.subscribe(keys.PRESENCE_CHANNEL)
+                await pubsub.subscribe(*keys.PRESENCE_CHANNELS)
                 online = await registry.online()
                 for user in online:
                     node = await registry.holder(name_key(user))
@@ -272,7 +272,7 @@ async def _gateways(registry: Registry) -> tuple[list[GatewayRow], int]:
         names: list[str] = []
         if users:  # a page of names is plenty for a glance; SSCAN keeps big gateways cheap
             _, page = await redis.sscan(keys.gateway_users(node), 0, count=NAMES_SHOWN)
-            names = sorted(n.decode() if isinstance(n, bytes) else str(n) for n in page)[:NAMES_SHOWN]
+            names = sorted(held_key(n.decode() if isinstance(n, bytes) else str(n)) for n in page)[:NAMES_SHOWN]
         rows.append(GatewayRow(node, users, names, (leases[node] - now_ms) / 1000))
     online = int(await redis.zcard(keys.ONLINE))
     return rows, online

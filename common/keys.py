@@ -29,6 +29,16 @@ def account(key: str) -> str:
 # plain set named cw:online; the new name keeps a Redis with old data from answering WRONGTYPE.)
 ONLINE = f"{PREFIX}{{reg}}:online"
 GATEWAYS = f"{PREFIX}{{reg}}:gateways"  # zset: gateway id -> lease expiry (ms, Redis clock)
+# Hash gateway id -> epoch of its live lease (from LEASE_COUNTER, so a re-registered gateway's epoch is
+# higher than any it had before).  A session records the epoch it was claimed under (presence/registry.py).
+GATEWAY_EPOCHS = f"{PREFIX}{{reg}}:gw-epoch"
+LEASE_COUNTER = f"{PREFIX}{{reg}}:lease-counter"
+# Hash gateway id -> epoch: leases taken away whose names are still being freed (a reaper that died
+# midway leaves the gateway here, and the next sweep finishes it).
+REAPING = f"{PREFIX}{{reg}}:reaping"
+# Hash user key -> "<token hash> <lease epoch> <display name>\n<gateway id>": the session that put the name into ONLINE,
+# so a late release or reap removes only its own entry, never a newer session's.
+ONLINE_OWNERS = f"{PREFIX}{{reg}}:online-owner"
 # The old global id counter: no send script moves it any more (ids come from the per-owner clocks
 # below); kept so readers not yet moved to a clock still import it.
 LAST_ID = f"{PREFIX}lastid"
@@ -40,7 +50,7 @@ def session(key: str) -> str:
 
 
 def gateway_users(node_id: str) -> str:
-    """Set of name keys held by one gateway (what the reaper frees)."""
+    """Set of the sessions one gateway holds, "<name key> <token hash> <lease epoch>" (what the reaper frees)."""
     return f"{PREFIX}{{gw:{node_id}}}:users"
 
 
@@ -111,9 +121,74 @@ def files_reserved(key: str) -> str:
 
 # Pub/sub channels.
 BROADCAST_CHANNEL = f"{PREFIX}{{all}}:c"
-PRESENCE_CHANNEL = f"{PREFIX}{{pres}}:c"
-# Every presence channel a gateway listens to (partitioned across shards in cluster mode).
-PRESENCE_CHANNELS: tuple[str, ...] = (PRESENCE_CHANNEL,)
+
+
+def _crc16_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+CLUSTER_SLOTS = 16384
+
+
+def crc16(data: bytes) -> int:
+    """CRC16-XMODEM, the checksum Redis Cluster hashes keys with."""
+    crc = 0
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ byte]
+    return crc
+
+
+def key_slot(key: str) -> int:
+    """The Redis Cluster slot of a key or sharded channel (its ``{tag}``, if it has one)."""
+    data = key.encode()
+    start = data.find(b"{")
+    if start >= 0:
+        end = data.find(b"}", start + 1)
+        if end > start + 1:
+            data = data[start + 1:end]
+    return crc16(data) % CLUSTER_SLOTS
+
+
+# Presence events go out on PRESENCE_PARTITIONS sharded channels (docs/cluster.md "Presence fan-out"),
+# a user's always on the same one.  Their tags are chosen (as Centrifugo does) so that channel k's slot
+# lies near the middle of the k-th of PRESENCE_PARTITIONS equal slot ranges: however the slots are split
+# over the masters, each master carries its share of presence traffic, not all of it or none.
+PRESENCE_PARTITIONS = 16
+
+
+def _presence_tag(partition: int, partitions: int) -> str:
+    width = CLUSTER_SLOTS / partitions
+    centre = int((partition + 0.5) * width)
+    reach = max(1, int(width / 16))
+    n = 0
+    while abs(key_slot(f"pres:{partition}:{n}") - centre) > reach:
+        n += 1
+    return f"pres:{partition}:{n}"
+
+
+def presence_channels(partitions: int = PRESENCE_PARTITIONS) -> tuple[str, ...]:
+    """The presence channels, one per partition, with slot-balanced hash tags (deterministic)."""
+    return tuple(f"{PREFIX}{{{_presence_tag(k, partitions)}}}:c" for k in range(partitions))
+
+
+# Every presence channel a gateway listens to (partitioned across shards in cluster mode): the output of
+# presence_channels(), written out so importing costs nothing (tests/unit/test_presence_partitions.py checks).
+PRESENCE_CHANNELS: tuple[str, ...] = tuple(f"{PREFIX}{{pres:{tag}}}:c" for tag in (
+    "0:13", "1:18", "2:245", "3:218", "4:67", "5:158", "6:226", "7:467",
+    "8:168", "9:122", "10:229", "11:263", "12:24", "13:38", "14:441", "15:200",
+))
+
+
+def presence_channel(ukey: str) -> str:
+    """The presence channel a user's online/offline events go to (stable: always the same one)."""
+    return PRESENCE_CHANNELS[crc16(ukey.encode()) % len(PRESENCE_CHANNELS)]
 
 
 def user_channel(key: str) -> str:

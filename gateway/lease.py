@@ -18,8 +18,8 @@ same recovery task does both (gateway/recovery.py ``Recovery``):
    the router asks before handing on each published message, and if no
    renewal sent within the last lease TTL vouches for the lease, that counts
    as "gone" (what was buffered during the stall must not go out first);
-2. :func:`reclaim` registers the lease again and takes every name back in one
-   Lua script (``Registry.reclaim``).  A name someone else holds meanwhile (the
+2. :func:`reclaim` registers the lease again (a new lease epoch) and takes every
+   name back, each in its user's slot (``Registry.reclaim``).  A name someone else holds meanwhile (the
    user logged in elsewhere) is not taken: that socket is closed with 4003, and
    the client resumes where it left off.  A session still in the middle of its
    login is closed the same way if its name had been freed, because its login

@@ -2,9 +2,11 @@
 
 A connection's first frames are read here until one is a good ``login``.  The
 password (or a session token) is checked by :mod:`gateway.accounts`, the name
-is claimed cluster-wide in one Lua call (:mod:`presence.registry`, taking over
-an older session of the same user when the client presents its token), and
-only then does anything local change.
+is claimed cluster-wide (:mod:`presence.registry`: decided in the user's slot,
+taking over an older session of the same user when the client presents its
+token; the online index follows in later steps), and only then does anything
+local change.  A claim that fails after its first step is released (every
+release step is token-checked and idempotent), so nothing is left half-claimed.
 
 Order matters for "no gap, no duplicate" at login: the session holds live
 frames from before the claim, subscribes to its channel, reads the streams
@@ -237,14 +239,22 @@ class Logins:
         recovery = self.gw.recovery
         epoch = recovery.lease_losses
         try:
-            return await self.gw.registry.claim(*args), epoch
-        except NoLease:
-            recovery.lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
-            epoch = recovery.lease_losses  # this claim comes after that loss
-            sent = asyncio.get_running_loop().time()
-            await self.gw.registry.register_gateway(self.gw.node_id)
-            recovery.lease_renewed(sent)
-            return await self.gw.registry.claim(*args), epoch
+            try:
+                return await self.gw.registry.claim(*args), epoch
+            except NoLease:
+                recovery.lease_lost()  # the other sessions' names were freed too: re-claim them and catch up
+                epoch = recovery.lease_losses  # this claim comes after that loss
+                sent = asyncio.get_running_loop().time()
+                await self.gw.registry.register_gateway(self.gw.node_id)
+                recovery.lease_renewed(sent)
+                # The same token: a session the first attempt wrote (its lease lost meanwhile) is taken back.
+                return await self.gw.registry.claim(*args), epoch
+        except BaseException:
+            # The claim is several steps; one that failed midway may have written the session (under a
+            # lease now lost, or before Redis stopped answering).  Give it back (token-checked; retried
+            # by the lease loop if Redis cannot answer now).
+            await self.release(session)
+            raise
 
     def forget(self, session: Session) -> bool:
         """Drop a session from the local maps; True if it still owned its name here."""

@@ -8,8 +8,10 @@ reap_interval`` seconds (11 s with the defaults).
 After losing Redis the reaper waits one full TTL of good connection before it
 reaps again, so gateways get the chance to renew leases that ran out while
 Redis itself was away, instead of having all their users kicked at once.
-Several presence services may run; the Lua sweep is atomic, so they never
-double-free.
+Several presence services may run: each step of a sweep is a check-and-act in
+one slot (presence/registry.py), so they never double-free, and a sweep that
+dies midway is finished by the next one (the lease it took away stays listed
+as being reaped until every name is freed).
 """
 
 from __future__ import annotations

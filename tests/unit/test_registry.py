@@ -14,7 +14,7 @@ import fakeredis
 import pytest
 
 from common import keys
-from presence.registry import Claim, NoLease, OnlinePage, Registry, token_hash
+from presence.registry import Claim, NoLease, OnlinePage, Registry, held_key, token_hash
 from protocol import control
 from tests.unit.pubsub import Listener, listening
 
@@ -27,7 +27,7 @@ def registry(redis: fakeredis.FakeAsyncRedis) -> Registry:
 @pytest.fixture
 async def presence(server: fakeredis.FakeServer) -> AsyncIterator[Listener]:
     """Collects what the scripts PUBLISH on the presence channel."""
-    async with listening(server, keys.PRESENCE_CHANNEL) as listener:
+    async with listening(server, *keys.PRESENCE_CHANNELS) as listener:
         yield listener
 
 
@@ -41,6 +41,11 @@ def _offline(name: str) -> bytes:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _held(redis: fakeredis.FakeAsyncRedis, node: str) -> set[str]:
+    """The name keys a gateway's set lists (its members are "<key> <token hash> <lease epoch>")."""
+    return {held_key(m) for m in await redis.smembers(keys.gateway_users(node))}
 
 
 async def _expire(redis: fakeredis.FakeAsyncRedis, node: str) -> None:
@@ -85,9 +90,9 @@ async def test_claim_records_session_and_publishes_online(registry: Registry, re
     assert claim == Claim(delivered="0-0", online=OnlinePage(["Alice"]))
     # Only a hash of the session token is stored: a Redis dump cannot take the name over.
     # 'hold': DMs do not move the delivered cursor until the gateway has replayed the inbox and settled it.
-    stored = {b"gw": b"gw1", b"token": token_hash("tok1").encode(), b"name": b"Alice", b"hold": b"1"}
+    stored = {b"gw": b"gw1", b"epoch": b"1", b"token": token_hash("tok1").encode(), b"name": b"Alice", b"hold": b"1"}
     assert await redis.hgetall(keys.session("alice")) == stored
-    assert await redis.smembers(keys.gateway_users("gw1")) == {b"alice"}
+    assert await _held(redis, "gw1") == {"alice"}
     assert await registry.online() == ["Alice"]
     assert await registry.holder("alice") == "gw1"
     assert await presence.data() == [_online("Alice")]
@@ -322,7 +327,7 @@ async def test_takeover_with_the_session_token_moves_the_name_and_kicks_the_old_
     assert claim is not None and claim.took_over
     assert await registry.holder("alice") == "gw2"
     assert await redis.smembers(keys.gateway_users("gw1")) == set()
-    assert await redis.smembers(keys.gateway_users("gw2")) == {b"alice"}
+    assert await _held(redis, "gw2") == {"alice"}
     kick = await kicks.get_message(timeout=1)
     assert kick is not None
     assert control.decode(kick["data"]) == control.Kick(user="alice", token=token_hash("old"))
@@ -368,10 +373,23 @@ async def test_reclaim_takes_back_free_names_keeps_own_and_leaves_others(
     )
     assert statuses == [1, 2, 0]
     alice = await redis.hgetall(keys.session("alice"))
-    assert alice == {b"gw": b"gw1", b"token": token_hash("ta").encode(), b"name": b"Alice", b"hold": b"1"}
+    epoch = str(await registry.register_gateway("gw1")).encode()  # the live lease: its epoch unchanged
+    assert alice == {b"gw": b"gw1", b"epoch": epoch, b"token": token_hash("ta").encode(), b"name": b"Alice",
+                     b"hold": b"1"}
     assert await redis.hget(keys.session("bob"), "hold") is None  # still ours: left as it was
     assert await registry.holder("carol") == "gw2"
-    assert await redis.smembers(keys.gateway_users("gw1")) == {b"alice", b"bob"}
+    assert await _held(redis, "gw1") == {"alice", "bob"}
     assert await registry.online() == ["Alice", "Bob", "Carol"]
     assert await presence.data() == [_online("Alice")]
     assert await registry.reclaim("gw1", []) == []
+
+
+async def test_an_event_the_index_no_longer_agrees_with_is_corrected(registry: Registry, presence: Listener) -> None:
+    """A reaper's ``offline`` can be published after a new login's ``online`` of the same user (two
+    processes, two steps each): the publisher reads the index after publishing and says it again."""
+    await registry.register_gateway("gw1")
+    await registry.claim("alice", "Alice", "gw1", "t1")
+    await registry._announce([("alice", "Alice"), ("bob", "Bob")], "offline")  # a late offline for alice
+    await registry._announce([("carol", "Carol")], "online")  # a late online of someone already gone
+    assert await presence.data() == [_online("Alice"), _offline("Alice"), _offline("Bob"), _online("Alice"),
+                                     _online("Carol"), _offline("Carol")]
