@@ -5,12 +5,7 @@ Same harness as test_compose_cluster.py (tests/deploy/harness.py: stand-in image
 the network-only DNS override), with the cluster file's service list and redis-init as a
 one-shot service (waited for until it exits 0, not health-checked).
 
-GATEWAYS_ON_A_CLUSTER (strict xfail): the gateways can run on a Redis Cluster only once the
-other branches of issue 15 are merged (the router and auto-pipeline take a redis+cluster://
-URL, every script single-slot).  Until then `up` times out waiting for a ready gateway and
-the module is an expected failure; once it passes, strict makes it XPASS(strict) and fail,
-and the marker must go.  Measured warm on a trial merge of every issue-15 branch: about 70 s
-for the module (image rebuild 15 s, up and healthy 42 s, chat 0.3 s, down 7 s).
+Measured warm: about 70 s for the module (image rebuild 15 s, up and healthy 42 s, chat 0.3 s, down 7 s).
 """
 
 from __future__ import annotations
@@ -27,11 +22,7 @@ from protocol import frames as f
 from tests.deploy.harness import CLUSTER_REDIS, CLUSTER_SERVICES, Cluster, Podman, timed
 from tests.helpers import wait_for_event
 
-pytestmark = [
-    pytest.mark.timeout(1200),
-    pytest.mark.xfail(strict=True, reason="issue 15: gateways run on a Redis Cluster once the transport/store/"
-                      "groups/registry/accounts branches merge (router and pipeline take redis+cluster://)"),
-]
+pytestmark = [pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

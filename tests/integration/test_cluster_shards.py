@@ -1,12 +1,4 @@
-"""``chinwag-cluster up --redis-shards 3``: presence and the gateways on a real 3+3 Redis Cluster (issue 15).
-
-GATEWAYS_ON_A_CLUSTER below marks the tests that need every gateway module
-cluster-safe (the router and auto-pipeline taking a ``redis+cluster://`` URL,
-every script single-slot).  Those land in other branches of issue 15; until
-they merge a gateway exits at start on a cluster URL, and the marked tests
-fail as expected.  ``strict=True``: once they pass, the run says XPASS(strict)
-and fails, so the marker is removed the moment it is no longer true.
-"""
+"""``chinwag-cluster up --redis-shards 3``: presence and the gateways on a real 3+3 Redis Cluster (issue 15)."""
 
 from __future__ import annotations
 
@@ -26,12 +18,6 @@ from protocol import frames as f
 from tests.helpers import Clients, Processes, wait_for_event, wait_until
 from tests.integration.test_cluster import ClusterProc
 
-GATEWAYS_ON_A_CLUSTER = pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: gateways run on a Redis Cluster once the transport/store/groups/registry/accounts "
-           "branches merge (router and pipeline take a redis+cluster:// URL, scripts single-slot)",
-)
-
 
 def _answers(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -48,7 +34,6 @@ def launcher(tmp_path: Path) -> Iterator[list[ClusterProc]]:
             proc.stop()
 
 
-@GATEWAYS_ON_A_CLUSTER
 async def test_up_with_redis_shards_runs_presence_and_gateways_on_the_cluster(
     tmp_path: Path, clients: Clients, launcher: list[ClusterProc]
 ) -> None:
@@ -85,7 +70,6 @@ async def test_up_with_redis_shards_runs_presence_and_gateways_on_the_cluster(
     assert not any(_answers(int(u.rsplit(":", 1)[1])) for u, _ in gws)
 
 
-@GATEWAYS_ON_A_CLUSTER
 def test_up_runs_gateways_on_a_cluster_started_elsewhere(
     tmp_path: Path, redis_cluster: RedisCluster, launcher: list[ClusterProc]
 ) -> None:

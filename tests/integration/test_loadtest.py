@@ -15,7 +15,6 @@ from chinwag.cluster import Cluster
 from chinwag.loadtest_measure import ServerProbe
 from common.redis_cluster import RedisCluster
 from tests.helpers import ROOT
-from tests.integration.test_cluster_shards import GATEWAYS_ON_A_CLUSTER
 
 
 def _run(tmp_path: Path, *args: str) -> dict[str, Any]:
@@ -119,7 +118,6 @@ def test_server_probe_reads_each_cluster_masters_cpu(redis_cluster: RedisCluster
     assert after[f"redis {busy.address}"] > before[f"redis {busy.address}"]
 
 
-@GATEWAYS_ON_A_CLUSTER
 def test_dm_smoke_on_a_redis_cluster_reports_cpu_per_shard(tmp_path: Path) -> None:
     result = _run(tmp_path, "dm", "--start-cluster", "2", "--redis-shards", "3", "--clients", "10", "--rate", "200",
                   "--duration", "3")
