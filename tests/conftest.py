@@ -14,6 +14,7 @@ import pytest
 
 from common.redis_binary import redis_server_binary
 from common.redis_cluster import RedisCluster
+from tests.backends import BACKENDS, RedisBackend, reset_cluster, start_single
 from tests.helpers import Clients, Proc, Processes, RedisServer
 
 
@@ -35,6 +36,36 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     cluster = RedisCluster(masters=3, directory=tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisBackend]:
+    """The Redis of a test parametrised over backends (tests/backends.py): ``[single]`` a redis-server
+    of its own, ``[cluster]`` the session's cluster, emptied (and made whole again) before the test."""
+    if request.param == "single":
+        yield from start_single(tmp_path / "redis")
+        return
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    reset_cluster(cluster)
+    yield RedisBackend("cluster", cluster.url, cluster=cluster)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses ``redis_backend`` once per backend chosen by ``--backend``
+    (``single_redis``-marked tests on one Redis only); ``[cluster]`` ones carry the ``cluster`` mark."""
+    if "redis_backend" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("backend")
+    kinds = [k for k in BACKENDS if chosen in ("both", k)]
+    if metafunc.definition.get_closest_marker("single_redis") is not None:
+        kinds = [k for k in kinds if k == "single"]
+    params = [pytest.param(k, id=k, marks=[pytest.mark.cluster] if k == "cluster" else []) for k in kinds]
+    metafunc.parametrize("redis_backend", params, indirect=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: runs on the 3-master Redis Cluster (deselect with -m 'not cluster')")
+    config.addinivalue_line("markers", "single_redis(reason): needs one redis-server process; not run on the cluster")
 
 
 @pytest.fixture
@@ -73,7 +104,6 @@ async def clients() -> AsyncIterator[Clients]:
     await registry.close_all()
 
 
-
 def pytest_report_header() -> str:
     """Which Redis the tests run against (the newest redis-server here), at the top of every run."""
     return f"redis-server: {redis_server_binary() or 'none found'}"
@@ -84,3 +114,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nemesis-seed", type=int, default=None,
                     help="replay this seed instead of the CI seeds (or CHINWAG_NEMESIS_SEED)")
     group.addoption("--nemesis-duration", type=float, default=None, help="seconds of faults per seed")
+    backends = parser.getgroup("backends", "the Redis behind parametrised integration tests (tests/backends.py)")
+    backends.addoption("--backend", choices=["both", *BACKENDS], default="both",
+                       help="run [single] (one redis-server), [cluster] (3-master Redis Cluster) or both (default)")
+    chaos = parser.getgroup("cluster failover chaos (tests/chaos/test_cluster_failover.py)")
+    chaos.addoption("--failover-messages", type=int, default=None,
+                    help="DMs + broadcasts sent across the master kill (or CHINWAG_FAILOVER_MESSAGES; default 3000)")
