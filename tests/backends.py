@@ -6,8 +6,8 @@ module opts in by importing :func:`redis_server_on_each_backend`; from then on
 on it in tests/conftest.py -- is a :class:`RedisBackend`, and every test runs
 twice, ``[single]`` and ``[cluster]`` (tests/conftest.py parametrises it).  A
 test that only makes sense on one Redis process (it restarts it, or pokes the
-one server's clients) says so with ``@pytest.mark.single_redis("why")`` and
-runs ``[single]`` only.
+one server's clients) says so with ``@pytest.mark.single_redis("why")``: its
+``[cluster]`` run is skipped with that reason (``-ra`` lists it).
 
 Run one backend with ``--backend single`` / ``--backend cluster`` (or
 ``-m "not cluster"``); CI runs both.

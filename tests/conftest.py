@@ -51,15 +51,20 @@ def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Re
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every test that uses ``redis_backend`` once per backend chosen by ``--backend``
-    (``single_redis``-marked tests on one Redis only); ``[cluster]`` ones carry the ``cluster`` mark."""
+    """Run every test that uses ``redis_backend`` once per backend chosen by ``--backend``; ``[cluster]``
+    ones carry the ``cluster`` mark, and are skipped for ``single_redis("why")``-marked tests."""
     if "redis_backend" not in metafunc.fixturenames:
         return
     chosen = metafunc.config.getoption("backend")
-    kinds = [k for k in BACKENDS if chosen in ("both", k)]
-    if metafunc.definition.get_closest_marker("single_redis") is not None:
-        kinds = [k for k in kinds if k == "single"]
-    params = [pytest.param(k, id=k, marks=[pytest.mark.cluster] if k == "cluster" else []) for k in kinds]
+    only_single = metafunc.definition.get_closest_marker("single_redis")
+    params = []
+    for kind in (k for k in BACKENDS if chosen in ("both", k)):
+        marks: list[pytest.MarkDecorator] = []
+        if kind == "cluster":
+            marks.append(pytest.mark.cluster)
+            if only_single is not None:  # listed as skipped with its reason (-ra), so CI shows what is single-only
+                marks.append(pytest.mark.skip(reason=f"single Redis only: {only_single.args[0]}"))
+        params.append(pytest.param(kind, id=kind, marks=marks))
     metafunc.parametrize("redis_backend", params, indirect=True)
 
 
