@@ -33,7 +33,7 @@ import redis.asyncio as redis_async
 from redis.cluster import ClusterNode as SyncClusterNode
 
 from common.redis import connect_redis_cluster
-from common.redis_cluster import RedisCluster
+from common.redis_cluster import RedisCluster, wait_for
 from tests.helpers import RedisServer
 
 BACKENDS = ("single", "cluster")
@@ -85,14 +85,16 @@ def reset_cluster(cluster: RedisCluster, timeout: float = 30.0) -> float:
 
     A node a previous test killed and did not restart (it failed half way) is
     started again first, so each test begins with three masters and a linked
-    replica each.  FLUSHALL runs on every master, and ``WAIT 1`` on the same
+    replica each (:func:`whole`).  FLUSHALL runs on every master, and ``WAIT 1`` on the same
     connection returns once that master's replica has applied it.
     """
     began = time.monotonic()
     for node in cluster.nodes:
         if not node.alive():
-            cluster.restart(node, timeout)
-    cluster.wait_healthy(timeout)
+            # Not as_replica: a master killed just before its test failed may come back before any
+            # failover and stay a master.  ``whole`` below waits for the roles to settle either way.
+            node.start()
+    wait_for(lambda: whole(cluster), timeout, "the cluster whole again (each master with a linked replica)")
     for master in cluster.master_nodes():
         client = master.client()
         try:
@@ -102,6 +104,15 @@ def reset_cluster(cluster: RedisCluster, timeout: float = 30.0) -> float:
             client.close()
         assert acked >= 1, f"the replica of {master.address} did not apply FLUSHALL within {timeout}s"
     return time.monotonic() - began
+
+
+def whole(cluster: RedisCluster) -> bool:
+    """Healthy, with exactly ``masters`` masters and one linked replica each (a restarted old master
+    that still thinks it is one makes a fourth, until it hears of its demotion)."""
+    if not cluster.healthy():
+        return False
+    masters = cluster.master_nodes()
+    return len(masters) == cluster.masters and all(len(cluster.replicas_of(m)) == 1 for m in masters)
 
 
 @pytest.fixture(name="redis_server")
