@@ -128,9 +128,13 @@ def verdict(tally: Tally, clients: list[ChatClient], load: Workload = Workload()
         expected = {mid for _, mid in tally.sent[user]} | set(tally.broadcasts)
         received += len(ids)
         duplicated += len(ids) - len(set(ids))
-        twice = [m for i, m in enumerate(got) if m.id in set(ids[:i])]
-        for m in twice[:3]:
-            print(f"duplicate: {m.id} ({m.to} from {m.from_}) to {user}, {ids.count(m.id)} times")
+        earlier: set[str] = set()
+        shown = 0
+        for m in got:
+            if m.id in earlier and shown < 3:
+                shown += 1
+                print(f"duplicate: {m.id} ({m.to} from {m.from_}) to {user}, {ids.count(m.id)} times")
+            earlier.add(m.id)
         missing = expected - set(ids)
         lost += len(missing)
         for mid in sorted(missing, key=id_tuple)[:5]:
