@@ -31,7 +31,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """One real 3-master + 3-replica Redis Cluster for the whole session (it starts in about 2 s).
 
     A test that kills a node restarts it before returning (``RedisCluster.restart``),
-    so the next test finds every shard with a linked replica again.
+    so the next test finds every shard with a linked replica again; ``redis_backend``
+    also repairs and empties it before each ``[cluster]`` test (tests/backends.py).
     """
     cluster = RedisCluster(masters=3, directory=tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
