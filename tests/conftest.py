@@ -14,6 +14,7 @@ import pytest
 
 from common.redis_binary import redis_server_binary
 from common.redis_cluster import RedisCluster
+from tests.backends import BACKENDS, RedisBackend, reset_cluster, start_single
 from tests.helpers import Clients, Proc, Processes, RedisServer
 
 
@@ -30,11 +31,47 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     """One real 3-master + 3-replica Redis Cluster for the whole session (it starts in about 2 s).
 
     A test that kills a node restarts it before returning (``RedisCluster.restart``),
-    so the next test finds every shard with a linked replica again.
+    so the next test finds every shard with a linked replica again; ``redis_backend``
+    also repairs and empties it before each ``[cluster]`` test (tests/backends.py).
     """
     cluster = RedisCluster(masters=3, directory=tmp_path_factory.mktemp("redis-cluster")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def redis_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisBackend]:
+    """The Redis of a test parametrised over backends (tests/backends.py): ``[single]`` a redis-server
+    of its own, ``[cluster]`` the session's cluster, emptied (and made whole again) before the test."""
+    if request.param == "single":
+        yield from start_single(tmp_path / "redis")
+        return
+    cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+    reset_cluster(cluster)
+    yield RedisBackend("cluster", cluster.url, cluster=cluster)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses ``redis_backend`` once per backend chosen by ``--backend``; ``[cluster]``
+    ones carry the ``cluster`` mark, and are skipped for ``single_redis("why")``-marked tests."""
+    if "redis_backend" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("backend")
+    only_single = metafunc.definition.get_closest_marker("single_redis")
+    params = []
+    for kind in (k for k in BACKENDS if chosen in ("both", k)):
+        marks: list[pytest.MarkDecorator] = []
+        if kind == "cluster":
+            marks.append(pytest.mark.cluster)
+            if only_single is not None:  # listed as skipped with its reason (-ra), so CI shows what is single-only
+                marks.append(pytest.mark.skip(reason=f"single Redis only: {only_single.args[0]}"))
+        params.append(pytest.param(kind, id=kind, marks=marks))
+    metafunc.parametrize("redis_backend", params, indirect=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: runs on the 3-master Redis Cluster (deselect with -m 'not cluster')")
+    config.addinivalue_line("markers", "single_redis(reason): needs one redis-server process; not run on the cluster")
 
 
 @pytest.fixture
@@ -73,7 +110,6 @@ async def clients() -> AsyncIterator[Clients]:
     await registry.close_all()
 
 
-
 def pytest_report_header() -> str:
     """Which Redis the tests run against (the newest redis-server here), at the top of every run."""
     return f"redis-server: {redis_server_binary() or 'none found'}"
@@ -84,3 +120,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nemesis-seed", type=int, default=None,
                     help="replay this seed instead of the CI seeds (or CHINWAG_NEMESIS_SEED)")
     group.addoption("--nemesis-duration", type=float, default=None, help="seconds of faults per seed")
+    backends = parser.getgroup("backends", "the Redis behind parametrised integration tests (tests/backends.py)")
+    backends.addoption("--backend", choices=["both", *BACKENDS], default="both",
+                       help="run [single] (one redis-server), [cluster] (3-master Redis Cluster) or both (default)")
+    chaos = parser.getgroup("cluster failover chaos (tests/chaos/test_cluster_failover.py)")
+    chaos.addoption("--failover-messages", type=int, default=None,
+                    help="DMs + broadcasts sent across the master kill (or CHINWAG_FAILOVER_MESSAGES; default 3000)")

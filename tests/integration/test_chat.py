@@ -6,6 +6,7 @@ import pytest
 
 from protocol import frames as f
 from protocol.errors import UnknownUser
+from tests.backends import redis_server_on_each_backend  # noqa: F401 (on every backend)
 from tests.helpers import Clients, wait_for_event, wait_for_presence
 
 

@@ -23,7 +23,8 @@ from client.files import download, fetch, file_of, http_base, send_file, send_re
 from protocol import frames as f
 from protocol.errors import BadHash, InvalidFrame, NotFound, QuotaExceeded, TooLarge
 from protocol.files import FileRef, encode_chunk
-from tests.helpers import Clients, Proc, Processes, RedisServer, async_wait_until, wait_for_event
+from tests.backends import RedisBackend, redis_server_on_each_backend  # noqa: F401 (on every backend)
+from tests.helpers import Clients, Proc, Processes, async_wait_until, wait_for_event
 
 MIB = 1024 * 1024
 
@@ -39,12 +40,12 @@ def blob_dir(tmp_path: Path) -> Path:
     return tmp_path / "blobs"
 
 
-def gateway(processes: Processes, redis: RedisServer, blob_dir: Path, *extra: str) -> Proc:
+def gateway(processes: Processes, redis: RedisBackend, blob_dir: Path, *extra: str) -> Proc:
     return processes.gateway(redis.url, args=["--blob-dir", str(blob_dir), *extra])
 
 
 @pytest.fixture
-def two_gateways(redis_server: RedisServer, processes: Processes, blob_dir: Path) -> tuple[Proc, Proc]:
+def two_gateways(redis_server: RedisBackend, processes: Processes, blob_dir: Path) -> tuple[Proc, Proc]:
     return gateway(processes, redis_server, blob_dir), gateway(processes, redis_server, blob_dir)
 
 
@@ -213,7 +214,7 @@ async def test_client_upload_survives_a_dropped_connection_and_resumes(
 
 
 async def test_file_over_the_size_limit_is_refused_before_any_byte_is_stored(
-    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path, blob_dir: Path
+    redis_server: RedisBackend, processes: Processes, clients: Clients, tmp_path: Path, blob_dir: Path
 ) -> None:
     gw = gateway(processes, redis_server, blob_dir, "--max-file-bytes", "100000")
     alice = await clients.login(gw.url, "alice")
@@ -266,7 +267,7 @@ async def test_a_message_can_only_carry_a_stored_file(
 
 
 async def test_per_user_quota(
-    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path, blob_dir: Path
+    redis_server: RedisBackend, processes: Processes, clients: Clients, tmp_path: Path, blob_dir: Path
 ) -> None:
     gw = gateway(processes, redis_server, blob_dir, "--user-quota-bytes", "10000")
     alice = await clients.login(gw.url, "alice")

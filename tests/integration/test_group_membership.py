@@ -13,7 +13,6 @@ import json
 import random
 
 import pytest
-import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
 
 from client import ChatClient
@@ -22,7 +21,8 @@ from common import keys
 from protocol import frames as f
 from protocol.errors import RateLimited
 from protocol.names import id_tuple
-from tests.helpers import Clients, Processes, RedisServer, async_wait_until, wait_for_event
+from tests.backends import RedisBackend, redis_server_on_each_backend  # noqa: F401 (on every backend)
+from tests.helpers import Clients, Processes, async_wait_until, wait_for_event
 
 
 def to_group(body: str):
@@ -65,7 +65,7 @@ async def _attack(url: str, user: str, group: str, stop: asyncio.Event) -> tuple
 
 
 async def test_non_members_looping_join_and_create_receive_no_group_message(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     """Issue 11 item 3: the gateway used to add a joiner to its local members before Redis decided, and
     non-members received most of an invite-only group's messages.  Now they receive none."""
@@ -95,7 +95,7 @@ async def test_non_members_looping_join_and_create_receive_no_group_message(
 
 
 async def test_a_rejoined_member_resuming_from_before_never_gets_what_was_sent_while_out(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     gw1, gw2 = processes.gateway(redis_server.url), processes.gateway(redis_server.url)
     alice = await clients.login(gw1.url, "alice")
@@ -130,7 +130,7 @@ async def test_a_rejoined_member_resuming_from_before_never_gets_what_was_sent_w
 
 
 async def test_every_request_kind_spends_the_users_request_budget_on_every_gateway(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     env = {"CHINWAG_RATE_REQUESTS": "0.5", "CHINWAG_RATE_REQUEST_BURST": "3", "CHINWAG_RATE_ABUSE_LIMIT": "6"}
     gw1, gw2 = processes.gateway(redis_server.url, env=env), processes.gateway(redis_server.url, env=env)
@@ -172,7 +172,7 @@ async def test_every_request_kind_spends_the_users_request_budget_on_every_gatew
 
 
 async def test_an_invitation_made_while_offline_arrives_at_login_until_used_or_revoked(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     gw1, gw2 = processes.gateway(redis_server.url), processes.gateway(redis_server.url)
     for name in ("bob", "carol"):
@@ -201,7 +201,7 @@ async def test_an_invitation_made_while_offline_arrives_at_login_until_used_or_r
 
 
 async def test_the_longest_standing_member_becomes_owner(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     gw1, gw2 = processes.gateway(redis_server.url), processes.gateway(redis_server.url)
     # A name of 30 three-byte characters makes Redis keep the members hash as a real hash table,
@@ -223,7 +223,7 @@ async def test_the_longest_standing_member_becomes_owner(
 
 
 async def test_group_positions_are_saved_as_they_advance_and_survive_sigkill(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     env = {"CHINWAG_GROUP_CURSOR_INTERVAL": "0.2"}
     doomed = processes.gateway(redis_server.url, env=env)
@@ -235,7 +235,7 @@ async def test_group_positions_are_saved_as_they_advance_and_survive_sigkill(
     sent = [(await alice.send("#devs", f"m{i}")).id for i in range(10)]
     for i in range(10):
         await wait_for_event(bob, to_group(f"m{i}"))
-    admin = aioredis.Redis.from_url(redis_server.url)
+    admin = redis_server.admin()
     try:
         async def saved() -> bool:
             return await admin.hget(keys.group_cursors("bob"), "devs") == sent[-1].encode()
@@ -259,7 +259,7 @@ async def test_group_positions_are_saved_as_they_advance_and_survive_sigkill(
 
 
 async def test_a_removed_member_gets_nothing_after_the_removal_even_mid_burst(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     gw1, gw2 = processes.gateway(redis_server.url), processes.gateway(redis_server.url)
     alice = await clients.login(gw1.url, "alice")
@@ -292,8 +292,10 @@ async def test_a_removed_member_gets_nothing_after_the_removal_even_mid_burst(
     assert removed_seen and got == ids[: len(got)]  # a prefix: in order, nothing after the removal
 
 
+@pytest.mark.single_redis("kills every pub/sub client of the one Redis and counts them there; a lost shard "
+                         "subscription on a cluster is the router's tests' (on_lost -> hold and replay)")
 async def test_a_removal_while_the_gateway_is_cut_off_from_pubsub_still_stops_delivery(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     """The removed member's gateway misses the ``part`` (its subscriptions are down when it is
     published); after resubscribing it reads the memberships again before delivering anything."""
@@ -304,7 +306,7 @@ async def test_a_removal_while_the_gateway_is_cut_off_from_pubsub_still_stops_de
     await alice.group("create", "ops")
     await bob.group("join", "ops")
     await carol.group("join", "ops")
-    admin = aioredis.Redis.from_url(redis_server.url)
+    admin = redis_server.admin()
     try:
         await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         await alice.group("remove", "ops", user="bob")  # published while nobody listens

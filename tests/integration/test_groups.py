@@ -10,7 +10,8 @@ from client import ChatClient
 from client.chat import Event
 from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, GroupExists, NotMember
-from tests.helpers import Clients, Processes, RedisServer, wait_for_event
+from tests.backends import RedisBackend, redis_server_on_each_backend  # noqa: F401 (on every backend)
+from tests.helpers import Clients, Processes, wait_for_event
 
 
 def to_group(body: str):
@@ -72,7 +73,7 @@ async def test_offline_member_gets_group_messages_on_return(two_gateways: tuple[
 
 
 async def test_group_messages_survive_a_reconnect_with_resume(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     doomed = processes.gateway(redis_server.url)
     spare = processes.gateway(redis_server.url)

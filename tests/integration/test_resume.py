@@ -11,7 +11,8 @@ from client import ChatClient
 from client.chat import Closed, StateChanged
 from protocol import frames as f
 from protocol.errors import UsernameTaken
-from tests.helpers import Clients, Processes, RedisServer, presence_changes, wait_for_event, wait_until
+from tests.backends import RedisBackend, redis_server_on_each_backend  # noqa: F401 (on every backend)
+from tests.helpers import Clients, Processes, presence_changes, wait_for_event, wait_until
 
 
 async def _drain(client: ChatClient, until: int, timeout: float = 10) -> list[f.Message]:
@@ -22,7 +23,7 @@ async def _drain(client: ChatClient, until: int, timeout: float = 10) -> list[f.
 
 
 async def test_session_token_takes_the_name_over_and_closes_the_old_socket(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     gw1, gw2 = processes.gateway(redis_server.url), processes.gateway(redis_server.url)
     url1, url2 = gw1.url, gw2.url
@@ -78,7 +79,7 @@ async def test_a_retried_send_is_stored_once_and_acked_with_the_original_id(
 
 
 async def test_reconnect_resumes_dms_and_broadcasts_without_gap_or_duplicate(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     doomed = processes.gateway(redis_server.url)
     spare = processes.gateway(redis_server.url)
@@ -109,7 +110,7 @@ async def test_reconnect_resumes_dms_and_broadcasts_without_gap_or_duplicate(
 
 
 async def test_resume_past_trimmed_history_says_not_recovered_and_history_still_works(
-    redis_server: RedisServer, processes: Processes, clients: Clients
+    redis_server: RedisBackend, processes: Processes, clients: Clients
 ) -> None:
     gw = processes.gateway(redis_server.url, args=["--stream-maxlen", "100"])
     alice = await clients.login(gw.url, "alice")
