@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -242,7 +241,8 @@ async def _any_old_key(redis: Redis) -> bool:
 async def migrate(redis: Redis) -> Summary:
     """Migrate ``redis`` (one Redis, every old gateway stopped) in place; see the module docstring."""
     summary = Summary()
-    leases: Any = await redis.zrangebyscore("cw:gateways", f"({int(time.time() * 1000)}", "+inf")
+    seconds, micros = await redis.time()  # lease expiries are on the Redis clock
+    leases: Any = await redis.zrangebyscore("cw:gateways", f"({seconds * 1000 + micros // 1000}", "+inf")
     if leases:
         names = ", ".join(g.decode(errors="replace") for g in leases)
         raise MigrationError(f"gateways of the previous release still hold live leases ({names}): stop them first")
@@ -275,10 +275,15 @@ class Conflicts(MigrationError):
         self.summary = summary
 
 
-async def run(url: str, out: Callable[[str], None]) -> int:
-    """Migrate the Redis at ``url``, printing the summary; the exit status."""
+async def run(url: str, out: Callable[[str], None], *, only_if_old: bool = False) -> int:
+    """Migrate the Redis at ``url``, printing the summary; the exit status.
+
+    ``only_if_old`` (the embedded chinwag-server, at every start): do nothing unless the cheap start check
+    (common/layout.py) sees the old layout, so a Redis already migrated is not scanned again each time."""
     redis = connect_redis(url, max_connections=4)
     try:
+        if only_if_old and await old_layout_sign(redis) is None:
+            return 0
         summary = await migrate(redis)
     except Conflicts as exc:
         out("chinwag-migrate: partly done:")

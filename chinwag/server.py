@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = settings.with_(redis_url=url)
         # It owns this Redis: data of the previous release is migrated in place now (chinwag/migrate.py), not
         # refused.  A Redis given by URL may serve other nodes too, so there the gateway refuses and says why.
-        if asyncio.run(migrate_embedded(url, log.info)) != 0:
+        if asyncio.run(migrate_embedded(url, log.info, only_if_old=True)) != 0:
             embedded.stop()
             raise SystemExit(1)
 

@@ -167,3 +167,14 @@ async def test_embedded_server_migrates_its_own_redis(processes: Processes, clie
     bob = await clients.login(server.url, "bob", PASSWORDS["Bob"])
     assert [m.body for m in await bob.history("@alice")] == ["hi bob", "hi alice", "how are you", "fine"]
     assert after(old.last_id, (await bob.send("*", "new")).id)
+
+
+async def test_a_live_old_gateway_stops_the_migration(
+    old_redis: tuple[Redis, OldData], redis_server: RedisServer
+) -> None:
+    redis, _ = old_redis
+    seconds, _micros = await redis.time()
+    await redis.zadd("cw:gateways", {"still-up": (seconds + 60) * 1000})
+    done = run_cli(redis_server.url)
+    assert done.returncode == 1 and "still-up" in done.stderr and "stop them first" in done.stderr
+    assert await redis.exists("cw:acct:alice")  # nothing moved
