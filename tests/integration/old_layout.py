@@ -79,6 +79,7 @@ async def write_old_layout(redis: Redis) -> OldData:
 
     await dm("alice", "Bob", "hi bob")
     await dm("Bob", "alice", "hi alice")
+    await dm("alice", "alice", "note to self")
     seen = await dm("Bob", "carol", "carol, seen already")
     await redis.hset("cw:acct:carol", "delivered", seen)
     bob_delivered = await dm("alice", "Bob", "how are you")

@@ -63,7 +63,7 @@ async def test_old_accounts_and_messages_survive_the_upgrade(
     redis, old = old_redis
     done = run_cli(redis_server.url)
     assert done.returncode == 0, done.stderr
-    assert "accounts: 3" in done.stdout and "DM messages (into recipients' halves): 7" in done.stdout
+    assert "accounts: 3" in done.stdout and "DM messages (into recipients' halves): 8" in done.stdout
     assert [k async for k in redis.scan_iter(match="cw:*") if not k.startswith(b"cw:{")] == []
     assert await redis.get(keys.files_used("alice")) == b"5"
     assert await redis.hget(keys.files_owned("alice"), SHA) == b"5"
@@ -86,6 +86,7 @@ async def test_old_accounts_and_messages_survive_the_upgrade(
     assert [m.body for m in await bob.history("@alice")] == conversation
     assert [m.id for m in await bob.history("@alice")] == [old.ids[b] for b in conversation]
     assert [m.body for m in await alice.history("@bob", before=old.ids["fine"], limit=2)] == conversation[1:3]
+    assert [m.body for m in await alice.history("@alice")] == ["note to self"]
     assert [m.body for m in await bob.history("*")] == ["hello all"]
     assert [g.group for g in await bob.groups()] == ["Secret"]
     assert [m.body for m in await bob.history("#secret")] == ["secret 1", "secret 2"]
