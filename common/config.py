@@ -76,14 +76,17 @@ class Option:
 _G, _P, _S = "gateway", "presence", "server"
 _ALL = frozenset((_G, _P, _S))
 _GW = frozenset((_G, _S))
+_M = "migrate"  # chinwag-migrate (chinwag/migrate.py) takes only the Redis URL and the logging options
+_ALL_M = _ALL | {_M}
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "CHINWAG_HOST", "address to listen on", _ALL),
     Option("port", "CHINWAG_PORT", "WebSocket port", _GW, int),
     Option("redis_url", "REDIS_URL", "Redis URL (redis://, unix://), or a Redis Cluster's seed nodes: "
-           "redis+cluster://host:port[,host:port...]", _ALL,
+           "redis+cluster://host:port[,host:port...]", _ALL_M,
            role_help={_S: "Redis URL (redis://, unix://; one Redis, not a cluster); without it an embedded "
-                          "Redis is started, its data in --data-dir"}),
+                          "Redis is started, its data in --data-dir",
+                      _M: "URL of the one Redis to migrate (redis://, unix://)"}),
     Option("http_port", "CHINWAG_HTTP_PORT", "port for /healthz, /readyz and /metrics (default: the WebSocket "
            "port + 100; 0 turns it off)", _ALL, int,
            role_help={_P: "port for /healthz, /readyz and /metrics (default: 9190; 0 turns it off)"}),
@@ -162,8 +165,8 @@ OPTIONS: tuple[Option, ...] = (
                           "(default: ~/.local/share/chinwag/blobs)"}),
     Option("max_file_bytes", "CHINWAG_MAX_FILE_BYTES", "largest file a user can upload", _GW, int),
     Option("user_quota_bytes", "CHINWAG_USER_QUOTA_BYTES", "bytes of files each user can store", _GW, int),
-    Option("log_level", "CHINWAG_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", _ALL),
-    Option("log_json", "CHINWAG_LOG_JSON", "log one JSON object per line", _ALL, _bool),
+    Option("log_level", "CHINWAG_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", _ALL_M),
+    Option("log_json", "CHINWAG_LOG_JSON", "log one JSON object per line", _ALL_M, _bool),
 )
 
 

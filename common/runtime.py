@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 from .config import Settings
+from .layout import LAYOUT_EXIT, OldLayout
 from .logs import setup_logging
 
 
@@ -71,7 +72,9 @@ def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a server program until SIGTERM or SIGINT sets its stop event.
 
     A failure to start that the OS reports (a port in use, an address not
-    available) ends the program with one clear log line and exit status 1.
+    available) ends the program with one clear log line and exit status 1; a
+    Redis still in the previous release's key layout (common/layout.py), with
+    one telling the operator to run chinwag-migrate and exit status 2.
     """
 
     async def main() -> None:
@@ -83,6 +86,9 @@ def run_service(serve: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     try:
         run(main())
+    except OldLayout as exc:
+        logging.getLogger("chinwag").error("cannot start: %s", exc)
+        raise SystemExit(LAYOUT_EXIT) from None
     except OSError as exc:
         logging.getLogger("chinwag").error("cannot start: %s", exc)
         raise SystemExit(1) from None

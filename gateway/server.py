@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from common import keys
 from common.config import Settings
 from common.http import Route, health_routes, serve_http
+from common.layout import require_new_layout
 from common.redis import REDIS_ERRORS, RedisClient, connect_any, redacted_url
 from common.runtime import cancel_and_wait, service_main
 from presence.registry import Registry
@@ -160,6 +161,7 @@ class Gateway:
     async def _start(self) -> None:
         await check_durability(self.settings, self.redis)  # --durability replica needs a replica to wait for
         try:
+            await require_new_layout(self.redis)  # the previous release's data: chinwag-migrate first (OldLayout)
             last: Any = await self.redis.get(keys.BROADCAST_CLOCK)  # the last broadcast id handed out
             self.recovery.last_broadcast = id_tuple(last.decode()) if last else (0, 0)
             # A predecessor with this node id (a restart within the lease TTL) may still hold

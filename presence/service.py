@@ -26,8 +26,9 @@ from redis.exceptions import RedisError
 from common.backoff import Backoff
 from common.config import Settings
 from common.http import health_routes, serve_http
+from common.layout import OldLayout, require_new_layout
 from common.metrics import Metrics
-from common.redis import connect_any
+from common.redis import REDIS_ERRORS, connect_any
 from common.runtime import cancel_and_wait, end_if_cancelled, service_main
 
 from .registry import Registry
@@ -109,6 +110,13 @@ def add_metrics(metrics: Metrics, reaper: Reaper) -> None:
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the reaper (and its HTTP endpoints) until ``stop`` is set."""
     redis = connect_any(settings.redis_url or "redis://127.0.0.1:6379/0")  # one Redis or a cluster, by scheme
+    try:
+        await require_new_layout(redis)  # the previous release's data: chinwag-migrate first
+    except REDIS_ERRORS:
+        pass  # unreachable: the reaper waits for it like any outage
+    except OldLayout:
+        await redis.aclose()
+        raise
     reaper = Reaper(Registry(redis, settings.lease_ttl), settings)
     task = asyncio.create_task(reaper.run(), name="presence-reaper")
     metrics = Metrics()

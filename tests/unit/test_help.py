@@ -21,6 +21,7 @@ PROGRAMS = {  # program: (module with main(argv), arguments before --help)
     "chinwag-cluster up": ("chinwag.cluster", ["up"]),
     "chinwag-admin": ("chinwag.admin", []),
     "chinwag-loadtest": ("chinwag.loadtest", []),
+    "chinwag-migrate": ("chinwag.migrate", []),
     "chinwag": ("client.cli", []),
     "chinwag-tk": ("client.gui", []),
 }
