@@ -1,4 +1,5 @@
-"""The benchmark programs that take a Redis URL say so when it names a Redis Cluster (issue 15)."""
+"""Programs that take a Redis URL: a cluster URL is refused with the reason where it cannot work, and a
+malformed one is named at start (issue 15)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,15 @@ def test_the_socketio_comparison_server_refuses_a_cluster_url(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "runs on one Redis (AsyncRedisManager), not a Redis Cluster" in err and "secret" not in err
+
+
+def test_chinwag_cluster_names_a_malformed_cluster_url_before_starting_anything(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chinwag.cluster import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["up", "--redis-url", "redis+cluster://u:secret@a:7000/3"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--redis-url: a cluster has only database 0" in err and "secret" not in err
