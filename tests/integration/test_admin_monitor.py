@@ -25,6 +25,7 @@ from common import keys
 from common.config import Settings
 from common.redis import connect_redis_cluster
 from common.redis_cluster import RedisCluster
+from common.sharded_pubsub import CLUSTER_ERRORS
 from presence.registry import Registry
 from protocol import frames as f
 from protocol.names import name_key
@@ -255,3 +256,48 @@ async def test_run_server_adds_a_node_to_the_cluster_it_watches(
     for channel in keys.PRESENCE_CHANNELS:
         await watch.publish(channel, f"after{watch.tag}", "online")
     await async_wait_until(lambda: len(watch.window.lines) >= heard + 16, 10, "every partition heard after the stop")
+
+
+@pytest.mark.timeout(180)
+async def test_the_monitor_rides_out_a_failover_of_the_reg_master(
+    redis_cluster: RedisCluster, cluster_watch: Watch
+) -> None:
+    """``kill -9`` of the master holding ``{reg}`` (leases, online index) and some partitions: the log says
+    what went away and came back, the table is read again from the promoted replica, and every partition
+    is heard again; the killed node then rejoins as a replica (the cluster is the session's)."""
+    watch = cluster_watch
+    registry = Registry(watch.redis)
+    gw = f"gw{watch.tag}f"
+    watch.gws.append(gw)
+    await registry.register_gateway(gw)
+    await watch.start()
+    await async_wait_until(lambda: any(r.node == gw for r in watch.window.table[0]), 10, "the lease in the table")
+    master = redis_cluster.master_for_key(keys.GATEWAYS)
+    on_it = {ch for ch in keys.PRESENCE_CHANNELS if redis_cluster.master_for_key(ch) == master}
+    assert on_it  # partitions balance over the slot ranges: the {reg} master has some
+    try:
+        await asyncio.to_thread(redis_cluster.kill_master, master, 20.0)
+        await async_wait_until(lambda: _partitions(watch.window, "Lost the presence events of ") == len(on_it), 10,
+                               "the dead master's partitions noted lost")
+        await async_wait_until(lambda: _partitions(watch.window, "Following the presence events of ") == len(on_it),
+                               20, "those partitions followed again")
+        await registry.renew_lease(gw)  # a lease renewed after the failover: the table read it from the new master
+        seen = len(watch.window.lines)
+
+        async def published() -> bool:
+            try:
+                for channel in keys.PRESENCE_CHANNELS:
+                    await watch.publish(channel, f"f{watch.tag}", "online")
+            except CLUSTER_ERRORS:
+                return False  # this client's slot map still names the dead master; it refreshes on the error
+            return True
+
+        await async_wait_until(published, 20, "publishing on every partition after the failover")
+        await async_wait_until(lambda: len(watch.window.lines) >= seen + 16, 10, "every partition heard")
+        await async_wait_until(lambda: any(r.node == gw and r.lease_left > 5 for r in watch.window.table[0]), 10,
+                               "the table read after the failover")
+        lost = [note for _, note in watch.window.notes if note.startswith("Lost the Redis connection")]
+        if lost:  # a table read that hit the dead master: said once, and that it came back
+            assert len(lost) == 1 and watch.window.noted("Redis connection restored")
+    finally:
+        await asyncio.to_thread(redis_cluster.restart, master)
