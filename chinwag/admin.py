@@ -1,7 +1,8 @@
 """``chinwag-admin``: the server window (Tk) — run a single node, or watch a whole cluster.
 
     chinwag-admin                                  # run the embedded single node from the window
-    chinwag-admin --redis-url redis://10.0.0.5/0   # watch an existing cluster
+    chinwag-admin --redis-url redis://10.0.0.5/0   # watch an existing cluster (one Redis)
+    chinwag-admin --redis-url redis+cluster://10.0.0.5:7000,10.0.0.6:7000   # ... on a Redis Cluster
 
 Like the original server window it has an IP address to bind to, a port
 (default 9000), Run Server and Stop Server buttons, and a log of clients
@@ -12,8 +13,9 @@ its own embedded Redis, so the window stays responsive and knows the Redis
 URL to watch.
 
 The log and the gateway table come from Redis itself, not from the local
-gateway: the window subscribes to the presence channel (every login and
-logout on every gateway) and polls the gateway leases and their user sets
+gateway: the window follows every presence partition (every login and
+logout on every gateway; sharded channels on a Redis Cluster, see
+:mod:`chinwag.admin_feed`) and polls the gateway leases and their user sets
 about once a second.  So the same view works for a remote cluster: with
 ``--redis-url`` the window attaches to that Redis and shows every gateway
 with its user count and the whole cluster's connect/disconnect log (Run
@@ -56,7 +58,7 @@ from client.gui_layout import (
 from client.gui_model import error_text
 from common.config import Settings
 from common.logs import setup_logging
-from common.redis import is_cluster_url, redacted_url
+from common.redis import is_cluster_url, parse_cluster_url, redacted_url
 
 log = logging.getLogger("chinwag.admin")
 
@@ -384,7 +386,8 @@ def build_parser(defaults: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=defaults.host, help=f"IP address to listen on (default {defaults.host})")
     parser.add_argument("--port", type=int, default=defaults.port, help=f"port (default {defaults.port})")
     parser.add_argument("--redis-url", metavar="URL",
-                        help="attach to this cluster's Redis instead of running an embedded one")
+                        help="attach to this cluster's Redis (redis://…, or redis+cluster://host:port[,host:port…] "
+                             "for a Redis Cluster) instead of running an embedded one")
     parser.add_argument("--data-dir", default=defaults.data_dir,
                         help=f"where the embedded Redis keeps its data (default {defaults.data_dir})")
     parser.add_argument("--run", action="store_true", help="press Run Server at start")
@@ -396,10 +399,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser(base)
     args = parser.parse_args(argv)
     if args.redis_url and is_cluster_url(args.redis_url):
-        # Its monitor subscribes to the one presence channel of a single Redis; on a cluster presence is
-        # partitioned over sharded channels (docs/cluster.md), which the monitor does not follow yet.
-        parser.error(f"--redis-url {redacted_url(args.redis_url)}: chinwag-admin watches one Redis; "
-                     "watching a Redis Cluster is not supported yet")
+        try:  # a malformed cluster URL is named at start, not by the first command
+            parse_cluster_url(args.redis_url)
+        except ValueError as exc:
+            parser.error(f"--redis-url: {exc}")
     setup_logging(base.log_level, base.log_json)
     try:
         root = tk.Tk(className="ChinwagAdmin")

@@ -10,26 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import datetime as dt
 import errno
 import json
 import logging
 import socket
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
+from chinwag.admin_feed import FeedNote, presence_feed
 from chinwag.migrate import run as migrate_run
 from chinwag.server import serve
 from common import keys
 from common.backoff import Backoff
 from common.config import Settings
 from common.embedded import EmbeddedRedis
-from common.redis import connect_redis, redacted_url
+from common.redis import connect_any, redacted_url
 from common.runtime import cancel_and_wait, end_if_cancelled
+from common.sharded_pubsub import CLUSTER_ERRORS
 from presence.registry import Registry, held_key
 from protocol.names import name_key
 
@@ -73,7 +75,8 @@ async def _run_node(settings: Settings, stop: asyncio.Event, post: Post, window:
     embedded Redis goes away.
     """
     loop = asyncio.get_running_loop()
-    before = asyncio.all_tasks()
+    _IN_NODE.set(True)  # in this task's own context: what it starts, and what those start, is the node's
+    made = _track_node_tasks(loop)
     embedded: EmbeddedRedis | None = None
     monitor: asyncio.Task[None] | None = None
     finish = asyncio.Event()
@@ -117,14 +120,47 @@ async def _run_node(settings: Settings, stop: asyncio.Event, post: Post, window:
             except (Exception, asyncio.CancelledError):
                 log.exception("monitor did not finish cleanly")
         # serve() leaves the gateway's background tasks behind when it fails to start
-        # (e.g. the port is taken); cancel whatever this node started and left running.
+        # (e.g. the port is taken); cancel whatever this node started and left running.  Only the node's:
+        # a window attached to a cluster runs its monitor on this loop too, and its tasks (a sharded
+        # subscriber's link readers, opened again after a failover) must outlive the node.
+        _untrack_node_tasks(loop)
         me = asyncio.current_task()
-        leftovers = [t for t in asyncio.all_tasks() - before if t is not me and not t.done()]
+        leftovers = [t for t in list(made) if t is not me and not t.done()]
         await cancel_and_wait(leftovers)  # bounded: one that swallows its cancels is reported, not waited on
         if embedded is not None:
             post(partial(window._monitor_note, "info", "Stopping the embedded Redis"))
             # Blocking, on this background loop, with nothing else left running on it.
             embedded.stop()
+
+
+# Set (True) in a node's task only; the tasks it creates inherit their creator's context, so the
+# tracking task factory below can tell the node's tasks from the monitor's on the same loop.
+_IN_NODE: contextvars.ContextVar[bool] = contextvars.ContextVar("chinwag_admin_in_node", default=False)
+
+
+def _track_node_tasks(loop: asyncio.AbstractEventLoop) -> weakref.WeakSet[asyncio.Task[Any]]:
+    """Record every task created on ``loop`` in a context where ``_IN_NODE`` is set, until untracked.
+
+    Python 3.11 cannot tell a task's context afterwards (``Task.get_context`` is 3.12), so
+    the loop's task factory looks at the creator's context when the task is made.
+    """
+    made: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        task = previous(loop, coro, **kwargs) if previous is not None else asyncio.Task(coro, loop=loop, **kwargs)
+        if _IN_NODE.get() and isinstance(task, asyncio.Task):
+            made.add(task)
+        return task
+
+    factory.previous = previous  # type: ignore[attr-defined]  # restored by _untrack_node_tasks
+    loop.set_task_factory(factory)
+    return made
+
+
+def _untrack_node_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    factory = loop.get_task_factory()
+    loop.set_task_factory(getattr(factory, "previous", None))
 
 
 async def _check_port_free(host: str, port: int) -> None:
@@ -185,14 +221,17 @@ async def _ready(host: str, port: int) -> bool:
 
 async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: AdminWindow,
                    watching: asyncio.Event | None = None) -> None:
-    """Watch a Chinwag Redis until ``finish``: presence events as log lines, gateways as a table.
+    """Watch a Chinwag Redis or Redis Cluster until ``finish``: presence events as log lines, gateways as a table.
 
-    Survives Redis outages (logged once each, retried with backoff); when
-    ``finish`` is set it drains the presence events already sent, then ends.
+    Follows every presence partition (chinwag.admin_feed: plain channels on one
+    Redis, sharded ones on a cluster).  Survives Redis outages (logged once
+    each, retried with backoff); when ``finish`` is set it drains the presence
+    events already sent, then ends.
     """
     loop = asyncio.get_running_loop()
-    redis = connect_redis(redis_url, max_connections=4)
+    redis = connect_any(redis_url, max_connections=4)
     registry = Registry(redis)
+    feed = presence_feed(redis)
     holders: dict[str, str] = {}  # name key -> gateway, learnt when the user came online
     backoff = Backoff(base=0.2, cap=5.0)
     first = True
@@ -200,14 +239,9 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
     try:
         while not finish.is_set():
             end_if_cancelled()  # redis-py's wait_for may have swallowed a cancel during the last turn
-            pubsub = redis.pubsub()
             try:
-                await pubsub.subscribe(*keys.PRESENCE_CHANNELS)
-                online = await registry.online()
-                for user in online:
-                    node = await registry.holder(name_key(user))
-                    if node:
-                        holders[name_key(user)] = node
+                await feed.open()  # subscribed before the index is read: no change falls between the two
+                online = await _learn_holders(registry, holders)
                 if first:
                     who = ", ".join(online) if online else "nobody"
                     post(partial(window._monitor_note, "info",
@@ -227,35 +261,55 @@ async def _monitor(redis_url: str, finish: asyncio.Event, post: Post, window: Ad
                         next_poll = loop.time() + REFRESH_SECONDS
                     if finish.is_set():
                         break
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if message is not None:
-                        await _on_presence(message, registry, holders, post, window)
+                    item = await feed.get(0.2)
+                    if item is not None:
+                        await _on_item(item, registry, holders, post, window)
                 # Finishing: what was published before now is already on its way; show it.
-                while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)) is not None:
-                    await _on_presence(message, registry, holders, post, window)
-            except (RedisError, OSError, TimeoutError) as exc:
+                while (item := await feed.get(0.3)) is not None:
+                    await _on_item(item, registry, holders, post, window)
+            except CLUSTER_ERRORS as exc:
                 if not down:
                     post(partial(window._monitor_note, "warning",
                                  f"Lost the Redis connection ({type(exc).__name__}); retrying"))
                     down = True
+                await feed.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finish.wait(), backoff.next_delay())
-            finally:
-                with contextlib.suppress(RedisError, OSError, TimeoutError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     finally:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*CLUSTER_ERRORS):
+            await feed.close()
+        with contextlib.suppress(*CLUSTER_ERRORS):
             await redis.aclose()
 
 
-async def _on_presence(message: dict[str, Any], registry: Registry, holders: dict[str, str], post: Post,
+async def _learn_holders(registry: Registry, holders: dict[str, str]) -> list[str]:
+    """Everyone online now, and (into ``holders``) the gateway each one is on."""
+    online = await registry.online()
+    for user in online:
+        node = await registry.holder(name_key(user))
+        if node:
+            holders[name_key(user)] = node
+    return online
+
+
+async def _on_item(item: bytes | FeedNote, registry: Registry, holders: dict[str, str], post: Post,
+                   window: AdminWindow) -> None:
+    if isinstance(item, FeedNote):
+        post(partial(window._monitor_note, item.level, item.text))
+        if item.resync:
+            await _learn_holders(registry, holders)
+    else:
+        await _on_presence(item, registry, holders, post, window)
+
+
+async def _on_presence(data: bytes, registry: Registry, holders: dict[str, str], post: Post,
                        window: AdminWindow) -> None:
     when = _clock()
     try:
-        event = json.loads(message["data"])
+        event = json.loads(data)
         user, status = str(event["user"]), str(event["status"])
     except (ValueError, KeyError, TypeError):
-        log.warning("unreadable presence event: %.200r", message.get("data"))
+        log.warning("unreadable presence event: %.200r", data)
         return
     key = name_key(user)
     if status == "online":
@@ -267,10 +321,16 @@ async def _on_presence(message: dict[str, Any], registry: Registry, holders: dic
     post(partial(window._presence, when, user, status, node))
 
 
+# Redis's clock where the leases are (the {reg} slot's master: lease expiries are its TIME plus the TTL).
+# A script routes by its key on a cluster, following the slot through a failover; TIME alone would go to
+# whichever node redis-py calls its default.
+_REG_TIME = "return redis.call('TIME')"
+
+
 async def _gateways(registry: Registry) -> tuple[list[GatewayRow], int]:
     redis = registry.redis
     leases = await registry.gateways()
-    seconds, micros = await redis.time()
+    seconds, micros = await redis.eval(_REG_TIME, 1, keys.GATEWAYS)
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     rows = []
     for node in sorted(leases):

@@ -31,6 +31,7 @@ from types import FrameType
 
 from common.embedded import EmbeddedRedis
 from common.http import http_status
+from common.redis import is_cluster_url, parse_cluster_url
 from common.redis_binary import redis_server_binary
 from common.redis_cluster import ClusterStartError, RedisCluster
 
@@ -266,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--redis-shards must be at least 1")
     if args.redis_shards > 1 and args.redis_url:
         parser.error("--redis-shards starts a Redis Cluster; it does not go with --redis-url")
+    if args.redis_url and is_cluster_url(args.redis_url):
+        try:  # named here, not by the presence service dying at start
+            parse_cluster_url(args.redis_url)
+        except ValueError as exc:
+            parser.error(f"--redis-url: {exc}")
     cluster = Cluster(gateways=args.gateways, host=args.host, base_port=args.base_port, redis_url=args.redis_url,
                       log_level=args.log_level, redis_shards=args.redis_shards)
     if args.data_dir is not None:

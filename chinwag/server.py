@@ -19,7 +19,7 @@ from chinwag.migrate import run as migrate_embedded
 from common.config import Settings
 from common.embedded import EmbeddedRedis
 from common.logs import setup_logging
-from common.redis import connect_redis, is_cluster_url, redacted_url
+from common.redis import connect_any, is_cluster_url, redacted_url
 from common.runtime import cancel_and_wait, run_service
 from gateway.server import Gateway
 from presence.registry import Registry
@@ -37,7 +37,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     assert settings.redis_url
     gateway = Gateway(settings)
     await gateway.start()  # raises (having cleaned up) if, say, the port is taken
-    reaper_redis = connect_redis(settings.redis_url, max_connections=4)
+    # connect_any: chinwag-admin's Run Server joins a Redis Cluster through here (main() refuses one).
+    reaper_redis = connect_any(settings.redis_url, max_connections=4)
     presence = Reaper(Registry(reaper_redis, settings.lease_ttl), settings)
     add_metrics(gateway.metrics, presence)
     reaper = asyncio.create_task(presence.run(), name="reaper")

@@ -33,6 +33,8 @@ import redis.asyncio as aioredis
 import socketio
 from aiohttp import web
 
+from common.redis import is_cluster_url, redacted_url
+
 NAME_TTL = 30  # seconds a claimed name lives without refresh
 
 
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--redis-url", required=True)
     args = parser.parse_args(argv)
+    if is_cluster_url(args.redis_url):
+        # The baseline is python-socketio's AsyncRedisManager as documented: one Redis, classic pub/sub.
+        parser.error(f"--redis-url {redacted_url(args.redis_url)}: the socket.io comparison server runs on one "
+                     "Redis (AsyncRedisManager), not a Redis Cluster; give it a redis:// URL")
     try:
         import uvloop  # Chinwag's gateways run on uvloop too
         uvloop.install()

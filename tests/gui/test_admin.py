@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 import tkinter as tk
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 from chinwag.admin import AdminWindow
 from common.config import Settings
+from common.redis_cluster import RedisCluster
 from tests.gui.conftest import Opened, Windows, can_screenshot, pump_until, screenshot
 from tests.gui.input import needs_wm, needs_xdotool, press, press_for_dialog, resize
 from tests.helpers import Processes, RedisServer, free_port
@@ -170,42 +172,56 @@ def test_the_log_keeps_following_after_the_window_is_enlarged_and_restored(
     assert "a new entry after the resize" in text.get("end-1c linestart - 1 line", "end")
 
 
+@pytest.mark.parametrize("where", ["single", "cluster"])
 def test_admin_attaches_to_a_cluster(
-    tk_root: tk.Tk, redis_server: RedisServer, processes: Processes, admins: Admins, windows: Windows,
-    tmp_path: Path,
+    tk_root: tk.Tk, processes: Processes, admins: Admins, windows: Windows, tmp_path: Path, where: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    gw1 = processes.gateway(redis_server.url)
-    gw2 = processes.gateway(redis_server.url)
-    alice = windows.login(gw1.url, "alice", at=(300, 120))
-    bob = windows.login(gw2.url, "bob", at=(360, 160))
-    carol = windows.login(gw2.url, "carol", at=(420, 200))
+    """Gateways on one Redis, or on a Redis Cluster (presence on 16 sharded partitions, issue 15).
+
+    The session's cluster is shared: there the names are unique and only this test's gateways are looked at.
+    """
+    redis: RedisServer | RedisCluster = request.getfixturevalue("redis_server" if where == "single"
+                                                                else "redis_cluster")
+    tag = "" if where == "single" else uuid.uuid4().hex[:6]
+    alice_, bob_, carol_, dave_ = (f"{n}{tag}" for n in ("alice", "bob", "carol", "dave"))
+    gw1 = processes.gateway(redis.url)
+    gw2 = processes.gateway(redis.url)
+    alice = windows.login(gw1.url, alice_, at=(300, 120))
+    bob = windows.login(gw2.url, bob_, at=(360, 160))
+    carol = windows.login(gw2.url, carol_, at=(420, 200))
     assert alice.client is not None and bob.client is not None
     node1, node2 = alice.client.node, bob.client.node
     assert node1 and node2 and node1 != node2
 
-    admin = admins.open(redis_url=redis_server.url, settings=node_settings(tmp_path))
+    admin = admins.open(redis_url=redis.url, settings=node_settings(tmp_path))
     assert admin.top.title() == "Chinwag Cluster"
 
     def counts() -> dict[str, str]:
-        return {node: users for node, users, _who, _lease in admin.gateway_rows()}
+        return {node: users for node, users, _who, _lease in admin.gateway_rows() if node in (node1, node2)}
 
     pump_until(tk_root, lambda: counts() == {node1: "1", node2: "2"}, 10, "both gateways with their users")
-    assert "3 online (alice, bob, carol)" in admin.log_contents()
-    assert {row[0]: row[2] for row in admin.gateway_rows()} == {node1: "alice", node2: "bob, carol"}
-    assert "3 online \u00b7 2 gateways" == admin.online_var.get()
+    assert {row[0]: row[2] for row in admin.gateway_rows() if row[0] in (node1, node2)} == {
+        node1: alice_, node2: f"{bob_}, {carol_}"}
+    if where == "single":
+        assert "3 online (alice, bob, carol)" in admin.log_contents()
+        assert "3 online \u00b7 2 gateways" == admin.online_var.get()
+    else:
+        watching = next(line for line in admin.log_contents().splitlines() if "Watching redis+cluster://" in line)
+        assert all(name in watching for name in (alice_, bob_, carol_))
 
-    dave = windows.login(gw1.url, "dave", at=(480, 240))
-    pump_until(tk_root, lambda: logged(admin, "dave", "connected"), 10, "dave's connect line")
-    assert f"dave connected  (gateway {node1})" in admin.log_contents()
+    dave = windows.login(gw1.url, dave_, at=(480, 240))
+    pump_until(tk_root, lambda: logged(admin, dave_, "connected"), 10, "dave's connect line")
+    assert f"{dave_} connected  (gateway {node1})" in admin.log_contents()
     windows.close(carol)
-    pump_until(tk_root, lambda: logged(admin, "carol", "disconnected"), 10, "carol's disconnect line")
-    assert f"carol disconnected  (gateway {node2})" in admin.log_contents()
+    pump_until(tk_root, lambda: logged(admin, carol_, "disconnected"), 10, "carol's disconnect line")
+    assert f"{carol_} disconnected  (gateway {node2})" in admin.log_contents()
     pump_until(tk_root, lambda: counts() == {node1: "2", node2: "1"}, 10, "the counts to follow")
-    if can_screenshot():
+    if can_screenshot() and where == "single":
         admin.top.lift()
         screenshot(admin.top, "chinwag-admin-cluster.png", tmp_path)
 
     gw2.terminate()  # a gateway leaving the cluster disappears from the table, its users with it
     pump_until(tk_root, lambda: counts() == {node1: "2"}, 15, "gw2 to leave the table")
-    pump_until(tk_root, lambda: logged(admin, "bob", "disconnected"), 10, "bob's disconnect line")
+    pump_until(tk_root, lambda: logged(admin, bob_, "disconnected"), 10, "bob's disconnect line")
     assert dave.state == "connected"

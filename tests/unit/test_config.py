@@ -85,13 +85,32 @@ def test_chinwag_server_refuses_a_cluster_url(capsys: pytest.CaptureFixture[str]
     assert "chinwag-server runs on one Redis, not a Redis Cluster" in err and "secret" not in err
 
 
-def test_chinwag_admin_refuses_a_cluster_url_and_ignores_one_in_the_environment(
+def test_chinwag_admin_takes_a_cluster_url_and_ignores_one_in_the_environment(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chinwag.admin import main as admin_main
+    """A cluster URL gets as far as opening the window (it watches a cluster now, issue 15)."""
+    import tkinter as tk
+
+    from chinwag import admin
 
     monkeypatch.setenv("REDIS_URL", "redis+cluster://a:x")  # "server" Settings from the env: not checked
     assert Settings.from_args("server", [], prog="chinwag-admin").redis_url == "redis+cluster://a:x"
-    with pytest.raises(SystemExit):
-        admin_main(["--redis-url", "redis+cluster://a:7000"])
-    assert "chinwag-admin watches one Redis" in capsys.readouterr().err
+
+    def no_display(*args: object, **kwargs: object) -> None:
+        raise tk.TclError("no display name and no $DISPLAY environment variable")
+
+    monkeypatch.setattr(admin.tk, "Tk", no_display)
+    with pytest.raises(SystemExit) as exited:
+        admin.main(["--redis-url", "redis+cluster://a:7000,b:7000"])
+    assert exited.value.code == 1  # past the arguments: stopped only by the missing display
+    assert "cannot open a window" in capsys.readouterr().err
+
+
+def test_chinwag_admin_names_a_malformed_cluster_url(capsys: pytest.CaptureFixture[str]) -> None:
+    from chinwag.admin import main as admin_main
+
+    with pytest.raises(SystemExit) as exited:
+        admin_main(["--redis-url", "redis+cluster://u:secret@a:x"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--redis-url: bad port 'x'" in err and "secret" not in err
