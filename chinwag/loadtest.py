@@ -51,6 +51,11 @@ LOAD_ENV = {
     "CHINWAG_ARGON2_TIME_COST": "1",
     "CHINWAG_LOG_LEVEL": "WARNING",
 }
+def server_env(args: argparse.Namespace) -> dict[str, str]:
+    """LOAD_ENV with the ``--server-env`` overrides: e.g. the per-user rate limit back on, to measure its cost."""
+    return {**LOAD_ENV, **dict(item.split("=", 1) for item in args.server_env)}
+
+
 def _print_report(scenario: str, result: dict[str, Any]) -> None:
     print(f"chinwag-loadtest {scenario}")
     for key, value in result.items():
@@ -106,7 +111,7 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[Pat
             tmp = tempfile.TemporaryDirectory(prefix="chinwag-loadtest-")
             base_port = free_base_port("127.0.0.1", args.start_cluster)
             cluster = Cluster(gateways=args.start_cluster, base_port=base_port, data_dir=Path(tmp.name),
-                              log_level="WARNING", extra_env=dict(LOAD_ENV), redis_shards=args.redis_shards)
+                              log_level="WARNING", extra_env=server_env(args), redis_shards=args.redis_shards)
             await asyncio.to_thread(cluster.up)
             urls = cluster.urls()
         else:
@@ -127,7 +132,7 @@ async def _main(args: argparse.Namespace) -> tuple[dict[str, Any], Callable[[Pat
         result = {"scenario": args.scenario, "urls": urls, "clients": args.clients,
                   "rate": args.rate, "duration": args.duration, "presence": args.presence,
                   "cluster_started": bool(cluster), "redis_shards": args.redis_shards if cluster else None,
-                  "server_env": LOAD_ENV if cluster else None, **result}
+                  "server_env": server_env(args) if cluster else None, **result}
         return result, plot
     finally:
         if cluster is not None:
@@ -177,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-shards", type=int, default=1, metavar="N",
                         help="with --start-cluster: more than 1 starts a Redis Cluster of N masters (and N "
                              "replicas) under the gateways, and reports each master's CPU (default 1: one Redis)")
+    parser.add_argument("--server-env", action="append", default=[], metavar="CHINWAG_X=VALUE",
+                        help="with --start-cluster: a setting for every node over the load test's own "
+                             "(e.g. CHINWAG_RATE_MESSAGES=1000000 to run the per-user rate step); repeatable")
     parser.add_argument("--clients", type=int, default=100, help="connected clients (users) (default 100)")
     parser.add_argument("--rate", type=float, default=1000, help="offered messages/s (default 1000)")
     parser.add_argument("--duration", type=float, default=10, help="seconds of sending / holding (default 10)")
@@ -217,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("browser runs on one Redis: leave out --redis-shards")
     if args.workers > 1 and args.ramp:
         parser.error("--ramp runs in one process: leave out --workers")
+    if any("=" not in item or not item.startswith("CHINWAG_") for item in args.server_env) or (
+            args.server_env and not args.start_cluster):
+        parser.error("--server-env takes CHINWAG_NAME=VALUE, and only with --start-cluster")
     if args.urls is not None and not args.urls.strip():
         parser.error("--urls is empty")
     if args.plot and args.scenario not in PLOTTED:

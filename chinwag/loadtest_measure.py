@@ -54,6 +54,8 @@ class ServerProbe:
     On a started Redis Cluster each master is a shard, named ``redis <host:port>``: its CPU
     is what the node reports (``used_cpu_sys + used_cpu_user``), so the shards' balance is
     seen per shard.  The masters are those at the start; a load test does not fail them over.
+    Their replicas (``replica <host:port>``) are measured apart: a single Redis has none, so
+    ``redis_cpu_s`` (masters only) compares with it, and the replicas' CPU is what a copy costs.
     """
 
     procs: dict[str, psutil.Process] = field(default_factory=dict)
@@ -70,6 +72,8 @@ class ServerProbe:
             if cluster.redis_cluster is not None:
                 for node in cluster.redis_cluster.master_nodes():
                     probe.shards[f"redis {node.address}"] = node
+                    for replica in cluster.redis_cluster.replicas_of(node):
+                        probe.shards[f"replica {replica.address}"] = replica
         return probe
 
     def cpu(self) -> dict[str, float]:
@@ -267,10 +271,15 @@ def cpu_usage(wall: float, generator_s: list[float], server_s: dict[str, float],
         out["redis_cpu_s"] = round(redis, 3)
         if shards:  # a Redis Cluster: each master's share, from its INFO CPU
             out["redis_shard_cpu_s"] = {k: round(v, 3) for k, v in shards.items()}
+        replicas = {k.removeprefix("replica "): v for k, v in server_s.items() if k.startswith("replica ")}
+        if replicas:  # not in redis_cpu_s: one Redis has no replica to compare with
+            out["redis_replica_cpu_s"] = {k: round(v, 3) for k, v in replicas.items()}
         out["server_cpu_fraction"] = round(total / wall, 3)
         if deliveries:
             out["gateway_cpu_us_per_delivered"] = round(gw / deliveries * 1e6, 1)
             out["redis_cpu_us_per_delivered"] = round(redis / deliveries * 1e6, 1)
+            if replicas:
+                out["redis_replica_cpu_us_per_delivered"] = round(sum(replicas.values()) / deliveries * 1e6, 1)
             out["server_cpu_us_per_delivered"] = round(total / deliveries * 1e6, 1)
         if (gen + total / wall) > 0.9 * cores and gen > cores / 3:
             why.append(f"the machine's {cores} cores were full and the generator used {gen:.2f} of them")

@@ -106,11 +106,14 @@ def test_idle_smoke_with_presence_on_holds_every_connection(tmp_path: Path) -> N
 
 
 def test_server_probe_reads_each_cluster_masters_cpu(redis_cluster: RedisCluster) -> None:
-    """--redis-shards: each master's CPU comes from its own INFO CPU, and grows with the work it does."""
+    """--redis-shards: each master's CPU comes from its own INFO CPU, and grows with the work it does;
+    the replicas are read too, under their own names (one Redis has none to compare with)."""
     probe = ServerProbe.of(Cluster(redis_cluster=redis_cluster))
     masters = {f"redis {m.address}" for m in redis_cluster.master_nodes()}
+    replicas = {f"replica {r.address}" for m in redis_cluster.master_nodes() for r in redis_cluster.replicas_of(m)}
+    assert len(replicas) == len(masters)
     before = probe.cpu()
-    assert set(before) == masters and all(v > 0 for v in before.values())
+    assert set(before) == masters | replicas and all(v > 0 for v in before.values())
     busy = redis_cluster.master_nodes()[0]
     for _ in range(200):
         busy.ask("INFO", "all")
@@ -125,3 +128,4 @@ def test_dm_smoke_on_a_redis_cluster_reports_cpu_per_shard(tmp_path: Path) -> No
     assert result["delivered"] == result["sent"] > 0 and result["lost"] == 0
     assert len(result["redis_shard_cpu_s"]) == 3
     assert result["redis_cpu_s"] == pytest.approx(sum(result["redis_shard_cpu_s"].values()), abs=0.01)
+    assert len(result["redis_replica_cpu_s"]) == 3 and result["redis_replica_cpu_us_per_delivered"] > 0

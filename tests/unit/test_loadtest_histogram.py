@@ -131,6 +131,32 @@ def test_a_short_rate_with_idle_servers_is_flagged_and_a_clean_run_is_not() -> N
     assert not clean["generator_limited"] and clean["generator_limited_why"] == []
 
 
+def test_replicas_are_reported_apart_from_the_masters_redis_cpu() -> None:
+    servers = {"gateway 1": 2.0, "redis a:1": 0.5, "redis b:2": 0.3, "replica c:3": 0.2, "replica d:4": 0.1}
+    out = cpu_usage(10.0, [1.0], servers, 100_000, None, 8)
+    assert out["redis_cpu_s"] == 0.8 and out["redis_shard_cpu_s"] == {"a:1": 0.5, "b:2": 0.3}
+    assert out["redis_replica_cpu_s"] == {"c:3": 0.2, "d:4": 0.1}
+    assert out["redis_cpu_us_per_delivered"] == 8.0 and out["redis_replica_cpu_us_per_delivered"] == 3.0
+    one = cpu_usage(10.0, [1.0], {"gateway 1": 2.0, "redis": 0.5}, 100_000, None, 8)
+    assert "redis_replica_cpu_s" not in one and "redis_replica_cpu_us_per_delivered" not in one
+
+
+def test_server_env_overrides_the_load_settings() -> None:
+    from chinwag.loadtest import LOAD_ENV, main, server_env
+
+    args = argparse.Namespace(server_env=["CHINWAG_RATE_MESSAGES=1000000", "CHINWAG_X=a=b"])
+    env = server_env(args)
+    assert env["CHINWAG_RATE_MESSAGES"] == "1000000" and env["CHINWAG_X"] == "a=b"
+    assert {k: v for k, v in env.items() if k not in ("CHINWAG_RATE_MESSAGES", "CHINWAG_X")} == {
+        k: v for k, v in LOAD_ENV.items() if k != "CHINWAG_RATE_MESSAGES"}
+    assert server_env(argparse.Namespace(server_env=[])) == LOAD_ENV
+    for bad in (["dm", "--start-cluster", "1", "--server-env", "RATE=1"],
+                ["dm", "--start-cluster", "1", "--server-env", "CHINWAG_RATE_MESSAGES"],
+                ["dm", "--urls", "ws://x", "--server-env", "CHINWAG_RATE_MESSAGES=1"]):
+        with pytest.raises(SystemExit):
+            main(bad)
+
+
 def test_unit_of_a_scenario() -> None:
     from chinwag.loadtest_workers import unit_of
 
