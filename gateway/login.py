@@ -8,6 +8,15 @@ token; the online index follows in later steps), and only then does anything
 local change.  A claim that fails after its first step is released (every
 release step is token-checked and idempotent), so nothing is left half-claimed.
 
+A login answered ``unavailable`` never gets its own retry refused
+``username_taken`` (issue 15): its release may be queued (Redis did not answer
+it), so a claim first finishes the queued releases of its name on this
+gateway; on another gateway the dead attempt is still on ``hold``, which a
+claim answers ``unavailable`` (NamePending) and takes over once it is older
+than the login timeout (presence/registry.py, "A login that failed midway").
+A live session whose settle failed is settled by the lease loop, so that it
+does not look like such an unfinished login.
+
 Order matters for "no gap, no duplicate" at login: the session holds live
 frames from before the claim, subscribes to its channel, reads the streams
 after the client's resume points, writes the welcome and the replay, and only
@@ -31,7 +40,7 @@ from websockets.asyncio.server import ServerConnection
 
 from common import keys
 from common.redis import REDIS_ERRORS
-from presence.registry import Claim, NoLease, token_hash
+from presence.registry import Claim, NamePending, NoLease, token_hash
 from protocol import frames as f
 from protocol.errors import (
     ChatError,
@@ -69,7 +78,8 @@ class Logins:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         self.by_token: dict[str, Session] = {}  # token hash -> session, for takeover kicks
-        self._to_release: dict[tuple[str, str], None] = {}  # (key, token) whose release failed
+        self._to_release: dict[str, set[str]] = {}  # key -> tokens whose release Redis did not answer
+        self._to_settle: dict[str, Session] = {}  # key -> a live session whose settle Redis did not answer
 
     async def login(self, ws: ServerConnection) -> Session | None:
         """Wait for a good login frame; None if the socket closed or was refused."""
@@ -221,8 +231,9 @@ class Logins:
         gw.m_replayed.inc("login", amount=len(dms.frames) + (len(broadcasts.frames) if broadcasts else 0))
         try:  # the inbox is written up to last_dm: the cursor may move there, and with live DMs from now on
             await gw.store.settle(key, session.token_hash, session.last_dm_id)
-        except REDIS_ERRORS:
+        except REDIS_ERRORS:  # retried by the lease loop: a session left on hold looks like an unfinished login
             log.warning("could not record delivery for %s; replay may repeat", name)
+            self._to_settle[key] = session
         log.info(
             "login %s from %s%s (replayed %d DMs, %d broadcasts%s)", name, peer(ws),
             " taking over its session" if claim.took_over else "", len(dms.frames),
@@ -235,9 +246,13 @@ class Logins:
         """Claim the session's name; with the count of lost leases read before the claim that
         succeeded (a loss found after it may have freed the name while the login reads its replay)."""
         page = 0 if session.presence == f.PRESENCE_OFF else self.gw.settings.online_page
-        args = (session.key, session.name, self.gw.node_id, session.token, takeover, page)
+        args = (session.key, session.name, self.gw.node_id, session.token, takeover, page,
+                self.gw.settings.login_timeout)
         recovery = self.gw.recovery
         epoch = recovery.lease_losses
+        # An earlier login of this name on this gateway failed and its release is still queued (Redis did
+        # not answer it): finish it first, or this claim finds that dead attempt holding the name.
+        await self._release_queued(session.key)
         try:
             try:
                 return await self.gw.registry.claim(*args), epoch
@@ -249,6 +264,8 @@ class Logins:
                 recovery.lease_renewed(sent)
                 # The same token: a session the first attempt wrote (its lease lost meanwhile) is taken back.
                 return await self.gw.registry.claim(*args), epoch
+        except NamePending:  # nothing of ours was written; the holder's login is unfinished (or failed)
+            raise Unavailable("that name's previous login has not finished; retry shortly") from None
         except BaseException:
             # The claim is several steps; one that failed midway may have written the session (under a
             # lease now lost, or before Redis stopped answering).  Give it back (token-checked; retried
@@ -285,7 +302,7 @@ class Logins:
         try:
             await self.gw.registry.release(session.key, self.gw.node_id, session.token)
         except REDIS_ERRORS:
-            self._to_release[(session.key, session.token)] = None
+            self._to_release.setdefault(session.key, set()).add(session.token)
 
     def _reply_error(self, ws: ServerConnection, exc: ChatError, session: Session | None = None) -> None:
         """The one place a ChatError becomes an error frame on the wire."""
@@ -294,7 +311,25 @@ class Logins:
 
 
     async def retry_releases(self) -> None:
-        """Release the names whose release Redis did not answer (raises Redis errors: the caller retries)."""
-        for key, token in list(self._to_release):
+        """Release the names whose release Redis did not answer, and settle the live sessions whose settle
+        it did not answer (raises Redis errors: the caller retries).
+
+        A completed login left on ``hold`` would answer others' logins ``unavailable`` instead of
+        ``username_taken``, and be taken over as abandoned a login timeout after its claim."""
+        for key in list(self._to_release):
+            await self._release_queued(key)
+        for key, session in list(self._to_settle.items()):
+            if self.gw.sessions.get(key) is session:  # the settle is token-checked; a gone session needs none
+                await self.gw.store.settle(key, session.token_hash, session.last_dm_id)
+            if self._to_settle.get(key) is session:
+                del self._to_settle[key]
+
+    async def _release_queued(self, key: str) -> None:
+        """The queued releases of ``key`` (raises Redis errors, the rest stay queued)."""
+        for token in list(self._to_release.get(key, ())):
             await self.gw.registry.release(key, self.gw.node_id, token)
-            del self._to_release[(key, token)]
+            tokens = self._to_release.get(key)  # the lease loop may have run the same release meanwhile
+            if tokens is not None:
+                tokens.discard(token)
+                if not tokens:
+                    del self._to_release[key]

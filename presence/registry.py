@@ -74,6 +74,25 @@ Why a crash (or a Redis error) between two steps is safe, and what repairs it:
   (``Logins.retry_releases``; every step is idempotent, step 2 still finds its
   owner entry), or, if the gateway died, the reaper (step 4 for its members),
   or the user's next claim rewrites the entry.
+* **A login that failed midway** (issue 15): its claim wrote the session (step
+  2) and a later step, or the login's replay, failed; the gateway answers
+  ``unavailable`` and releases it, but that release may fail too (queued for
+  the lease loop), or, after a timeout, reach Redis before the claim's own
+  delayed step 2.  The client retries at once, and must not find that dead
+  attempt holding the name (``username_taken`` is final to clients).  Such a
+  session is still on ``hold`` (only a completed login settles it), and
+  ``since`` says when it was claimed.  So a gateway's claim
+  (``abandoned_after``: its login timeout): (1) refuses a holder on hold with
+  NamePending (the gateway answers ``unavailable``, "try again"), not as
+  taken: it may be a failed login; (2) takes over a holder still on hold
+  ``abandoned_after`` after its claim, as with its token (the kick reaches
+  nobody, or the socket of a login that slow); a live, completed (settled)
+  session is refused as ever.  And a gateway finishes a queued release of a
+  name before it claims that name again (gateway/login.py), so a retry on the
+  same gateway gets in as soon as Redis answers.  Retrying the release inline
+  before answering was not chosen: Redis is what failed, and a bounded retry
+  only delays the answer; it also cannot help the release that ran before a
+  delayed step 2.
 * **The reaper is resumable**: a reaper that dies after step 1 leaves the
   gateway in REAPING, and the next sweep (any presence service) redoes every
   step; a session already freed is not freed twice, a name already taken off
@@ -151,6 +170,11 @@ class Claim:
 
 class NoLease(Exception):
     """The gateway's lease is gone (reaped or Redis restarted empty): register again."""
+
+
+class NamePending(Exception):
+    """The name is held by a session whose login has not completed (still on ``hold``): it may yet
+    fail and be released, or be taken over once abandoned, so the answer is "try again", not "taken"."""
 
 
 def token_hash(token: str) -> str:
@@ -241,12 +265,18 @@ class Registry:
 
     async def claim(
         self, key: str, name: str, node_id: str, token: str, takeover_token: str | None = None,
-        online_limit: int = 1000,
+        online_limit: int = 1000, abandoned_after: float = 0.0,
     ) -> Claim | None:
-        """Take ``name`` for a session on ``node_id``; None if someone else holds it.
+        """Take ``name`` for a session on ``node_id``; None if a completed session holds it.
 
         With ``takeover_token`` (the holder's session token) the name is taken over
-        instead of refused.  Only hashes of tokens are stored and compared.
+        instead of refused.  Only hashes of tokens are stored and compared.  With
+        ``abandoned_after`` > 0 (a gateway's login passes its login timeout), a holder
+        still on ``hold`` (its login has not completed) raises NamePending, and once
+        that many seconds have passed since its claim it is taken over as with its
+        token: a login that failed midway and whose release has not reached Redis
+        must not lock its user out (see "A login that failed midway").  With 0 such a
+        holder is refused like any other.
         ``Claim.online`` is the first ``online_limit`` online names (0: none, for
         clients that do not follow presence).  NoLease: the gateway has no lease; if
         it was lost during the claim, the session may hold the name under the dead
@@ -261,13 +291,15 @@ class Registry:
         users = keys.gateway_users(node_id)
         await self.redis.sadd(users, member)  # 1: before the session names this gateway
         takeover = token_hash(takeover_token) if takeover_token else ""
-        take_args: list[str | int] = [node_id, epoch, t, name, takeover, "claim"]
+        take_args: list[str | int] = [node_id, epoch, t, name, takeover, "claim", int(abandoned_after * 1000)]
         result = await self._take(keys=[keys.session(key), keys.account(key)], args=take_args)  # 2
         if int(result[0]) == 0 and await self._free_if_dead(key, result):
             result = await self._take(keys=[keys.session(key), keys.account(key)], args=take_args)
         status = int(result[0])
         if status == 0:
             await self.redis.srem(users, member)
+            if abandoned_after > 0 and _s(result[4]) == "1":
+                raise NamePending(key)
             return None
         if status == 2:  # 3: the old gateway forgets the session and closes its socket
             old_gw, old_token, old_epoch = _s(result[2]), _s(result[3]), _s(result[4])
@@ -342,7 +374,7 @@ class Registry:
         users = keys.gateway_users(node_id)
         await self.redis.sadd(users, *(_member(key, t, epoch) for key, _, t in sessions))
         results = await _in_batches(
-            self._take(keys=[keys.session(key), keys.account(key)], args=[node_id, epoch, t, name, "", "reclaim"])
+            self._take(keys=[keys.session(key), keys.account(key)], args=[node_id, epoch, t, name, "", "reclaim", 0])
             for key, name, t in sessions
         )
         statuses = [int(r[0]) for r in results]

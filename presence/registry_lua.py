@@ -32,15 +32,20 @@ return tonumber(epoch)
 """
 
 # {u:<key>}: the decision.  KEYS: session, account
-# ARGV: node, lease epoch, token hash, display name, takeover token hash ('' = none), mode ('claim' | 'reclaim')
+# ARGV: node, lease epoch, token hash, display name, takeover token hash ('' = none), mode ('claim' | 'reclaim'),
+#       ms after which another session still on hold counts as abandoned ('0' = never)
 # claim   -> {1, delivered cursor} | {2, delivered cursor, old gw, old token, old epoch} taken over
-#            | {0, gw, token, epoch} held by that session
-# reclaim -> {1} free again and taken | {2} still this session (now under this epoch) | {0, gw, token, epoch}
+#            | {0, gw, token, epoch, pending} held by that session (pending '1': its login has not
+#            completed, it is still on hold)
+# reclaim -> {1} free again and taken | {2} still this session (now under this epoch) | {0, gw, token, epoch, ..}
 # A claim finding its own session (same gateway and token: a retried claim) takes it again.  The session
-# starts with 'hold' set: until its gateway has written the inbox replay and settles it (gateway/store.py),
-# DMs are still published to it but do not move the delivered cursor.
-TAKE = """
-local held = redis.call('HMGET', KEYS[1], 'gw', 'token', 'epoch')
+# starts with 'hold' set and 'since' (claim time, Redis clock): until its gateway has written the inbox
+# replay and settles it (gateway/store.py), DMs are still published to it but do not move the delivered
+# cursor.  A session still on hold longer than ARGV[7] after its claim is a login that never completed
+# (its claim or replay failed and its release has not reached Redis yet, or reached it before a delayed
+# step of the claim): a claim takes it over as with the holder's token (presence/registry.py).
+TAKE = _NOW + """
+local held = redis.call('HMGET', KEYS[1], 'gw', 'token', 'epoch', 'hold', 'since')
 local status = 1
 local old = nil
 if held[1] then
@@ -52,11 +57,16 @@ if held[1] then
   elseif ARGV[6] == 'claim' and ARGV[5] ~= '' and held[2] == ARGV[5] then
     status = 2
     old = {held[1], held[2], held[3] or '0'}
+  elseif ARGV[6] == 'claim' and held[4] and tonumber(ARGV[7]) > 0
+      and now - tonumber(held[5] or '0') >= tonumber(ARGV[7]) then
+    status = 2
+    old = {held[1], held[2] or '', held[3] or '0'}
   else
-    return {0, held[1], held[2] or '', held[3] or '0'}
+    return {0, held[1], held[2] or '', held[3] or '0', held[4] and '1' or '0'}
   end
 end
-redis.call('HSET', KEYS[1], 'gw', ARGV[1], 'epoch', ARGV[2], 'token', ARGV[3], 'name', ARGV[4], 'hold', '1')
+redis.call('HSET', KEYS[1], 'gw', ARGV[1], 'epoch', ARGV[2], 'token', ARGV[3], 'name', ARGV[4], 'hold', '1',
+           'since', now)
 if ARGV[6] == 'reclaim' then
   return {1}
 end

@@ -91,7 +91,9 @@ async def test_claim_records_session_and_publishes_online(registry: Registry, re
     # Only a hash of the session token is stored: a Redis dump cannot take the name over.
     # 'hold': DMs do not move the delivered cursor until the gateway has replayed the inbox and settled it.
     stored = {b"gw": b"gw1", b"epoch": b"1", b"token": token_hash("tok1").encode(), b"name": b"Alice", b"hold": b"1"}
-    assert await redis.hgetall(keys.session("alice")) == stored
+    # 'since' (the claim's time, Redis clock): how long it has been on hold (an abandoned login, issue 15).
+    session = await redis.hgetall(keys.session("alice"))
+    assert int(session.pop(b"since")) > 0 and session == stored
     assert await _held(redis, "gw1") == {"alice"}
     assert await registry.online() == ["Alice"]
     assert await registry.holder("alice") == "gw1"
@@ -374,6 +376,7 @@ async def test_reclaim_takes_back_free_names_keeps_own_and_leaves_others(
     assert statuses == [1, 2, 0]
     alice = await redis.hgetall(keys.session("alice"))
     epoch = str(await registry.register_gateway("gw1")).encode()  # the live lease: its epoch unchanged
+    assert int(alice.pop(b"since")) > 0
     assert alice == {b"gw": b"gw1", b"epoch": epoch, b"token": token_hash("ta").encode(), b"name": b"Alice",
                      b"hold": b"1"}
     assert await redis.hget(keys.session("bob"), "hold") is None  # still ours: left as it was
