@@ -11,7 +11,8 @@ so this module keeps the subscriptions itself:
   task, a PING after ``keepalive`` seconds of silence and a drop after
   ``ping_timeout`` more (a half-open socket is found, not waited on forever);
 * a link that fails -- connection lost, ``-MOVED`` on ``SSUBSCRIBE``, a
-  server-side ``sunsubscribe`` when the slot moves, an unanswered PING -- is
+  server-side ``sunsubscribe`` when the slot moves, an unanswered PING, a node
+  that is a replica once subscribed (:class:`NotMaster`) -- is
   closed and its channels are *lost*: ``on_lost(channels)`` is called at once
   (the caller holds live delivery), the slot map is refreshed
   (``nodes_manager.initialize()``) and the channels are placed again on their
@@ -48,6 +49,7 @@ from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
 
 from common.backoff import Backoff
@@ -69,6 +71,22 @@ ChannelsCallback = Callable[[set[bytes]], None]
 
 class LinkLost(ConnectionError):
     """A shard link stopped serving its channels (the reason is in the message)."""
+
+
+class NotMaster(RedisConnectionError):
+    """The node a stale slot map named took the ``SSUBSCRIBE`` but is a replica now.
+
+    Redis 7 lets a replica serve ``SSUBSCRIBE`` for its master's slots, and
+    hears that master's ``SPUBLISH`` over the cluster bus -- but only once the
+    master counts it as its replica.  A killed master restarted after its
+    replica's promotion is such a node for a moment: the failover chaos test
+    (tests/chaos/test_cluster_failover.py) saw a link placed on it by a map
+    read before the promotion, and the DMs the new master published in the
+    next ~40 ms reached nobody (no link broke, so nothing was replayed).
+    A link is therefore kept only on a node that says ``ROLE`` master after
+    its ``SSUBSCRIBE`` is confirmed; a master demoted later gives its slots
+    away, and Redis then ends those subscriptions (``sunsubscribe``, handled).
+    """
 
 
 @dataclass(eq=False)
@@ -339,6 +357,7 @@ class ShardedSubscriber:
             for same_slot in by_slot.values():  # one SSUBSCRIBE may not span slots
                 await link.pubsub.ssubscribe(*same_slot)
             await asyncio.wait_for(asyncio.gather(*futures.values()), self.confirm_timeout)
+            await self._check_master(link)
         except REDIS_ERRORS as exc:
             self._break(link, exc)
             raise
@@ -346,6 +365,13 @@ class ShardedSubscriber:
             for channel in channels:
                 link.confirms.pop(channel, None)
         link.channels.update(ch for ch in channels if ch in self._handlers)
+
+    async def _check_master(self, link: _ShardLink) -> None:
+        """Raise :class:`NotMaster` unless the link's node is a master now (after the ``SSUBSCRIBE``: see there)."""
+        role = await asyncio.wait_for(link.client.role(), self.confirm_timeout)
+        kind = role[0] if isinstance(role, list | tuple) and role else role
+        if kind not in (b"master", "master"):
+            raise NotMaster(f"{link.name} is a {kind!r}, not the master its slot map named")
 
     async def _open(self, node: ClusterNode) -> _ShardLink:
         kwargs: dict[str, Any] = {k: v for k, v in node.connection_kwargs.items()
