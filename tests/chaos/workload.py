@@ -179,17 +179,17 @@ def measure(tally: Tally, clients: list[ChatClient], load: Workload = Workload()
         expected = {("@", mid) for _, mid in tally.sent[user]} | {("*", mid) for mid in tally.broadcasts}
         received += len(got)
         seen: set[tuple[str, str]] = set()
-        bodies: set[tuple[str, str]] = set()
+        bodies: set[tuple[str, str, str]] = set()  # (to, from, body): the workload's bodies are unique
         for m in got:
             if _delivery(m) not in expected:
                 unexpected += 1
                 if unexpected <= 5:
                     print(f"unexpected: {m.id} ({m.to} from {m.from_}: {m.body!r}) to {user}")
-            if (m.from_, m.body) in bodies and _delivery(m) not in seen:
+            if (m.to, m.from_, m.body) in bodies and _delivery(m) not in seen:
                 repeated += 1
                 if repeated <= 5:
                     print(f"repeated: {m.body!r} from {m.from_} to {user}, again as {m.id}")
-            bodies.add((m.from_, m.body))
+            bodies.add((m.to, m.from_, m.body))
             if _delivery(m) in seen:
                 duplicated += 1
                 if duplicated <= 5:
