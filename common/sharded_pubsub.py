@@ -12,7 +12,7 @@ so this module keeps the subscriptions itself:
   ``ping_timeout`` more (a half-open socket is found, not waited on forever);
 * a link that fails -- connection lost, ``-MOVED`` on ``SSUBSCRIBE``, a
   server-side ``sunsubscribe`` when the slot moves, an unanswered PING, a node
-  that is a replica once subscribed (:class:`NotMaster`) -- is
+  that does not own the slot once subscribed (:class:`NotMaster`) -- is
   closed and its channels are *lost*: ``on_lost(channels)`` is called at once
   (the caller holds live delivery), the slot map is refreshed
   (``nodes_manager.initialize()``) and the channels are placed again on their
@@ -50,7 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, ResponseError, SlotNotCoveredError
 
 from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
@@ -74,7 +74,7 @@ class LinkLost(ConnectionError):
 
 
 class NotMaster(RedisConnectionError):
-    """The node a stale slot map named took the ``SSUBSCRIBE`` but is a replica now.
+    """The node a stale slot map named took the ``SSUBSCRIBE`` but does not own the slot (a replica now).
 
     Redis 7 lets a replica serve ``SSUBSCRIBE`` for its master's slots, and
     hears that master's ``SPUBLISH`` over the cluster bus -- but only once the
@@ -83,9 +83,13 @@ class NotMaster(RedisConnectionError):
     (tests/chaos/test_cluster_failover.py) saw a link placed on it by a map
     read before the promotion, and the DMs the new master published in the
     next ~40 ms reached nobody (no link broke, so nothing was replayed).
-    A link is therefore kept only on a node that says ``ROLE`` master after
-    its ``SSUBSCRIBE`` is confirmed; a master demoted later gives its slots
-    away, and Redis then ends those subscriptions (``sunsubscribe``, handled).
+    A link is therefore kept only on a node that, once its ``SSUBSCRIBE`` is
+    confirmed, answers a key read in each of the slots itself: a replica
+    (no ``READONLY`` here) or any node not owning the slot answers
+    ``-MOVED``.  (A read, not ``ROLE``: that is an ``@admin`` command a
+    least-privilege ACL user may lack.)  A master demoted later gives its
+    slots away, and Redis then ends those subscriptions (``sunsubscribe``,
+    handled).
     """
 
 
@@ -357,7 +361,7 @@ class ShardedSubscriber:
             for same_slot in by_slot.values():  # one SSUBSCRIBE may not span slots
                 await link.pubsub.ssubscribe(*same_slot)
             await asyncio.wait_for(asyncio.gather(*futures.values()), self.confirm_timeout)
-            await self._check_master(link)
+            await self._check_owner(link, by_slot)
         except REDIS_ERRORS as exc:
             self._break(link, exc)
             raise
@@ -366,12 +370,16 @@ class ShardedSubscriber:
                 link.confirms.pop(channel, None)
         link.channels.update(ch for ch in channels if ch in self._handlers)
 
-    async def _check_master(self, link: _ShardLink) -> None:
-        """Raise :class:`NotMaster` unless the link's node is a master now (after the ``SSUBSCRIBE``: see there)."""
-        role = await asyncio.wait_for(link.client.role(), self.confirm_timeout)
-        kind = role[0] if isinstance(role, list | tuple) and role else role
-        if kind not in (b"master", "master"):
-            raise NotMaster(f"{link.name} is a {kind!r}, not the master its slot map named")
+    async def _check_owner(self, link: _ShardLink, by_slot: dict[int, list[bytes]]) -> None:
+        """Raise :class:`NotMaster` unless the link's node owns every slot of ``by_slot`` now (after the
+        ``SSUBSCRIBE``: see there): ``EXISTS`` of one channel name per slot, in one round trip."""
+        async with link.client.pipeline(transaction=False) as pipe:
+            for same_slot in by_slot.values():
+                pipe.exists(same_slot[0])
+            try:
+                await asyncio.wait_for(pipe.execute(), self.confirm_timeout)
+            except ResponseError as exc:  # -MOVED: a replica, or the slot is elsewhere by now
+                raise NotMaster(f"{link.name} does not own the slot its map named ({exc})") from exc
 
     async def _open(self, node: ClusterNode) -> _ShardLink:
         kwargs: dict[str, Any] = {k: v for k, v in node.connection_kwargs.items()
