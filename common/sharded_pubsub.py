@@ -82,7 +82,7 @@ class NotMaster(RedisConnectionError):
     replica's promotion is such a node for a moment: the failover chaos test
     (tests/chaos/test_cluster_failover.py) saw a link placed on it by a map
     read before the promotion, and the DMs the new master published in the
-    next ~40 ms reached nobody (no link broke, so nothing was replayed).
+    next ~70 ms reached nobody (no link broke, so nothing was replayed).
     A link is therefore kept only on a node that, once its ``SSUBSCRIBE`` is
     confirmed, answers a key read in each of the slots itself: a replica
     (no ``READONLY`` here) or any node not owning the slot answers
