@@ -76,20 +76,15 @@ class LinkLost(ConnectionError):
 class NotMaster(RedisConnectionError):
     """The node a stale slot map named took the ``SSUBSCRIBE`` but does not own the slot (a replica now).
 
-    Redis 7 lets a replica serve ``SSUBSCRIBE`` for its master's slots, and
-    hears that master's ``SPUBLISH`` over the cluster bus -- but only once the
-    master counts it as its replica.  A killed master restarted after its
-    replica's promotion is such a node for a moment: the failover chaos test
-    (tests/chaos/test_cluster_failover.py) saw a link placed on it by a map
-    read before the promotion, and the DMs the new master published in the
-    next ~70 ms reached nobody (no link broke, so nothing was replayed).
-    A link is therefore kept only on a node that, once its ``SSUBSCRIBE`` is
-    confirmed, answers a key read in each of the slots itself: a replica
-    (no ``READONLY`` here) or any node not owning the slot answers
-    ``-MOVED``.  (A read, not ``ROLE``: that is an ``@admin`` command a
-    least-privilege ACL user may lack.)  A master demoted later gives its
-    slots away, and Redis then ends those subscriptions (``sunsubscribe``,
-    handled).
+    Redis 7 lets a replica take ``SSUBSCRIBE``, but its master forwards
+    ``SPUBLISH`` only to the replicas it knows: a killed master restarted as
+    the new master's replica, and subscribed to through a map read before the
+    promotion, heard nothing for ~70 ms and no link broke (the failover chaos
+    test lost DMs so).  A link is kept only on a node that, once its
+    ``SSUBSCRIBE`` is confirmed, answers a key read in each slot itself (a
+    replica without ``READONLY`` answers ``-MOVED``; ``ROLE`` is ``@admin``,
+    which a least-privilege ACL user may lack).  A master demoted later loses
+    its slots, and Redis ends those subscriptions (``sunsubscribe``, handled).
     """
 
 
