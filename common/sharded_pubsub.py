@@ -11,7 +11,8 @@ so this module keeps the subscriptions itself:
   task, a PING after ``keepalive`` seconds of silence and a drop after
   ``ping_timeout`` more (a half-open socket is found, not waited on forever);
 * a link that fails -- connection lost, ``-MOVED`` on ``SSUBSCRIBE``, a
-  server-side ``sunsubscribe`` when the slot moves, an unanswered PING -- is
+  server-side ``sunsubscribe`` when the slot moves, an unanswered PING, a node
+  that does not own the slot once subscribed (:class:`NotMaster`) -- is
   closed and its channels are *lost*: ``on_lost(channels)`` is called at once
   (the caller holds live delivery), the slot map is refreshed
   (``nodes_manager.initialize()``) and the channels are placed again on their
@@ -48,7 +49,8 @@ from redis.asyncio.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError, SlotNotCoveredError
 
 from common.backoff import Backoff
 from common.redis import REDIS_ERRORS
@@ -69,6 +71,21 @@ ChannelsCallback = Callable[[set[bytes]], None]
 
 class LinkLost(ConnectionError):
     """A shard link stopped serving its channels (the reason is in the message)."""
+
+
+class NotMaster(RedisConnectionError):
+    """The node a stale slot map named took the ``SSUBSCRIBE`` but does not own the slot (a replica now).
+
+    Redis 7 lets a replica take ``SSUBSCRIBE``, but its master forwards
+    ``SPUBLISH`` only to the replicas it knows: a killed master restarted as
+    the new master's replica, and subscribed to through a map read before the
+    promotion, heard nothing for ~70 ms and no link broke (the failover chaos
+    test lost DMs so).  A link is kept only on a node that, once its
+    ``SSUBSCRIBE`` is confirmed, answers a key read in each slot itself (a
+    replica without ``READONLY`` answers ``-MOVED``; ``ROLE`` is ``@admin``,
+    which a least-privilege ACL user may lack).  A master demoted later loses
+    its slots, and Redis ends those subscriptions (``sunsubscribe``, handled).
+    """
 
 
 @dataclass(eq=False)
@@ -339,6 +356,7 @@ class ShardedSubscriber:
             for same_slot in by_slot.values():  # one SSUBSCRIBE may not span slots
                 await link.pubsub.ssubscribe(*same_slot)
             await asyncio.wait_for(asyncio.gather(*futures.values()), self.confirm_timeout)
+            await self._check_owner(link, by_slot)
         except REDIS_ERRORS as exc:
             self._break(link, exc)
             raise
@@ -346,6 +364,17 @@ class ShardedSubscriber:
             for channel in channels:
                 link.confirms.pop(channel, None)
         link.channels.update(ch for ch in channels if ch in self._handlers)
+
+    async def _check_owner(self, link: _ShardLink, by_slot: dict[int, list[bytes]]) -> None:
+        """Raise :class:`NotMaster` unless the link's node owns every slot of ``by_slot`` now (after the
+        ``SSUBSCRIBE``: see there): ``EXISTS`` of one channel name per slot, in one round trip."""
+        async with link.client.pipeline(transaction=False) as pipe:
+            for same_slot in by_slot.values():
+                pipe.exists(same_slot[0])
+            try:
+                await asyncio.wait_for(pipe.execute(), self.confirm_timeout)
+            except ResponseError as exc:  # -MOVED: a replica, or the slot is elsewhere by now
+                raise NotMaster(f"{link.name} does not own the slot its map named ({exc})") from exc
 
     async def _open(self, node: ClusterNode) -> _ShardLink:
         kwargs: dict[str, Any] = {k: v for k, v in node.connection_kwargs.items()

@@ -19,6 +19,7 @@ import hiredis
 import pytest
 import redis.asyncio as aioredis
 
+from common import keys
 from common.config import Settings
 from gateway.dispatch import redis_failure
 from gateway.pipeline import AutoPipeline, NotReplicated
@@ -156,3 +157,34 @@ async def test_a_wait_answered_before_a_resent_script_does_not_ack_it() -> None:
         await pipe.aclose()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (docs/cluster.md, 'Failover and durability'): the store "
+                   "script publishes before WAIT answers; the store owner's fix turns this into a pass")
+async def test_a_send_not_acked_for_want_of_a_replica_is_not_delivered_live(
+        redis_server: RedisServer, admin: aioredis.Redis) -> None:
+    """The executable form of the gap the failover chaos test found: a send whose ``WAIT`` fails (here: no
+    replica; there: the master killed before its replica had it) was already published, so its recipients
+    saw it; the sender's retry on the promoted replica, which never had it nor its dedupe key, stores and
+    publishes it again under a new id: one message shown twice.  Nothing should be published before the
+    ``WAIT`` says the replica has it."""
+    pipe = AutoPipeline(redis_server.url, wait_timeout=0.1)
+    store = Store(admin, pipeline=pipe, replicas=1)
+    listener = admin.pubsub()
+    await listener.subscribe(keys.BROADCAST_CHANNEL)
+    got: list[bytes] = []
+
+    async def heard(marker: bytes) -> bool:
+        while (message := await listener.get_message(ignore_subscribe_messages=True, timeout=0.05)) is not None:
+            got.append(message["data"])
+        return marker in got
+
+    try:
+        with pytest.raises(NotReplicated):
+            await store.send_broadcast(b'"alice"', "alice", "not acked", ref="r1")
+        await admin.publish(keys.BROADCAST_CHANNEL, b"marker")  # after the send: its publish, if any, is ahead
+        await async_wait_until(lambda: heard(b"marker"), 5, "the marker")
+        assert got == [b"marker"], f"published before WAIT said a replica had it: {got[:-1]!r}"
+    finally:
+        await listener.aclose()
+        await pipe.aclose()

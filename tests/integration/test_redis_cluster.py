@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import TypeVar
 
 import pytest
+from redis.asyncio.cluster import ClusterNode as PyClusterNode
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
@@ -280,5 +281,35 @@ async def test_a_failing_handler_or_callback_does_not_stop_delivery(
         await client.spublish(channel, b"after")
         await async_wait_until(lambda: got == [b"boom", b"after"], 5, "delivery past the failing handler")
         assert subscriber.healthy and not runner.done()
+    finally:
+        await _stop(subscriber, runner)
+
+
+async def test_a_slot_map_naming_a_replica_does_not_keep_the_channel_there(redis_cluster: RedisCluster) -> None:
+    """A stale map can name a replica (a killed master restarted after its replica's promotion): Redis
+    lets the replica take the SSUBSCRIBE, but it hears its master's SPUBLISH only once the master counts it
+    as its replica, so the failover chaos test lost DMs published in between.  The link must end on the master."""
+    channel = b"cw:test:stale-map"
+    master = redis_cluster.master_for_key(channel)
+    replica = redis_cluster.replicas_of(master)[0]
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    await _within(STEP, "reading the slot map", subscriber.cluster.initialize())
+    manager = subscriber.cluster.nodes_manager
+    owner = manager.slots_cache[key_slot(channel)][0]
+    kwargs = {k: v for k, v in owner.connection_kwargs.items() if k not in ("host", "port")}
+    stale = PyClusterNode(replica.host, replica.port, "primary", connection_class=owner.connection_class, **kwargs)
+    manager.slots_cache[key_slot(channel)] = [stale]  # the map names the replica as the slot's master
+    got: list[bytes] = []
+    subscriber.set_handler(channel, got.append)
+    runner = await _running(subscriber)
+    try:
+        await async_wait_until(lambda: subscriber.owner(channel) == master.address, 5, "the channel on the master")
+        assert subscriber.healthy
+        publisher = connect_redis_cluster(redis_cluster.url)
+        try:
+            assert await _within(STEP, "publishing", publisher.spublish(channel, b"on the master")) >= 1
+        finally:
+            await _within(STEP, "closing the publisher", publisher.aclose())
+        await async_wait_until(lambda: got == [b"on the master"], 5, "delivery from the master")
     finally:
         await _stop(subscriber, runner)
