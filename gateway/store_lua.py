@@ -95,12 +95,17 @@ end
 
 # Store-only mode (ARGV[8] == ''): a stream that has no "published up to" cursor yet gets one at its
 # last entry, before this one is added: everything already in it was published by the store-and-publish
-# scripts (memory mode), nothing after it has been.  Written in the same script as the entry, so a
-# replica that has the entry has the cursor too.
+# scripts (memory mode), nothing after it has been.  An empty stream (new, or a deleted group's made
+# again) starts from '0-0', whatever a cursor left from before says.  Written in the same script as
+# the entry, so a replica that has the entry has the cursor too.
 _CURSOR = """
-if ARGV[8] == '' and redis.call('EXISTS', KEYS[#KEYS]) == 0 then
-  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
-  redis.call('SET', KEYS[#KEYS], last[1] and last[1][1] or '0-0')
+if ARGV[8] == '' then
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  if not last then
+    redis.call('SET', KEYS[#KEYS], '0-0')
+  elseif redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+    redis.call('SET', KEYS[#KEYS], last[1])
+  end
 end
 """
 

@@ -161,6 +161,34 @@ async def test_a_retry_publishes_what_a_gateway_that_died_between_the_steps_stor
         await _delete_tagged(client, f"u:{alice}", f"u:{bob}")
 
 
+async def test_a_group_made_again_is_published_from_its_first_message(
+        client: ClusterClient, redis_cluster: RedisCluster) -> None:
+    """A deleted group's cursor outlives its stream; the new stream's first send starts it again at 0-0."""
+    run = uuid.uuid4().hex[:8]
+    alice, gkey = f"alice{run}", f"devs{run}"
+    await client.hset(keys.group(gkey), mapping={"name": gkey, "owner": alice})
+    await client.hset(keys.group_members(gkey), mapping={alice: alice})
+    await client.set(keys.published(keys.group_stream(gkey)), "99999999999999-0")  # left from before
+    pipe = ClusterAutoPipeline(client, timeout=3.0, wait_timeout=2.0)
+    store = Store(client, pipeline=pipe, replicas=1)
+    got: list[bytes] = []
+    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
+    runner = asyncio.create_task(subscriber.run())
+    try:
+        async with asyncio.timeout(STEP):
+            await subscriber.subscribe(keys.group_channel(gkey).encode(), got.append)
+        sent = [await store.send_group(b'"alice"', alice, gkey, body) for body in ("one", "two")]
+        await async_wait_until(lambda: _count(got, 2), STEP, "both published")
+        assert _ids(got) == [m.id for m in sent]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        async with asyncio.timeout(STEP):
+            await subscriber.cluster.aclose()
+        await pipe.aclose()
+        await _delete_tagged(client, f"g:{gkey}")
+
+
 async def _length(client: ClusterClient, stream: str, n: int) -> bool:
     return int(await client.xlen(stream)) >= n
 
