@@ -84,6 +84,13 @@ def stream_origin(stream: str) -> str:
     return f"{stream}:o"
 
 
+def published(stream: str) -> str:
+    """``--durability replica``: the id up to which ``stream`` (an inbox, a group's stream or the broadcast
+    stream) has been published, in the stream's own slot (gateway/store.py, store_lua.PUBLISH_UPTO)."""
+    assert "{" in stream, stream  # the cursor must share the stream's hash tag
+    return f"{stream}:p"
+
+
 def inbox_stream(key: str) -> str:
     """Every DM addressed to ``key``, for offline delivery and resume."""
     return f"{PREFIX}{{u:{key}}}:in"

@@ -1,7 +1,8 @@
 """Message storage in Redis Streams: store-and-publish in one Lua call, history, replay.
 
-A message is appended to its stream and published in the same atomic script,
-so nothing is ever delivered live without being stored.  Every script touches
+A message is appended to its stream and published in the same atomic script
+(with ``--durability replica``: published by a second script once a replica
+has it, see below), so nothing is ever delivered live without being stored.  Every script touches
 the keys of one hash slot (gateway/store_lua.py), so the store runs on a Redis
 Cluster as on one Redis: a DM in the recipient's slot, a group message in the
 group's, a broadcast in ``{all}``.
@@ -34,6 +35,34 @@ a retry with the same ref and content (after a reconnect, or an
 ``unavailable`` whose script did run) gets that id back without storing or
 publishing again (it does cost a rate token).  A ref reused for different
 content is simply a new send.
+
+**``--durability replica``** (a send is acked only once ``WAIT 1`` says a
+replica has it): publishing in the store script would let subscribers see a
+message that the master then loses with its replica never having it; the
+sender's retry on the promoted replica (no dedupe key there) would store it
+again under a new id, and its recipients would see it twice.  So in this mode
+the send script stores without publishing, and once ``WAIT`` has confirmed it a
+second script in the same slot (``store_lua.PUBLISH_UPTO``) publishes, in id
+order, every entry of that stream after its "published up to" cursor
+(``keys.published``) up to this id, and moves the cursor; for a DM it reads the
+recipient's inbox and does what publishing did (the ``delivered`` cursor,
+``hold``).  Then the gateway acks.  Why this publishes only what a replica
+has: the earlier entries it publishes have lower ids, so they were appended
+to this stream, on this master, before this one (ids strictly increase per
+stream; a promoted replica holds what it inherited); a master replicates its
+writes in order, and ``WAIT`` returned only once a replica had reached the
+offset of this send's write, so it has those entries too.  Steps of two
+gateways (whose ``WAIT``s may answer out of id order) run in either order; the
+cursor makes the first publish everything up to its id, in order, and the
+later one skip what is at or below it, so each entry goes out once, in id
+order (publishing straight from the gateway after ``WAIT`` would not: the
+client drops an id below its position).  A gateway that dies between the
+steps leaves the message to the sender's retry (a dedupe hit runs the same
+step) or to the next send to that stream.  The cursor's own move is not waited
+for: after a failover it may be behind, and the next step publishes those
+entries again with their same ids, which every receiver drops by id.  The cost
+is one more round trip per send (after ``WAIT``), on the same pipelined
+connection.
 """
 
 from __future__ import annotations
@@ -114,10 +143,13 @@ class Store:
         self.rate = rate  # sends per second per user (0: unlimited)
         self.burst = burst
         self.publish = publish_command(redis)  # SPUBLISH on a cluster: the channel shares the script's slot
+        # --durability replica: store, WAIT, then publish (a second script); else store-and-publish in one.
+        self.deferred = bool(replicas) and pipeline is not None
         self._rate = redis.register_script(lua.RATE)
         self._send_dm = redis.register_script(lua.SEND_DM)
         self._send_broadcast = redis.register_script(lua.SEND_BROADCAST)
         self._send_group = redis.register_script(lua.SEND_GROUP)
+        self._publish_upto = redis.register_script(lua.PUBLISH_UPTO)
         self._advance = redis.register_script(lua.ADVANCE)
         self._settle = redis.register_script(lua.SETTLE)
 
@@ -147,7 +179,17 @@ class Store:
               floor: str = "", parity: str = "") -> list[Any]:
         """ARGV[1..10] of a send script, in the layout gateway/store_lua.py documents."""
         return [digest, self.dedupe_ttl, sender_json, _json.encode(body), self.maxlen, channel, file_json,
-                self.publish, floor, parity]
+                "" if self.deferred else self.publish, floor, parity]
+
+    async def _published(self, result: list[Any], stream: str, channel: str, *dm: str) -> Stored:
+        """Step 2 of a send in ``--durability replica`` (step 1 stored it and ``WAIT`` confirmed): publish
+        the stream up to this id, a retry's too (its first try may have died before this step); ``dm``:
+        the recipient's account and session.  Nothing to do when the script published itself."""
+        stored = _stored(result)
+        if self.deferred:
+            await self._run(self._publish_upto, [keys.published(stream), stream, *dm],
+                            [stored.id, self.publish, channel])
+        return stored
 
     async def send_dm(
         self, sender_json: bytes, sender_key: str, to_key: str, body: str, ref: str | None = None,
@@ -160,17 +202,17 @@ class Store:
         two clocks).  Two calls at most: the rate token (sender's slot), then one script in the
         recipient's slot that dedupes, checks the account, stores, publishes and moves ``delivered``."""
         await self._take_token(sender_key)
-        inbox = keys.inbox_stream(to_key)
+        inbox, channel = keys.inbox_stream(to_key), keys.user_channel(to_key)
         result = await self._send(
             self._send_dm,
             [keys.dm_dedupe(to_key, sender_key, ref or ""), keys.user_clock(to_key), inbox, keys.stream_origin(inbox),
-             keys.dm_half(to_key, sender_key), keys.account(to_key), keys.session(to_key)],
-            self._args(_digest(ref, to_key, body, file_json), sender_json, body, keys.user_channel(to_key), file_json,
+             keys.dm_half(to_key, sender_key), keys.account(to_key), keys.session(to_key), keys.published(inbox)],
+            self._args(_digest(ref, to_key, body, file_json), sender_json, body, channel, file_json,
                        floor, dm_parity(to_key, sender_key)),
         )
         if int(result[0]) == 0:
             return None
-        return _stored(result)
+        return await self._published(result, inbox, channel, keys.account(to_key), keys.session(to_key))
 
     async def send_broadcast(
         self, sender_json: bytes, sender_key: str, body: str, ref: str | None = None, file_json: bytes = b""
@@ -180,10 +222,11 @@ class Store:
         stream = keys.BROADCAST_STREAM
         result = await self._send(
             self._send_broadcast,
-            [keys.broadcast_dedupe(sender_key, ref or ""), keys.BROADCAST_CLOCK, stream, keys.stream_origin(stream)],
+            [keys.broadcast_dedupe(sender_key, ref or ""), keys.BROADCAST_CLOCK, stream, keys.stream_origin(stream),
+             keys.published(stream)],
             self._args(_digest(ref, "*", body, file_json), sender_json, body, keys.BROADCAST_CHANNEL, file_json),
         )
-        return _stored(result)
+        return await self._published(result, stream, keys.BROADCAST_CHANNEL)
 
     async def send_group(
         self, sender_json: bytes, sender_key: str, gkey: str, body: str, ref: str | None = None,
@@ -196,7 +239,7 @@ class Store:
         result = await self._send(
             self._send_group,
             [keys.group_dedupe(gkey, sender_key, ref or ""), keys.group_clock(gkey), stream,
-             keys.stream_origin(stream), keys.group(gkey), keys.group_members(gkey)],
+             keys.stream_origin(stream), keys.group(gkey), keys.group_members(gkey), keys.published(stream)],
             [*self._args(_digest(ref, "#" + gkey, body, file_json), sender_json, body, keys.group_channel(gkey),
                          file_json), sender_key],
         )
@@ -205,7 +248,7 @@ class Store:
             raise NotFound("no such group")
         if status == 0:
             raise NotMember()
-        return _stored(result)
+        return await self._published(result, stream, keys.group_channel(gkey))
 
     async def history(self, stream: str, before: str | None, limit: int) -> list[msgspec.Raw]:
         """Up to ``limit`` frames of a group or the broadcast stream before ``before`` (exclusive),

@@ -9,11 +9,13 @@ Ids come from the stream owner's clock (``NEXT_ID``), not from one global counte
 
 Argument layout shared by the three send scripts (the fragments below rely on it):
 
-* KEYS[1] dedupe key, KEYS[2] the owner's clock, KEYS[3] the stream, KEYS[4] its origin key;
+* KEYS[1] dedupe key, KEYS[2] the owner's clock, KEYS[3] the stream, KEYS[4] its origin key, and
+  KEYS[#KEYS] the stream's "published up to" cursor (``keys.published``);
 * ARGV[1] digest ('' = no ref), ARGV[2] dedupe TTL (s), ARGV[3] sender name (JSON), ARGV[4] body
   (JSON), ARGV[5] maxlen, ARGV[6] channel, ARGV[7] file JSON or '', ARGV[8] the publish command
-  (common.redis.publish_command: PUBLISH, or SPUBLISH on a cluster), ARGV[9] floor id or '',
-  ARGV[10] seq parity ('0', '1' or '').
+  (common.redis.publish_command: PUBLISH, or SPUBLISH on a cluster), or '' to store without
+  publishing (``--durability replica``: ``PUBLISH_UPTO`` publishes once ``WAIT`` has confirmed the
+  write, see gateway/store.py), ARGV[9] floor id or '', ARGV[10] seq parity ('0', '1' or '').
 """
 
 from __future__ import annotations
@@ -91,6 +93,22 @@ if redis.call('XLEN', KEYS[3]) == 1 and tonumber(ARGV[5]) > 1 then
 end
 """
 
+# Store-only mode (ARGV[8] == ''): a stream that has no "published up to" cursor yet gets one at its
+# last entry, before this one is added: everything already in it was published by the store-and-publish
+# scripts (memory mode), nothing after it has been.  An empty stream (new, or a deleted group's made
+# again) starts from '0-0', whatever a cursor left from before says.  Written in the same script as
+# the entry, so a replica that has the entry has the cursor too.
+_CURSOR = """
+if ARGV[8] == '' then
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  if not last then
+    redis.call('SET', KEYS[#KEYS], '0-0')
+  elseif redis.call('EXISTS', KEYS[#KEYS]) == 0 then
+    redis.call('SET', KEYS[#KEYS], last[1])
+  end
+end
+"""
+
 _STORED = """
 return {1, id, string.format('%d', ms)}
 """
@@ -118,23 +136,25 @@ end
 RATE = RATE_BUCKET + "return {1}\n"
 
 # In the recipient's slot.  KEYS: dedupe, recipient's clock, inbox, inbox origin, recipient's half of
-# the conversation with the sender (keys.dm_half), recipient account, recipient session.
+# the conversation with the sender (keys.dm_half), recipient account, recipient session, the inbox's
+# published cursor.
 # ARGV: the shared layout (ARGV[6] the recipient's channel).
 # -> {0} unknown user | {1, id, ms} | {2, id, ms} a retry of an earlier send
 # The inbox (offline delivery, resume), the history half, the publish and the `delivered` cursor
 # move together: a crash leaves all or nothing.  `delivered` moves unless the session is on `hold`
-# (claimed, inbox replay not yet written, see Store.settle).
+# (claimed, inbox replay not yet written, see Store.settle).  Store-only (ARGV[8] == ''): PUBLISH_UPTO
+# does the publish and the cursor move later, from the inbox.
 SEND_DM = _DEDUPE + """
 local name = redis.call('HGET', KEYS[6], 'name')
 if not name then
   return {0}
 end
-""" + NEXT_ID + """
+""" + _CURSOR + NEXT_ID + """
 local frame = """ + _message("'@' .. name") + """
 """ + _XADD + """
 redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], id, 'f', frame)
 local held = redis.call('HMGET', KEYS[7], 'gw', 'hold')
-if held[1] then
+if held[1] and ARGV[8] ~= '' then
   redis.call(ARGV[8], ARGV[6], frame)
   if not held[2] then
     redis.call('HSET', KEYS[6], 'delivered', id)
@@ -142,14 +162,18 @@ if held[1] then
 end
 """ + _REMEMBER + _STORED
 
-# In {all}.  KEYS: dedupe, broadcast clock, broadcast stream, its origin.  ARGV: the shared layout.
-SEND_BROADCAST = _DEDUPE + NEXT_ID + """
+# In {all}.  KEYS: dedupe, broadcast clock, broadcast stream, its origin, its published cursor.
+# ARGV: the shared layout.
+SEND_BROADCAST = _DEDUPE + _CURSOR + NEXT_ID + """
 local frame = """ + _message("'*'") + """
 """ + _XADD + """
-redis.call(ARGV[8], ARGV[6], frame)
+if ARGV[8] ~= '' then
+  redis.call(ARGV[8], ARGV[6], frame)
+end
 """ + _REMEMBER + _STORED
 
-# In the group's slot.  KEYS: dedupe, group clock, group stream, its origin, group, members.
+# In the group's slot.  KEYS: dedupe, group clock, group stream, its origin, group, members, the
+# stream's published cursor.
 # ARGV: the shared layout (ARGV[6] the group channel), ARGV[11] the sender's key.
 # -> {-1} no such group | {0} not a member | {1, id, ms} | {2, id, ms} a retry
 SEND_GROUP = _DEDUPE + """
@@ -160,11 +184,67 @@ end
 if redis.call('HEXISTS', KEYS[6], ARGV[11]) == 0 then
   return {0}
 end
-""" + NEXT_ID + """
+""" + _CURSOR + NEXT_ID + """
 local frame = """ + _message("'#' .. gname") + """
 """ + _XADD + """
-redis.call(ARGV[8], ARGV[6], frame)
+if ARGV[8] ~= '' then
+  redis.call(ARGV[8], ARGV[6], frame)
+end
 """ + _REMEMBER + _STORED
+
+# `later(a, b)`: id a is after id b ("<ms>-<seq>" strings).
+_LATER = """
+local function later(a, b)
+  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
+  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
+  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+"""
+
+# Step 2 of a send in store-only mode (--durability replica), after WAIT confirmed step 1, in the
+# stream's slot.  KEYS: the stream's published cursor, the stream (a DM: the recipient's inbox), and
+# for a DM the recipient's account and session.  ARGV: the id to publish up to, the publish command,
+# the channel.  Publishes, in id order, every entry after the cursor up to that id, and moves the
+# cursor there: steps run in any order (two gateways, a retry) publish each entry once, in order (an
+# entry at or below the cursor is skipped).  No cursor (a retry of a send stored before there was
+# one): only that id.  A DM does what SEND_DM's publish does: published to the recipient's channel if
+# they have a session, `delivered` moved (forward only) unless it is on `hold`.
+# -> the number of entries published
+PUBLISH_UPTO = _LATER + """
+local cur = redis.call('GET', KEYS[1])
+local from = ARGV[1]
+if cur then
+  if not later(ARGV[1], cur) then
+    return 0
+  end
+  from = '(' .. cur
+end
+redis.call('SET', KEYS[1], ARGV[1])
+local entries = redis.call('XRANGE', KEYS[2], from, ARGV[1])
+if #entries == 0 then
+  return 0
+end
+local move = false
+if #KEYS == 4 then
+  local held = redis.call('HMGET', KEYS[4], 'gw', 'hold')
+  if not held[1] then
+    return 0
+  end
+  move = not held[2]
+end
+for _, entry in ipairs(entries) do
+  redis.call(ARGV[2], ARGV[3], entry[2][2])
+end
+local last = entries[#entries][1]
+if move then
+  local delivered = redis.call('HGET', KEYS[3], 'delivered')
+  if not delivered or later(last, delivered) then
+    redis.call('HSET', KEYS[3], 'delivered', last)
+  end
+end
+return #entries
+"""
 
 # KEYS: account ; ARGV: id -- only ever moves the cursor forward
 ADVANCE = """

@@ -148,19 +148,15 @@ async def test_a_master_killed_mid_run_loses_duplicates_and_reorders_no_acked_me
 ) -> None:
     """``--durability replica``: every acked message exactly once, in order, and stored, whichever shard fails.
 
-    Known gap (docs/cluster.md, "Failover and durability"): the store script
-    publishes before ``WAIT`` has the replica's answer, so a send whose master
-    dies in between can be delivered live, then lost with the master, and its
-    retry (same ref, but the promoted replica never had the dedupe key) stored
-    and delivered again under a new id: the recipient sees that message twice
-    (``repeated``; the first copy is ``unexpected``: no ack carries its id).
-    Such a run is an xfail, never a pass; anything else is a failure.
+    Nothing is published before ``WAIT`` says a replica has it (gateway/store.py:
+    store, ``WAIT``, then a publish step), so a send whose master dies in between
+    is never seen live before its retry stores it on the promoted replica: a
+    message received twice (``repeated``, under two ids) or under an id no ack
+    carries (``unexpected``) is a failure (docs/cluster.md, "Failover and durability").
     """
     outcome, unstored = await _chaos(own_cluster, processes, request, "replica", victim)
     assert (outcome.lost, outcome.duplicated, outcome.out_of_order, unstored) == (0, 0, 0, 0)
-    assert outcome.unexpected == outcome.repeated  # every extra delivery is the first copy of a retried send
-    if outcome.repeated:
-        pytest.xfail(f"{outcome.repeated} send(s) delivered live before WAIT, then stored again by the retry")
+    assert (outcome.unexpected, outcome.repeated) == (0, 0)
     exactly_once(outcome)
 
 

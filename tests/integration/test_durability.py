@@ -159,15 +159,13 @@ async def test_a_wait_answered_before_a_resent_script_does_not_ack_it() -> None:
         await server.wait_closed()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (docs/cluster.md, 'Failover and durability'): the store "
-                   "script publishes before WAIT answers; the store owner's fix turns this into a pass")
 async def test_a_send_not_acked_for_want_of_a_replica_is_not_delivered_live(
         redis_server: RedisServer, admin: aioredis.Redis) -> None:
-    """The executable form of the gap the failover chaos test found: a send whose ``WAIT`` fails (here: no
-    replica; there: the master killed before its replica had it) was already published, so its recipients
-    saw it; the sender's retry on the promoted replica, which never had it nor its dedupe key, stores and
-    publishes it again under a new id: one message shown twice.  Nothing should be published before the
-    ``WAIT`` says the replica has it."""
+    """The gap the failover chaos test found, closed: a send whose ``WAIT`` fails (here: no replica; there:
+    the master killed before its replica had it) used to be published already, so its recipients saw it,
+    and the sender's retry on the promoted replica, which never had it nor its dedupe key, stored and
+    published it again under a new id: one message shown twice.  Now nothing is published before the
+    ``WAIT`` says the replica has it (gateway/store.py, store_lua.PUBLISH_UPTO)."""
     pipe = AutoPipeline(redis_server.url, wait_timeout=0.1)
     store = Store(admin, pipeline=pipe, replicas=1)
     listener = admin.pubsub()
