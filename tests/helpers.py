@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import inspect
 import os
 import random
@@ -20,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,20 @@ FAST_ENV = {
     "CHINWAG_IP_CONNECTIONS": "0",  # every test client comes from 127.0.0.1
     "CHINWAG_IP_LOGINS": "0",
 }
+
+
+@dataclass(frozen=True)
+class Lua:
+    """A script for the gateway's pipelines (gateway.pipeline.Script): called by SHA, its body sent on NOSCRIPT."""
+
+    script: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.script.encode()).hexdigest()
+
+
+INCR = Lua("return redis.call('INCR', KEYS[1])")
 
 
 def free_port() -> int:

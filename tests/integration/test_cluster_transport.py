@@ -14,12 +14,10 @@ the cluster is whole (the fixture is shared by the session).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
@@ -31,20 +29,8 @@ from common.redis_cluster import ClusterNode, RedisCluster
 from gateway.cluster_pipeline import ClusterAutoPipeline
 from gateway.cluster_router import ClusterRouter
 from gateway.pipeline import NotReplicated
-from tests.helpers import async_wait_until
+from tests.helpers import INCR, async_wait_until
 from tests.integration.test_redis_cluster import FAILOVER_DEADLINE, STEP, _move_slot, _stopped, _within
-
-
-@dataclass(frozen=True)
-class Lua:
-    script: str
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.script.encode()).hexdigest()
-
-
-INCR = Lua("return redis.call('INCR', KEYS[1])")
 
 
 @pytest.fixture

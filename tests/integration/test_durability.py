@@ -8,11 +8,9 @@ that has no replica at all.  The cluster's side is in test_cluster_transport.py.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import hiredis
@@ -26,19 +24,7 @@ from gateway.pipeline import AutoPipeline, NotReplicated
 from gateway.store import Store
 from gateway.transport import DurabilityError, check_durability, replicas_for
 from protocol.errors import Unavailable
-from tests.helpers import RedisServer, async_wait_until
-
-
-@dataclass(frozen=True)
-class Lua:
-    script: str
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.script.encode()).hexdigest()
-
-
-INCR = Lua("return redis.call('INCR', KEYS[1])")
+from tests.helpers import INCR, RedisServer, async_wait_until
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,20 +14,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.pipeline import AutoPipeline, pack
-from tests.helpers import RedisServer, async_wait_until
-
-
-@dataclass(frozen=True)
-class Lua:
-    script: str
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.script.encode()).hexdigest()
-
-
-def script(body: str) -> Lua:
-    return Lua(body)
+from tests.helpers import INCR, Lua, RedisServer, async_wait_until
 
 
 @pytest.fixture
@@ -47,7 +32,7 @@ def test_pack_is_resp() -> None:
 
 
 async def test_concurrent_calls_share_writes_and_keep_their_order(pipeline: AutoPipeline) -> None:
-    incr = script("return redis.call('INCR', KEYS[1])")
+    incr = INCR
     results = await asyncio.gather(*(pipeline.evalsha(incr, ["n"], []) for _ in range(500)))
     # Each call got its own reply, in the order the calls were made ...
     assert results == list(range(1, 501))
@@ -69,19 +54,19 @@ async def test_an_error_reply_fails_only_its_own_call(pipeline: AutoPipeline) ->
 
 
 async def test_a_flushed_script_cache_is_reloaded(pipeline: AutoPipeline, redis_server: RedisServer) -> None:
-    echo = script("return ARGV[1]")
+    echo = Lua("return ARGV[1]")
     assert await pipeline.evalsha(echo, [], ["one"]) == b"one"
     await pipeline.call([b"SCRIPT", b"FLUSH"])
     assert await pipeline.evalsha(echo, [], ["two"]) == b"two"
     # A script error is not a missing script: it is raised, not retried.
     with pytest.raises(ResponseError):
-        await pipeline.evalsha(script("return redis.call('NOSUCHCOMMAND')"), [], [])
+        await pipeline.evalsha(Lua("return redis.call('NOSUCHCOMMAND')"), [], [])
 
 
 async def test_calls_in_flight_around_a_resent_script_keep_their_own_replies(pipeline: AutoPipeline) -> None:
     """An EVALSHA answered NOSCRIPT is sent again as EVAL behind the commands already queued:
     every caller still gets its own reply, and the script is cached again afterwards."""
-    incr = script("return redis.call('INCR', KEYS[1])")
+    incr = INCR
     await pipeline.call([b"SCRIPT", b"FLUSH"])
     calls = []
     for i in range(50):
