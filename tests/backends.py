@@ -21,8 +21,10 @@ so a replica promoted later in the next test does not bring old keys back.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +32,13 @@ from typing import Any
 import pytest
 import redis as redis_sync
 import redis.asyncio as redis_async
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 from redis.cluster import ClusterNode as SyncClusterNode
 
+from common import keys
 from common.redis import connect_redis_cluster
 from common.redis_cluster import RedisCluster, wait_for
+from common.sharded_pubsub import ShardedSubscriber
 from tests.helpers import RedisServer
 
 BACKENDS = ("single", "cluster")
@@ -119,3 +124,53 @@ def whole(cluster: RedisCluster) -> bool:
 def redis_server_on_each_backend(redis_backend: RedisBackend) -> RedisBackend:
     """``redis_server`` in a module that imports this: the parametrised backend (see the module doc)."""
     return redis_backend
+
+
+def connect_where(where: str, request: pytest.FixtureRequest) -> tuple[Any, str]:
+    """An asyncio client and its URL on the session's cluster (``where`` "cluster") or the test's own
+    redis-server ("single"), for a test parametrised over both by hand; the caller closes the client."""
+    if where == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return connect_redis_cluster(cluster.url), cluster.url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return redis_async.Redis.from_url(server.url), server.url
+
+
+CLUSTER_STEP = 10.0  # deadline of one subscribe or close on the session's cluster
+
+
+@pytest.fixture(name="client")
+async def cluster_client(redis_cluster: RedisCluster) -> AsyncIterator[ClusterClient]:
+    """``client`` in a module that imports this: an asyncio client of the session's cluster."""
+    redis = connect_redis_cluster(redis_cluster.url)
+    yield redis
+    async with asyncio.timeout(CLUSTER_STEP):
+        await redis.aclose()
+
+
+async def delete_tagged(client: ClusterClient, *tags: str) -> None:
+    """Delete every key of these hash tags (``u:<ukey>``, ``g:<gkey>``): a test's own keys, as the
+    cluster is shared by the session."""
+    for tag in tags:
+        found = [key async for key in client.scan_iter(match=f"{keys.PREFIX}{{{tag}}}*", count=1000)]
+        for key in found:
+            await client.delete(key)
+
+
+@contextlib.asynccontextmanager
+async def sharded_subscriber(url: str, handlers: Mapping[str, Callable[[bytes], None]]
+                             ) -> AsyncIterator[ShardedSubscriber]:
+    """A running ShardedSubscriber on the cluster at ``url``, subscribed to each channel of ``handlers``;
+    stopped and its client closed on the way out (a failed subscribe included)."""
+    subscriber = ShardedSubscriber(connect_redis_cluster(url))
+    runner = asyncio.create_task(subscriber.run())
+    try:
+        for channel, handler in handlers.items():
+            async with asyncio.timeout(CLUSTER_STEP):
+                await subscriber.subscribe(channel.encode(), handler)
+        yield subscriber
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        async with asyncio.timeout(CLUSTER_STEP):
+            await subscriber.cluster.aclose()

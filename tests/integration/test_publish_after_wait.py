@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from common import keys
-from common.redis import connect_redis_cluster
 from common.redis_cluster import RedisCluster
-from common.sharded_pubsub import ShardedSubscriber
 from gateway.cluster_pipeline import ClusterAutoPipeline
 from gateway.store import Store, Stored
+from tests.backends import cluster_client, delete_tagged, sharded_subscriber  # noqa: F401 (client)
 from tests.helpers import async_wait_until
 
 STEP = 10.0
@@ -40,20 +37,6 @@ class GatedStore(Store):
     async def _published(self, result: list[Any], stream: str, channel: str, *dm: str) -> Stored:
         await self.gate.wait()
         return await super()._published(result, stream, channel, *dm)
-
-
-@pytest.fixture
-async def client(redis_cluster: RedisCluster) -> AsyncIterator[ClusterClient]:
-    redis = connect_redis_cluster(redis_cluster.url)
-    yield redis
-    async with asyncio.timeout(STEP):
-        await redis.aclose()
-
-
-async def _delete_tagged(client: ClusterClient, *tags: str) -> None:
-    for tag in tags:
-        async for key in client.scan_iter(match=f"{keys.PREFIX}{{{tag}}}*", count=1000):
-            await client.delete(key)
 
 
 def _ids(frames: list[bytes]) -> list[str]:
@@ -73,53 +56,45 @@ async def test_publish_steps_out_of_order_deliver_each_message_once_in_id_order(
     one, two = (GatedStore(client, pipeline=pipe, replicas=1) for pipe in pipes)
     assert one.deferred and two.deferred
     got: dict[str, list[bytes]] = {keys.user_channel(bob): [], keys.group_channel(gkey): []}
-    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
-    runner = asyncio.create_task(subscriber.run())
     try:
-        for channel, frames in got.items():
-            async with asyncio.timeout(STEP):
-                await subscriber.subscribe(channel.encode(), frames.append)
-        sends = {
-            keys.user_channel(bob): (
-                lambda store, sender, body: store.send_dm(f'"{sender}"'.encode(), sender, bob, body, ref=body),
-                keys.inbox_stream(bob)),
-            keys.group_channel(gkey): (
-                lambda store, sender, body: store.send_group(f'"{sender}"'.encode(), sender, gkey, body, ref=body),
-                keys.group_stream(gkey)),
-        }
-        for channel, (send, stream) in sends.items():
-            one.gate.clear()
-            two.gate.clear()
-            first = asyncio.create_task(send(one, alice, f"first {channel}"))
-            await async_wait_until(lambda s=stream: _length(client, s, 1), STEP, "the first stored")
-            second = asyncio.create_task(send(two, carol, f"second {channel}"))
-            await async_wait_until(lambda s=stream: _length(client, s, 2), STEP, "the second stored")
-            assert got[channel] == []  # stored and replicated, not published: neither step has run
-            two.gate.set()  # the later id's step first: it publishes both, in id order
-            later = await asyncio.wait_for(second, STEP)
-            one.gate.set()
-            earlier = await asyncio.wait_for(first, STEP)
-            assert earlier is not None and later is not None
-            await async_wait_until(lambda c=channel: _count(got[c], 2), STEP, "both published")
-            assert _ids(got[channel]) == [earlier.id, later.id]  # once each, in id order
-            assert await client.get(keys.published(stream)) == later.id.encode()
-        assert await client.hget(keys.account(bob), "delivered") == _ids(got[keys.user_channel(bob)])[-1].encode()
+        async with sharded_subscriber(redis_cluster.url, {channel: frames.append for channel, frames in got.items()}):
+            sends = {
+                keys.user_channel(bob): (
+                    lambda store, sender, body: store.send_dm(f'"{sender}"'.encode(), sender, bob, body, ref=body),
+                    keys.inbox_stream(bob)),
+                keys.group_channel(gkey): (
+                    lambda store, sender, body: store.send_group(f'"{sender}"'.encode(), sender, gkey, body, ref=body),
+                    keys.group_stream(gkey)),
+            }
+            for channel, (send, stream) in sends.items():
+                one.gate.clear()
+                two.gate.clear()
+                first = asyncio.create_task(send(one, alice, f"first {channel}"))
+                await async_wait_until(lambda s=stream: _length(client, s, 1), STEP, "the first stored")
+                second = asyncio.create_task(send(two, carol, f"second {channel}"))
+                await async_wait_until(lambda s=stream: _length(client, s, 2), STEP, "the second stored")
+                assert got[channel] == []  # stored and replicated, not published: neither step has run
+                two.gate.set()  # the later id's step first: it publishes both, in id order
+                later = await asyncio.wait_for(second, STEP)
+                one.gate.set()
+                earlier = await asyncio.wait_for(first, STEP)
+                assert earlier is not None and later is not None
+                await async_wait_until(lambda c=channel: _count(got[c], 2), STEP, "both published")
+                assert _ids(got[channel]) == [earlier.id, later.id]  # once each, in id order
+                assert await client.get(keys.published(stream)) == later.id.encode()
+            assert await client.hget(keys.account(bob), "delivered") == _ids(got[keys.user_channel(bob)])[-1].encode()
 
-        # A DM to a session on hold is published, but does not move `delivered` (store_lua.SETTLE lifts it).
-        await client.hset(keys.session(bob), "hold", "1")
-        one.gate.set()
-        held = await one.send_dm(b'"alice"', alice, bob, "while held")
-        assert held is not None
-        await async_wait_until(lambda: _count(got[keys.user_channel(bob)], 3), STEP, "the held DM published")
-        assert await client.hget(keys.account(bob), "delivered") != held.id.encode()
+            # A DM to a session on hold is published, but does not move `delivered` (store_lua.SETTLE lifts it).
+            await client.hset(keys.session(bob), "hold", "1")
+            one.gate.set()
+            held = await one.send_dm(b'"alice"', alice, bob, "while held")
+            assert held is not None
+            await async_wait_until(lambda: _count(got[keys.user_channel(bob)], 3), STEP, "the held DM published")
+            assert await client.hget(keys.account(bob), "delivered") != held.id.encode()
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        async with asyncio.timeout(STEP):
-            await subscriber.cluster.aclose()
         for pipe in pipes:
             await pipe.aclose()
-        await _delete_tagged(client, f"u:{alice}", f"u:{carol}", f"u:{bob}", f"g:{gkey}")
+        await delete_tagged(client, f"u:{alice}", f"u:{carol}", f"u:{bob}", f"g:{gkey}")
 
 
 async def test_a_retry_publishes_what_a_gateway_that_died_between_the_steps_stored(
@@ -132,33 +107,26 @@ async def test_a_retry_publishes_what_a_gateway_that_died_between_the_steps_stor
     pipes = [ClusterAutoPipeline(client, timeout=3.0, wait_timeout=2.0) for _ in range(2)]
     dead, alive = GatedStore(client, pipeline=pipes[0], replicas=1), Store(client, pipeline=pipes[1], replicas=1)
     got: list[bytes] = []
-    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
-    runner = asyncio.create_task(subscriber.run())
     try:
-        async with asyncio.timeout(STEP):
-            await subscriber.subscribe(keys.user_channel(bob).encode(), got.append)
-        lost = asyncio.create_task(dead.send_dm(b'"alice"', alice, bob, "hello", ref="r1"))
-        await async_wait_until(lambda: _length(client, keys.inbox_stream(bob), 1), STEP, "stored")
-        lost.cancel()  # the gateway is gone before its publish step
-        await asyncio.gather(lost, return_exceptions=True)
-        retry = await alive.send_dm(b'"alice"', alice, bob, "hello", ref="r1")
-        assert retry is not None and retry.duplicate
-        await async_wait_until(lambda: _count(got, 1), STEP, "the retry's publish")
-        assert _ids(got) == [retry.id]
-        again = await alive.send_dm(b'"alice"', alice, bob, "hello", ref="r1")  # published already: nothing
-        assert again is not None and again.id == retry.id
-        marker = await alive.send_dm(b'"alice"', alice, bob, "marker")
-        assert marker is not None
-        await async_wait_until(lambda: _count(got, 2), STEP, "the marker")
-        assert _ids(got) == [retry.id, marker.id]
+        async with sharded_subscriber(redis_cluster.url, {keys.user_channel(bob): got.append}):
+            lost = asyncio.create_task(dead.send_dm(b'"alice"', alice, bob, "hello", ref="r1"))
+            await async_wait_until(lambda: _length(client, keys.inbox_stream(bob), 1), STEP, "stored")
+            lost.cancel()  # the gateway is gone before its publish step
+            await asyncio.gather(lost, return_exceptions=True)
+            retry = await alive.send_dm(b'"alice"', alice, bob, "hello", ref="r1")
+            assert retry is not None and retry.duplicate
+            await async_wait_until(lambda: _count(got, 1), STEP, "the retry's publish")
+            assert _ids(got) == [retry.id]
+            again = await alive.send_dm(b'"alice"', alice, bob, "hello", ref="r1")  # published already: nothing
+            assert again is not None and again.id == retry.id
+            marker = await alive.send_dm(b'"alice"', alice, bob, "marker")
+            assert marker is not None
+            await async_wait_until(lambda: _count(got, 2), STEP, "the marker")
+            assert _ids(got) == [retry.id, marker.id]
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        async with asyncio.timeout(STEP):
-            await subscriber.cluster.aclose()
         for pipe in pipes:
             await pipe.aclose()
-        await _delete_tagged(client, f"u:{alice}", f"u:{bob}")
+        await delete_tagged(client, f"u:{alice}", f"u:{bob}")
 
 
 async def test_a_group_made_again_is_published_from_its_first_message(
@@ -172,21 +140,14 @@ async def test_a_group_made_again_is_published_from_its_first_message(
     pipe = ClusterAutoPipeline(client, timeout=3.0, wait_timeout=2.0)
     store = Store(client, pipeline=pipe, replicas=1)
     got: list[bytes] = []
-    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
-    runner = asyncio.create_task(subscriber.run())
     try:
-        async with asyncio.timeout(STEP):
-            await subscriber.subscribe(keys.group_channel(gkey).encode(), got.append)
-        sent = [await store.send_group(b'"alice"', alice, gkey, body) for body in ("one", "two")]
-        await async_wait_until(lambda: _count(got, 2), STEP, "both published")
-        assert _ids(got) == [m.id for m in sent]
+        async with sharded_subscriber(redis_cluster.url, {keys.group_channel(gkey): got.append}):
+            sent = [await store.send_group(b'"alice"', alice, gkey, body) for body in ("one", "two")]
+            await async_wait_until(lambda: _count(got, 2), STEP, "both published")
+            assert _ids(got) == [m.id for m in sent]
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        async with asyncio.timeout(STEP):
-            await subscriber.cluster.aclose()
         await pipe.aclose()
-        await _delete_tagged(client, f"g:{gkey}")
+        await delete_tagged(client, f"g:{gkey}")
 
 
 async def _length(client: ClusterClient, stream: str, n: int) -> bool:

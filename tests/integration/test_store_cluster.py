@@ -9,10 +9,8 @@ the keys are removed afterwards (the cluster is shared by the session).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -20,29 +18,12 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 from redis.exceptions import RedisClusterException, ResponseError
 
 from common import keys
-from common.redis import connect_redis_cluster, publish_command
+from common.redis import publish_command
 from common.redis_cluster import RedisCluster
-from common.sharded_pubsub import ShardedSubscriber
 from gateway.store import Store
 from protocol.names import id_tuple
+from tests.backends import cluster_client, delete_tagged, sharded_subscriber  # noqa: F401 (client)
 from tests.helpers import async_wait_until
-
-STEP = 10.0
-
-
-@pytest.fixture
-async def client(redis_cluster: RedisCluster) -> AsyncIterator[ClusterClient]:
-    redis = connect_redis_cluster(redis_cluster.url)
-    yield redis
-    async with asyncio.timeout(STEP):
-        await redis.aclose()
-
-
-async def _delete_tagged(client: ClusterClient, *tags: str) -> None:
-    for tag in tags:
-        found = [key async for key in client.scan_iter(match=f"{keys.PREFIX}{{{tag}}}*", count=1000)]
-        for key in found:
-            await client.delete(key)
 
 
 def _ids(page: list[msgspec.Raw]) -> list[str]:
@@ -61,60 +42,53 @@ async def test_every_store_script_runs_on_a_cluster(client: ClusterClient, redis
     broadcast_existed = await client.exists(keys.BROADCAST_STREAM)
     store = Store(client, maxlen=100, rate=100, burst=100)  # the rate step runs too
     assert store.publish == publish_command(client) == "SPUBLISH"
-    got: dict[bytes, list[bytes]] = {}
-    subscriber = ShardedSubscriber(connect_redis_cluster(redis_cluster.url))
-    runner = asyncio.create_task(subscriber.run())
+    channels = (keys.user_channel(bob), keys.user_channel(alice), keys.group_channel(gkey), keys.BROADCAST_CHANNEL)
+    got: dict[bytes, list[bytes]] = {channel.encode(): [] for channel in channels}
     broadcast = None
     try:
-        for channel in (keys.user_channel(bob), keys.user_channel(alice), keys.group_channel(gkey),
-                        keys.BROADCAST_CHANNEL):
-            got[channel.encode()] = []
-            async with asyncio.timeout(STEP):
-                await subscriber.subscribe(channel.encode(), got[channel.encode()].append)
+        handlers = {channel: got[channel.encode()].append for channel in channels}
+        async with sharded_subscriber(redis_cluster.url, handlers):
 
-        # DM alice -> bob (bob online: published, delivered moves), a retry, and bob's reply.
-        first = await store.send_dm(b'"alice"', alice, bob, "hi bob", ref="r1")
-        again = await store.send_dm(b'"alice"', alice, bob, "hi bob", ref="r1")
-        assert first is not None and again is not None and again.duplicate and again.id == first.id
-        reply = await store.send_dm(b'"bob"', bob, alice, "hi alice", floor=first.id)
-        assert reply is not None and id_tuple(reply.id) > id_tuple(first.id)
-        assert await store.send_dm(b'"alice"', alice, f"nobody{run}", "x") is None
-        assert await client.hget(keys.account(bob), "delivered") == first.id.encode()
-        for me, peer in ((alice, bob), (bob, alice)):
-            assert _ids(await store.dm_history(me, peer, None, 10)) == [first.id, reply.id]
-        assert _ids(await store.dm_history(alice, bob, reply.id, 10)) == [first.id]
-        inbox = await store.replay(keys.inbox_stream(bob), "0-0")
-        assert [i for i, _ in inbox.frames] == [first.id] and inbox.recovered
+            # DM alice -> bob (bob online: published, delivered moves), a retry, and bob's reply.
+            first = await store.send_dm(b'"alice"', alice, bob, "hi bob", ref="r1")
+            again = await store.send_dm(b'"alice"', alice, bob, "hi bob", ref="r1")
+            assert first is not None and again is not None and again.duplicate and again.id == first.id
+            reply = await store.send_dm(b'"bob"', bob, alice, "hi alice", floor=first.id)
+            assert reply is not None and id_tuple(reply.id) > id_tuple(first.id)
+            assert await store.send_dm(b'"alice"', alice, f"nobody{run}", "x") is None
+            assert await client.hget(keys.account(bob), "delivered") == first.id.encode()
+            for me, peer in ((alice, bob), (bob, alice)):
+                assert _ids(await store.dm_history(me, peer, None, 10)) == [first.id, reply.id]
+            assert _ids(await store.dm_history(alice, bob, reply.id, 10)) == [first.id]
+            inbox = await store.replay(keys.inbox_stream(bob), "0-0")
+            assert [i for i, _ in inbox.frames] == [first.id] and inbox.recovered
 
-        # Broadcast in {all}, group message in the group's slot.
-        broadcast = await store.send_broadcast(b'"alice"', alice, "hello all", ref="b1")
-        assert (await store.send_broadcast(b'"alice"', alice, "hello all", ref="b1")).duplicate
-        sent = [await store.send_group(b'"bob"', bob, gkey, f"g{i}", ref=f"g{i}") for i in range(3)]
-        assert _ids(await store.history(keys.group_stream(gkey), None, 2)) == [s.id for s in sent[1:]]
-        group = await store.replay(keys.group_stream(gkey), "0-0")
-        assert [i for i, _ in group.frames] == [s.id for s in sent] and group.recovered
-        assert broadcast.id in [i for i, _ in (await store.replay(keys.BROADCAST_STREAM, "0-0")).frames]
+            # Broadcast in {all}, group message in the group's slot.
+            broadcast = await store.send_broadcast(b'"alice"', alice, "hello all", ref="b1")
+            assert (await store.send_broadcast(b'"alice"', alice, "hello all", ref="b1")).duplicate
+            sent = [await store.send_group(b'"bob"', bob, gkey, f"g{i}", ref=f"g{i}") for i in range(3)]
+            assert _ids(await store.history(keys.group_stream(gkey), None, 2)) == [s.id for s in sent[1:]]
+            group = await store.replay(keys.group_stream(gkey), "0-0")
+            assert [i for i, _ in group.frames] == [s.id for s in sent] and group.recovered
+            assert broadcast.id in [i for i, _ in (await store.replay(keys.BROADCAST_STREAM, "0-0")).frames]
 
-        await store.settle(bob, "t", first.id)
-        await store.advance_delivered(bob, first.id)
+            await store.settle(bob, "t", first.id)
+            await store.advance_delivered(bob, first.id)
 
-        def arrived() -> bool:
-            return (len(got[keys.user_channel(bob).encode()]) == 1 and len(got[keys.user_channel(alice).encode()]) == 0
-                    and len(got[keys.group_channel(gkey).encode()]) == 3
-                    and any(json.loads(m)["id"] == broadcast.id for m in got[keys.BROADCAST_CHANNEL.encode()]))
+            def arrived() -> bool:
+                return (len(got[keys.user_channel(bob).encode()]) == 1
+                        and len(got[keys.user_channel(alice).encode()]) == 0
+                        and len(got[keys.group_channel(gkey).encode()]) == 3
+                        and any(json.loads(m)["id"] == broadcast.id for m in got[keys.BROADCAST_CHANNEL.encode()]))
 
-        await async_wait_until(arrived, 5, "every publish over SSUBSCRIBE")  # alice has no session: nothing
-        assert json.loads(got[keys.user_channel(bob).encode()][0])["id"] == first.id
+            await async_wait_until(arrived, 5, "every publish over SSUBSCRIBE")  # alice has no session: nothing
+            assert json.loads(got[keys.user_channel(bob).encode()][0])["id"] == first.id
 
-        # The old layout is refused here: what this test would have caught.
-        with pytest.raises((RedisClusterException, ResponseError)):
-            await client.eval("return 1", 2, keys.inbox_stream(alice), keys.inbox_stream(bob))
+            # The old layout is refused here: what this test would have caught.
+            with pytest.raises((RedisClusterException, ResponseError)):
+                await client.eval("return 1", 2, keys.inbox_stream(alice), keys.inbox_stream(bob))
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        async with asyncio.timeout(STEP):
-            await subscriber.cluster.aclose()
-        await _delete_tagged(client, f"u:{alice}", f"u:{bob}", f"u:nobody{run}", f"g:{gkey}")
+        await delete_tagged(client, f"u:{alice}", f"u:{bob}", f"u:nobody{run}", f"g:{gkey}")
         for ref in ("b1", ""):
             await client.delete(keys.broadcast_dedupe(alice, ref))
         if not broadcast_existed:
