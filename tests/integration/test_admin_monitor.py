@@ -18,18 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 from chinwag.admin_node import GatewayRow, _monitor, _run_node
 from common import keys
 from common.config import Settings
-from common.redis import connect_redis_cluster
 from common.redis_cluster import RedisCluster
 from common.sharded_pubsub import CLUSTER_ERRORS
 from presence.registry import Registry
 from protocol import frames as f
 from protocol.names import name_key
-from tests.helpers import Clients, RedisServer, async_wait_until, free_port
+from tests.backends import connect_where
+from tests.helpers import Clients, async_wait_until, free_port
 
 
 class Window:
@@ -107,14 +106,7 @@ class Watch:
 
 @contextlib.asynccontextmanager
 async def watching(where: str, request: pytest.FixtureRequest) -> AsyncIterator[Watch]:
-    if where == "cluster":
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        redis: Any = connect_redis_cluster(cluster.url)
-        url = cluster.url
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        redis = Redis.from_url(server.url)
-        url = server.url
+    redis, url = connect_where(where, request)
     w = Watch(redis, url, where)
     try:
         yield w

@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from redis.asyncio import Redis
 
 from common import keys
 from common.redis import connect_redis_cluster
@@ -26,7 +25,8 @@ from common.runtime import cancel_and_wait
 from common.sharded_pubsub import ShardedSubscriber
 from presence.registry import NoLease, Registry, token_hash
 from protocol import control
-from tests.helpers import RedisServer, async_wait_until
+from tests.backends import connect_where
+from tests.helpers import async_wait_until
 
 
 @pytest.fixture(params=["cluster", "single"])
@@ -102,14 +102,7 @@ class Env:
 
 @pytest.fixture
 async def env(where: str, request: pytest.FixtureRequest) -> AsyncIterator[Env]:
-    if where == "cluster":
-        cluster = request.getfixturevalue("redis_cluster")
-        redis: Any = connect_redis_cluster(cluster.url)
-        url = cluster.url
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        redis = Redis.from_url(server.url)
-        url = server.url
+    redis, url = connect_where(where, request)
     e = Env(redis, where)
     e._url = url
     try:
