@@ -33,6 +33,13 @@ async def until_marker(client: ChatClient) -> list[Event]:
         seen.append(event)
 
 
+async def alice_and_bob(redis_server: RedisServer, processes: Processes,
+                        clients: Clients) -> tuple[str, ChatClient, ChatClient]:
+    """A gateway's URL, and alice and bob logged in there."""
+    url = processes.gateway(redis_server.url).url
+    return url, await clients.login(url, "alice"), await clients.login(url, "bob")
+
+
 @pytest.fixture
 async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
@@ -43,9 +50,7 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
 async def test_a_join_cut_off_after_the_groups_step_is_completed_at_login(
     redis_server: RedisServer, processes: Processes, clients: Clients, redis: Redis
 ) -> None:
-    url = processes.gateway(redis_server.url).url
-    alice = await clients.login(url, "alice")
-    bob = await clients.login(url, "bob")
+    url, alice, bob = await alice_and_bob(redis_server, processes, clients)
     await alice.group("create", "core", invite_only=True)
     await alice.group("invite", "core", user="bob")
     await wait_for_event(bob, lambda e: isinstance(e, f.GroupEvent) and e.event == "invited")
@@ -72,9 +77,7 @@ async def test_a_join_cut_off_after_the_groups_step_is_completed_at_login(
 async def test_a_join_cut_off_before_the_groups_step_leaves_no_membership(
     redis_server: RedisServer, processes: Processes, clients: Clients, redis: Redis
 ) -> None:
-    url = processes.gateway(redis_server.url).url
-    alice = await clients.login(url, "alice")
-    bob = await clients.login(url, "bob")
+    url, alice, bob = await alice_and_bob(redis_server, processes, clients)
     await alice.group("create", "core", invite_only=True)
     await bob.close()
     gkey, ukey = name_key("core"), name_key("bob")
@@ -90,9 +93,7 @@ async def test_a_join_cut_off_before_the_groups_step_leaves_no_membership(
 async def test_a_removal_cut_off_after_the_groups_step_is_completed_at_login(
     redis_server: RedisServer, processes: Processes, clients: Clients, redis: Redis
 ) -> None:
-    url = processes.gateway(redis_server.url).url
-    alice = await clients.login(url, "alice")
-    bob = await clients.login(url, "bob")
+    url, alice, bob = await alice_and_bob(redis_server, processes, clients)
     await alice.group("create", "core")
     await bob.group("join", "core")
     owed = await alice.send("#core", "stored while bob was a member")

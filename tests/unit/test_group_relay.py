@@ -91,6 +91,24 @@ async def start_join(
     return answer, nonces, joining
 
 
+async def bob_past_his_marker() -> tuple[GroupRelay, Recorder, asyncio.Future[tuple[GroupState, bool]],
+                                         asyncio.Future[GroupState], Callable[[bytes], None]]:
+    """bob joining "g" with his join's marker delivered, Redis's answer still to come: the relay, bob,
+    the future to answer for Redis, the join, and the group channel's handler."""
+    r, router, _ = relay()
+    bob = session("bob")
+    answer, nonces, joining = await start_join(r, router, bob)
+    deliver = router.handlers[CHANNEL]
+    deliver(mark(nonces[0]))
+    return r, bob, answer, joining, deliver
+
+
+async def redis_says_yes(answer: asyncio.Future[tuple[GroupState, bool]], joining: asyncio.Future[GroupState]) -> None:
+    """Redis admits the join at position 2-0 (an open group of alice's); the join completes."""
+    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
+    await joining
+
+
 @pytest.mark.parametrize("answer_first", [True, False])
 async def test_only_frames_after_the_marker_and_after_the_position_are_delivered(answer_first: bool) -> None:
     r, router, _ = relay()
@@ -163,17 +181,12 @@ async def test_a_part_stops_delivery_at_once_and_a_stale_part_does_not_cancel_a_
 
 
 async def test_a_removal_right_after_the_join_cancels_it_before_anything_is_delivered() -> None:
-    r, router, _ = relay()
-    bob = session("bob")
-    answer, nonces, joining = await start_join(r, router, bob)
-    deliver = router.handlers[CHANNEL]
-    deliver(mark(nonces[0]))
+    r, bob, answer, joining, deliver = await bob_past_his_marker()
     deliver(msg(3))
     deliver(event("removed", "bob"))
     r.part("bob", "g", {"bob": bob})
     deliver(msg(4))
-    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
-    await joining
+    await redis_says_yes(answer, joining)
     deliver(msg(5))
     assert msg(4) not in bob.written and msg(5) not in bob.written and "g" not in bob.groups
 
@@ -200,32 +213,22 @@ async def test_a_removal_on_the_groups_channel_stops_delivery_on_any_gateway() -
 
 
 async def test_a_removal_notice_on_the_channel_cancels_a_join_that_has_not_taken_effect() -> None:
-    r, router, _ = relay()
-    bob = session("bob")
-    answer, nonces, joining = await start_join(r, router, bob)
-    deliver = router.handlers[CHANNEL]
-    deliver(mark(nonces[0]))
+    _, bob, answer, joining, deliver = await bob_past_his_marker()
     deliver(msg(3))
     deliver(event("removed", "bob"))
     deliver(part_notice("bob", "2-0", "3-0"))
     deliver(msg(4))
-    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
-    await joining
+    await redis_says_yes(answer, joining)
     deliver(msg(5))
     assert bob.written == [] and "g" not in bob.groups
 
 
 async def test_another_users_removal_notice_parked_during_a_join_is_never_written() -> None:
-    r, router, _ = relay()
-    bob = session("bob")
-    answer, nonces, joining = await start_join(r, router, bob)
-    deliver = router.handlers[CHANNEL]
-    deliver(mark(nonces[0]))
+    _, bob, answer, joining, deliver = await bob_past_his_marker()
     deliver(event("removed", "carol"))
     deliver(part_notice("carol", "1-0", "2-0"))
     deliver(msg(3))
-    answer.set_result((GroupState("g", "G", "alice", False, [], "2-0"), True))
-    await joining
+    await redis_says_yes(answer, joining)
     assert bob.written == [event("removed", "carol"), msg(3)]
 
 
