@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from common import keys
 from common.lua_json import Const, IfSet, Raw, Text, json_expr
+from gateway.lua_ids import LATER
 from protocol import control
 from protocol import frames as f
 
@@ -22,25 +23,15 @@ def group_keys(gkey: str) -> list[str]:
             keys.group_since(gkey), keys.group_clock(gkey), keys.group_stream(gkey), keys.group_ended(gkey)]
 
 
-# Whether id ``a`` ("ms-seq") is after id ``b``.
-_NEWER = """
-local function newer(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams > bms or (ams == bms and aseq > bseq)
-end
-"""
-
 # Helpers of the group-slot scripts.  KEYS: [1] group, [2] members, [3] invited, [4] order, [5] since,
 # [6] clock, [7] stream, [8] ended.  ARGV: [1] publish command, [2] the group's channel, [3] gkey.
-_GROUP = _NEWER + """
+_GROUP = LATER + """
 -- The group's position now: the last id its clock handed out ("0-0" if none), or the stream's last
 -- entry if that is later (a stream written before the clock existed).
 local function now_of()
   local now = redis.call('GET', KEYS[6]) or '0-0'
   local last = redis.call('XREVRANGE', KEYS[7], '+', '-', 'COUNT', 1)[1]
-  if last and newer(last[1], now) then
+  if last and later(last[1], now) then
     now = last[1]
   end
   return now
@@ -217,18 +208,18 @@ return 1
 # User slot.  KEYS: user's cursors, parted, invitations ; ARGV: gkey, "since upto" (or ''), ttl -- the user's
 # side of a membership that ended.  Idempotent and safe to run late: the parted record only moves to a
 # later span, and a cursor beyond ``upto`` belongs to a later membership and stays.
-PART_USER = _NEWER + """
+PART_USER = LATER + """
 redis.call('HDEL', KEYS[3], ARGV[1])
 if ARGV[2] == '' then
   return 0
 end
 local upto = string.match(ARGV[2], ' (.+)$')
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur and not newer(cur, upto) then
+if cur and not later(cur, upto) then
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
-if not old or newer(upto, string.match(old, ' (.+)$')) then
+if not old or later(upto, string.match(old, ' (.+)$')) then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
@@ -245,10 +236,10 @@ return 1
 
 # User slot.  KEYS: user's cursors ; ARGV: gkey, id, gkey, id, ... -- each cursor only ever moves forward,
 # so a late flush of an older session never sends a newer one back.
-SAVE_CURSORS = _NEWER + """
+SAVE_CURSORS = LATER + """
 for i = 1, #ARGV, 2 do
   local cur = redis.call('HGET', KEYS[1], ARGV[i])
-  if not cur or newer(ARGV[i + 1], cur) then
+  if not cur or later(ARGV[i + 1], cur) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
 end

@@ -21,6 +21,7 @@ Argument layout shared by the three send scripts (the fragments below rely on it
 from __future__ import annotations
 
 from common.lua_json import IfSet, Raw, Text, json_expr
+from gateway.lua_ids import LATER
 from protocol import frames as f
 
 # Returns the earlier result of a retried send: ARGV[1] is a digest of what is sent, so a ref reused
@@ -192,16 +193,6 @@ if ARGV[8] ~= '' then
 end
 """ + _REMEMBER + _STORED
 
-# `later(a, b)`: id a is after id b ("<ms>-<seq>" strings).
-_LATER = """
-local function later(a, b)
-  local ams, aseq = string.match(a, '^(%d+)-(%d+)$')
-  local bms, bseq = string.match(b, '^(%d+)-(%d+)$')
-  ams, aseq, bms, bseq = tonumber(ams), tonumber(aseq), tonumber(bms), tonumber(bseq)
-  return ams > bms or (ams == bms and aseq > bseq)
-end
-"""
-
 # Step 2 of a send in store-only mode (--durability replica), after WAIT confirmed step 1, in the
 # stream's slot.  KEYS: the stream's published cursor, the stream (a DM: the recipient's inbox), and
 # for a DM the recipient's account and session.  ARGV: the id to publish up to, the publish command,
@@ -211,7 +202,7 @@ end
 # one): only that id.  A DM does what SEND_DM's publish does: published to the recipient's channel if
 # they have a session, `delivered` moved (forward only) unless it is on `hold`.
 # -> the number of entries published
-PUBLISH_UPTO = _LATER + """
+PUBLISH_UPTO = LATER + """
 local cur = redis.call('GET', KEYS[1])
 local from = ARGV[1]
 if cur then
