@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.deploy.harness import Cluster, Podman, timed, tools_missing
+from tests.deploy.harness import Cluster, Podman, brought_up, timed, tools_missing
 from tests.web.conftest import browser, pages  # noqa: F401  (the web client through HAProxy)
 
 
@@ -35,15 +35,5 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
 @pytest.fixture(scope="module")
 def cluster(podman: Podman) -> Iterator[Cluster]:
     """The real docker-compose.yml, up and healthy, shared by one module's tests."""
-    c = Cluster(podman, ["docker-compose.yml"])
-    try:
-        with timed("compose up"):
-            try:
-                c.up()
-            except BaseException:
-                print(c.logs())
-                raise
+    with brought_up(Cluster(podman, ["docker-compose.yml"]), timing="") as c:
         yield c
-    finally:
-        with timed("compose down"):
-            c.remove()

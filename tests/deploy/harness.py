@@ -429,16 +429,30 @@ class Cluster:
 def running_cluster(podman: Podman, files: list[str], extra_env: dict[str, str] | None = None,
                     up_args: tuple[str, ...] = ()) -> Iterator[Cluster]:
     """A cluster that is up and healthy inside the block and gone after it, whatever happens."""
-    cluster = Cluster(podman, files, extra_env)
+    with brought_up(Cluster(podman, files, extra_env), up_args) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def brought_up(cluster: Cluster, up_args: tuple[str, ...] = (), timing: str | None = None) -> Iterator[Cluster]:
+    """``cluster`` up and healthy inside the block (its logs printed if it does not come up) and removed
+    after it, whatever happens.  With ``timing``, the two steps are :func:`timed` as "compose up<timing>"
+    and "compose down<timing>"."""
+
+    def step(what: str) -> contextlib.AbstractContextManager[None]:
+        return timed(f"compose {what}{timing}") if timing is not None else contextlib.nullcontext()
+
     try:
-        try:
-            cluster.up(*up_args)
-        except BaseException:
-            print(cluster.logs())
-            raise
+        with step("up"):
+            try:
+                cluster.up(*up_args)
+            except BaseException:
+                print(cluster.logs())
+                raise
         yield cluster
     finally:
-        cluster.remove()
+        with step("down"):
+            cluster.remove()
 
 
 def timed(what: str) -> contextlib.AbstractContextManager[None]:

@@ -19,30 +19,16 @@ from typing import Any
 import pytest
 
 from client import ChatClient
-from client.errors import ConnectFailed
 from protocol import frames as f
 from protocol.errors import ChatError, Unavailable
+from tests.deploy.chat import chat_across_three_gateways, open_client
 from tests.deploy.harness import ROOT, Cluster, run
 from tests.deploy.load import ChatLoad
-from tests.helpers import wait_for_event, wait_until
+from tests.helpers import wait_until
 from tests.web.steps import dm_round_trip, log_in
 
 # Generous: the first test also waits for the session's image builds (cold: minutes).
 pytestmark = pytest.mark.timeout(1200)
-
-
-async def _open(cluster: Cluster, user: str, password: str = "secret-pw", within: float = 90) -> ChatClient:
-    """A logged-in client.  Opening is retried until ``within`` runs out, as a user would: right after a
-    Redis restart or restore, HAProxy holds a handshake until a gateway is ready again (its checks take
-    a few seconds), and on a loaded machine that can outlast one open_timeout."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await ChatClient.open(cluster.url, user, password, request_timeout=60, backoff_cap=1.0)
-        except ConnectFailed:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)  # pacing between bounded attempts, not synchronisation
 
 
 def test_every_container_passes_its_healthcheck(cluster: Cluster) -> None:
@@ -77,19 +63,7 @@ def test_containers_resolve_names_only_inside_the_project_network(cluster: Clust
 
 
 async def test_clients_through_haproxy_chat_across_gateways(cluster: Cluster) -> None:
-    clients = [await _open(cluster, f"chat{i}") for i in range(3)]
-    try:
-        # leastconn: three fresh clients on three idle gateways land on three gateways.
-        assert len({c.node for c in clients}) == 3
-        ack = await clients[0].send("@chat1", "hello across gateways")
-        got = await wait_for_event(clients[1], lambda e: isinstance(e, f.Message) and e.id == ack.id, 30)
-        assert isinstance(got, f.Message) and got.body == "hello across gateways"
-        await clients[2].send("*", "to everyone")
-        for client in clients[:2]:
-            await wait_for_event(client, lambda e: isinstance(e, f.Message) and e.body == "to everyone", 30)
-    finally:
-        for client in clients:
-            await client.close()
+    await chat_across_three_gateways(cluster, "chat", "hello across gateways")
 
 
 async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster: Cluster, pages: Any) -> None:
@@ -100,7 +74,7 @@ async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster
     assert status == 200 and content_type.startswith("text/html") and b'id="login-user"' in body
     page = await pages(home)
     await log_in(page, "webdeploy", "web-pw")
-    python = await _open(cluster, "pydeploy")
+    python = await open_client(cluster, "pydeploy")
     try:
         await dm_round_trip(page, "webdeploy", python, "from python through haproxy",
                             "from the browser through haproxy")
@@ -110,7 +84,7 @@ async def test_the_web_client_through_haproxy_chats_with_a_python_client(cluster
 
 
 async def test_metrics_scraped_from_every_gateway_and_presence(cluster: Cluster) -> None:
-    client = await _open(cluster, "metrics0")
+    client = await open_client(cluster, "metrics0")
     try:
         # As Prometheus on the compose network would: each gateway's HTTP port, by address.
         gateways = cluster.containers("gateway")
@@ -164,7 +138,7 @@ async def test_redis_restart_loses_no_acknowledged_message(cluster: Cluster) -> 
     # What was acknowledged before the restart is still in Redis after it (the AOF
     # volume): the history of one conversation holds every message sent in it.
     first, second = load.users[0], load.users[1]
-    client = await _open(cluster, first, "pw-" + first)
+    client = await open_client(cluster, first, "pw-" + first)
     try:
         history = {m.id for m in await client.history(f"@{second}", limit=100)}
     finally:
@@ -208,7 +182,7 @@ async def test_scale_to_five_and_haproxy_spreads_new_connections(cluster: Cluste
         # ten of a perfect spread are allowed: a handshake that fails (and is retried) or a check
         # in flight can make one round uneven, but a gateway HAProxy never uses fails this.
         while len({c.node for c in clients}) < 5 and len(clients) < 20:
-            clients.append(await _open(cluster, f"scale{len(clients)}"))
+            clients.append(await open_client(cluster, f"scale{len(clients)}"))
         nodes = [c.node for c in clients]
         assert len(set(nodes)) == 5, (nodes, [(r["addr"], r["status"], r["scur"], r["stot"])
                                               for r in await asyncio.to_thread(cluster.lb_table)])
@@ -218,7 +192,7 @@ async def test_scale_to_five_and_haproxy_spreads_new_connections(cluster: Cluste
 
 
 async def test_redis_backup_and_restore(cluster: Cluster, tmp_path: Path) -> None:
-    alice = await _open(cluster, "backup0")
+    alice = await open_client(cluster, "backup0")
     try:
         kept = await alice.send("@backup0", "in the backup")
     finally:
@@ -226,21 +200,21 @@ async def test_redis_backup_and_restore(cluster: Cluster, tmp_path: Path) -> Non
     backup = tmp_path / "redis-backup.tar"
     await asyncio.to_thread(_backup_script, cluster, "backup", backup)
     assert backup.stat().st_size > 0
-    later = await _open(cluster, "backup1")  # an account that is not in the backup
+    later = await open_client(cluster, "backup1")  # an account that is not in the backup
     await later.close()
     await asyncio.to_thread(_backup_script, cluster, "restore", backup)
     await asyncio.to_thread(cluster.wait_healthy)
-    alice = await _open(cluster, "backup0")
+    alice = await open_client(cluster, "backup0")
     try:
         assert kept.id in {m.id for m in await _history(cluster, alice, "@backup0")}
     finally:
         await alice.close()
     # backup1 registered after the backup, so the restored Redis has never heard of
     # it: another password registers the name afresh instead of being refused.
-    again = await _open(cluster, "backup1", "another-password")
+    again = await open_client(cluster, "backup1", "another-password")
     await again.close()
     with pytest.raises(ChatError):  # while backup0's account came back with its password
-        bad = await _open(cluster, "backup0", "not-the-password")
+        bad = await open_client(cluster, "backup0", "not-the-password")
         await bad.close()
 
 
@@ -274,8 +248,8 @@ def _backup_script(cluster: Cluster, action: str, path: Path) -> None:
 
 
 async def test_down_then_up_keeps_accounts_and_history(cluster: Cluster) -> None:
-    alice = await _open(cluster, "keep0", "alice-pw")
-    bob = await _open(cluster, "keep1", "bob-pw")
+    alice = await open_client(cluster, "keep0", "alice-pw")
+    bob = await open_client(cluster, "keep1", "bob-pw")
     try:
         ack = await alice.send("@keep1", "still here after down/up")
     finally:
@@ -284,11 +258,11 @@ async def test_down_then_up_keeps_accounts_and_history(cluster: Cluster) -> None
     await asyncio.to_thread(cluster.down)  # no -v: the named volumes stay
     assert not cluster.containers("gateway")
     await asyncio.to_thread(cluster.up)
-    bob = await _open(cluster, "keep1", "bob-pw")
+    bob = await open_client(cluster, "keep1", "bob-pw")
     try:
         assert ack.id in {m.id for m in await bob.history("@keep0")}
     finally:
         await bob.close()
     with pytest.raises(ChatError):  # the account, with its password, survived
-        wrong = await _open(cluster, "keep0", "not-alice-pw")
+        wrong = await open_client(cluster, "keep0", "not-alice-pw")
         await wrong.close()

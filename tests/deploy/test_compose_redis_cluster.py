@@ -10,17 +10,12 @@ Measured warm: about 70 s for the module (image rebuild 15 s, up and healthy 42 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from client import ChatClient
-from client.errors import ConnectFailed
-from protocol import frames as f
-from tests.deploy.harness import CLUSTER_REDIS, CLUSTER_SERVICES, Cluster, Podman, timed
-from tests.helpers import wait_for_event
+from tests.deploy.chat import chat_across_three_gateways
+from tests.deploy.harness import CLUSTER_REDIS, CLUSTER_SERVICES, Cluster, Podman, brought_up
 
 pytestmark = [pytest.mark.timeout(1200)]
 
@@ -29,17 +24,8 @@ pytestmark = [pytest.mark.timeout(1200)]
 def sharded(podman: Podman) -> Iterator[Cluster]:
     """docker-compose.cluster.yml, up: redis-init exited 0, every other container healthy, lb sees 3 gateways."""
     c = Cluster(podman, ["docker-compose.cluster.yml"], services=CLUSTER_SERVICES, one_shot=("redis-init",))
-    try:
-        with timed("compose up (Redis Cluster)"):
-            try:
-                c.up()
-            except BaseException:
-                print(c.logs())
-                raise
+    with brought_up(c, timing=" (Redis Cluster)"):
         yield c
-    finally:
-        with timed("compose down (Redis Cluster)"):
-            c.remove()
 
 
 def _cluster_nodes(cluster: Cluster) -> list[list[str]]:
@@ -65,27 +51,5 @@ def test_redis_init_again_changes_nothing(sharded: Cluster) -> None:
     assert sorted(n[0] for n in _cluster_nodes(sharded)) == before
 
 
-async def _open(cluster: Cluster, user: str, within: float = 90) -> ChatClient:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            return await ChatClient.open(cluster.url, user, "secret-pw", request_timeout=60, backoff_cap=1.0)
-        except ConnectFailed:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.5)  # pacing between bounded attempts, not synchronisation
-
-
 async def test_clients_through_haproxy_chat_across_gateways_and_shards(sharded: Cluster) -> None:
-    clients = [await _open(sharded, f"shard{i}") for i in range(3)]
-    try:
-        assert len({c.node for c in clients}) == 3  # leastconn over three idle gateways
-        ack = await clients[0].send("@shard1", "hello across shards")
-        got = await wait_for_event(clients[1], lambda e: isinstance(e, f.Message) and e.id == ack.id, 30)
-        assert isinstance(got, f.Message) and got.body == "hello across shards"
-        await clients[2].send("*", "to everyone")
-        for client in clients[:2]:
-            await wait_for_event(client, lambda e: isinstance(e, f.Message) and e.body == "to everyone", 30)
-    finally:
-        for client in clients:
-            await client.close()
+    await chat_across_three_gateways(sharded, "shard", "hello across shards")
