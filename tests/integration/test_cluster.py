@@ -69,8 +69,9 @@ class ClusterProc:
             self._reader.join(5)
 
 
-@pytest.fixture
-def cluster_factory(tmp_path: Path) -> Iterator[list[ClusterProc]]:
+@pytest.fixture(name="cluster_factory")
+def started_clusters(tmp_path: Path) -> Iterator[list[ClusterProc]]:
+    """The launchers a test starts (it appends them); any still running afterwards is stopped."""
     started: list[ClusterProc] = []
     yield started
     for c in started:

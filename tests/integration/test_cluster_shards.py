@@ -5,10 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from chinwag.cluster import free_base_port
 from common.http import http_status
@@ -16,7 +13,7 @@ from common.redis import connect_redis_cluster
 from common.redis_cluster import RedisCluster
 from protocol import frames as f
 from tests.helpers import Clients, Processes, wait_for_event, wait_until
-from tests.integration.test_cluster import ClusterProc
+from tests.integration.test_cluster import ClusterProc, started_clusters  # noqa: F401 (cluster_factory)
 
 
 def _answers(port: int) -> bool:
@@ -25,21 +22,12 @@ def _answers(port: int) -> bool:
     return False
 
 
-@pytest.fixture
-def launcher(tmp_path: Path) -> Iterator[list[ClusterProc]]:
-    started: list[ClusterProc] = []
-    yield started
-    for proc in started:
-        if proc.proc.poll() is None:
-            proc.stop()
-
-
 async def test_up_with_redis_shards_runs_presence_and_gateways_on_the_cluster(
-    tmp_path: Path, clients: Clients, launcher: list[ClusterProc]
+    tmp_path: Path, clients: Clients, cluster_factory: list[ClusterProc]
 ) -> None:
     base = free_base_port("127.0.0.1", 3)
     cluster = ClusterProc(["--gateways", "3", "--redis-shards", "3", "--base-port", str(base)], tmp_path)
-    launcher.append(cluster)
+    cluster_factory.append(cluster)
     cluster.wait_ready()
     text = "\n".join(cluster.lines)
     url = re.search(r"redis\s+(redis\+cluster://\S+)", text)
@@ -71,11 +59,11 @@ async def test_up_with_redis_shards_runs_presence_and_gateways_on_the_cluster(
 
 
 def test_up_runs_gateways_on_a_cluster_started_elsewhere(
-    tmp_path: Path, redis_cluster: RedisCluster, launcher: list[ClusterProc]
+    tmp_path: Path, redis_cluster: RedisCluster, cluster_factory: list[ClusterProc]
 ) -> None:
     base = free_base_port("127.0.0.1", 1)
     cluster = ClusterProc(["--gateways", "1", "--base-port", str(base), "--redis-url", redis_cluster.url], tmp_path)
-    launcher.append(cluster)
+    cluster_factory.append(cluster)
     cluster.wait_ready()
     assert "(external)" in "\n".join(cluster.lines)
     ((_, metrics),) = cluster.gateways()
