@@ -654,7 +654,7 @@ def seed_from_env(default: int) -> int:
 
 SOAK_TOTALS = (
     "faults", "sent", "acked", "unacked", "received", "deliveries_checked", "lost", "duplicated", "out_of_order",
-    "leaked", "unknown", "wrong_id", "membership_ops", "reconnects", "rebinds", "first_login_retries",
+    "leaked", "unknown", "wrong_id", "id_clash", "membership_ops", "reconnects", "rebinds", "first_login_retries",
 )
 
 
