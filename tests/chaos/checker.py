@@ -13,6 +13,8 @@ conversation are numbered by the two users' clocks (even and odd ``seq``).  So a
 message is named by its stream *and* id (:func:`stream_of`), order is checked per
 stream, and the only uniqueness the checker demands is per stream and per DM
 conversation (:func:`conversation_of`): two unrelated streams may reuse an id.
+A DM must also be numbered above every DM its sender had received when it sent
+it (the ``floor``), so a reply sorts after what it answers.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ class Sent:
     body: str
     ack: str | None = None  # id, once acked
     refused: bool = False  # an error reply that means "not stored" (not_member, not_found)
+    # A DM's floor: the last DM its sender's client had received when it first sent it.  The reply
+    # must be numbered above it (protocol §7.1), though the two were numbered by different clocks.
+    floor: str | None = None
 
 
 @dataclass
@@ -245,6 +250,11 @@ class Checker:
                     note(f"leak: {user} got {sent.to} {sent.ack} {body!r} while not a member"
                          + self._why(user, sent))
         id_clash = self._id_clashes(note)
+        below_floor = 0
+        for body, sent in by_body.items():
+            if sent.ack and sent.floor and id_tuple(sent.ack) <= id_tuple(sent.floor):
+                below_floor += 1
+                note(f"below floor: {sent.to} {body!r} acked as {sent.ack}, though its sender had seen {sent.floor}")
         acked = Counter(("dm" if s.to[0] == "@" else s.to[0]) for s in by_body.values() if s.ack)
         self.stats.update(
             seed=self.cfg.seed, faults=sum(h.faults.values()), fault_kinds=dict(h.faults),
@@ -253,14 +263,15 @@ class Checker:
             unacked=sum(1 for s in by_body.values() if s.ack is None and not s.refused),
             deliveries_checked=deliveries, membership_ops=h.membership_ops, refused_joins=h.refused_joins,
             lost=lost, duplicated=duplicated, leaked=leaked, unknown=unknown, out_of_order=out_of_order,
-            wrong_id=wrong_id, id_clash=id_clash, reconnects=sum(u.client.reconnects for u in self.users.values()),
+            wrong_id=wrong_id, id_clash=id_clash, below_floor=below_floor,
+            reconnects=sum(u.client.reconnects for u in self.users.values()),
             client_dropped_duplicates=sum(u.client.duplicates for u in self.users.values()),
             known_limitation=len(self.known),
         )
         if examples:
             self.problems.extend(examples)
-        if lost or duplicated or leaked or unknown or out_of_order or wrong_id or id_clash:
+        if lost or duplicated or leaked or unknown or out_of_order or wrong_id or id_clash or below_floor:
             self.problems.append(
                 f"checker: lost={lost} duplicated={duplicated} leaked={leaked} unknown={unknown} "
-                f"out_of_order={out_of_order} wrong_id={wrong_id} id_clash={id_clash}"
+                f"out_of_order={out_of_order} wrong_id={wrong_id} id_clash={id_clash} below_floor={below_floor}"
             )

@@ -327,7 +327,7 @@ class Run(Checker):
     async def send(self, user: User, to: str) -> None:
         user.sent += 1
         body = f"{user.name}:{user.sent}:{to}"
-        sent = Sent(user.name, to, body)
+        sent = Sent(user.name, to, body, floor=user.client.positions.get(f.STREAM_DM) if to[:1] == "@" else None)
         self.history.sends[body] = sent
         ref = f"{self.cfg.seed}-{body}"
         user.doing = f"send {body}"
@@ -709,7 +709,8 @@ def seed_from_env(default: int) -> int:
 
 SOAK_TOTALS = (
     "faults", "sent", "acked", "unacked", "received", "deliveries_checked", "lost", "duplicated", "out_of_order",
-    "leaked", "unknown", "wrong_id", "id_clash", "membership_ops", "reconnects", "rebinds", "first_login_retries",
+    "leaked", "unknown", "wrong_id", "id_clash", "below_floor", "membership_ops", "reconnects", "rebinds",
+    "first_login_retries",
 )
 
 

@@ -92,3 +92,16 @@ def test_order_is_checked_within_a_stream() -> None:
     v.got("u1", first)
     v.check()
     assert v.stats["out_of_order"] == 1, v.stats
+
+
+def test_a_reply_numbered_below_what_its_sender_had_seen_is_caught() -> None:
+    """u1 answers a DM it got as 500-0 (u1's inbox clock); the answer, on u0's clock, must sort after."""
+    v = Verdict(["u0", "u1"])
+    seen = v.sent("u0", "@u1", "500-0")
+    ok, bad = v.sent("u1", "@u0", "500-1"), v.sent("u1", "@u0", "400-1")
+    ok.floor = bad.floor = seen.ack
+    for sent, user in ((seen, "u1"), (bad, "u0"), (ok, "u0")):
+        v.got(user, sent)
+    v.check()
+    assert v.stats["below_floor"] == 1 and v.stats["out_of_order"] == v.stats["lost"] == 0, v.stats
+    assert any("below floor" in p and "400-1" in p for p in v.problems), v.problems
