@@ -108,14 +108,16 @@ def _verdict(tally: Tally, clients: list[ChatClient]) -> None:
     for client in clients:
         user = client.user or ""
         got = tally.received[user]
-        ids = [m.id for m in got]
-        expected = {mid for _, mid in tally.sent[user]} | set(tally.broadcasts)
+        # Ids are per stream (protocol §7.1): a DM (the user's inbox clock) and a broadcast (the broadcast
+        # clock) can share an id, so a message is named by (stream, id), never by its id alone.
+        ids = [("*" if m.to == "*" else "dm", m.id) for m in got]
+        expected = {("dm", mid) for _, mid in tally.sent[user]} | {("*", mid) for mid in tally.broadcasts}
         received += len(ids)
         duplicated += len(ids) - len(set(ids))
         missing = expected - set(ids)
         lost += len(missing)
-        for mid in sorted(missing, key=id_tuple)[:5]:
-            print(f"lost: {mid} to {user} (ms {id_tuple(mid)[0] % 100000})")
+        for stream, mid in sorted(missing, key=lambda sm: (sm[0], id_tuple(sm[1])))[:5]:
+            print(f"lost: {stream} {mid} to {user} (ms {id_tuple(mid)[0] % 100000})")
         by_sender: dict[str, list[str]] = defaultdict(list)
         for m in got:
             by_sender["*" if m.to == "*" else m.from_].append(m.id)
