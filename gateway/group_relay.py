@@ -128,6 +128,8 @@ class GroupRelay:
         self.members: dict[str, set[Session]] = {}  # group key -> sessions Redis confirmed as members
         self._pending: dict[str, dict[Session, _Pending]] = {}
         self._subs: dict[str, asyncio.Future[None]] = {}  # group key -> its channel subscription
+        # Joins of sessions counted members already (_stamp_rejoin), for _confirm's stale reads:
+        self.join_seq, self.rejoins, self.rejoining = 0, dict[tuple[Session, str], int](), set[tuple[Session, str]]()
 
     # -- joining ------------------------------------------------------------
 
@@ -137,8 +139,10 @@ class GroupRelay:
         """Subscribe, let Redis decide (``decide(nonce)``: the state and whether the membership is new),
         then admit.  Raises what ``decide`` raises, with nothing delivered."""
         if gkey in session.groups:  # a member here already: Redis only confirms
+            _stamp_rejoin(self, session, gkey, deciding=True)
             try:
                 state, new = await decide("")
+                _stamp_rejoin(self, session, gkey)  # a read made while it was deciding is stale too
             except (Forbidden, NotFound):
                 # Not a member after all: a removal whose notice was lost (soak seed 3001).  Stop
                 # delivery, then write what that membership stored and this session has not had: the
@@ -150,6 +154,8 @@ class GroupRelay:
                     log.warning("%s: could not write what %s stored before the removal (%s)", session.name,
                                 gkey, type(exc).__name__)
                 raise
+            finally:
+                self.rejoining.discard((session, gkey))
             if new and state.position is not None:
                 # A removal whose notice was lost came first: what that membership stored is still owed.
                 with contextlib.suppress(*REDIS_ERRORS):
@@ -261,6 +267,7 @@ class GroupRelay:
         """Stop delivering ``gkey`` to ``session`` now (synchronously), and cancel a pending join
         that has taken effect (one still before its marker is a newer membership than the cause)."""
         session.groups.pop(gkey, None)
+        self.rejoins.pop((session, gkey), None)
         members = self.members.get(gkey)
         if members is not None:
             members.discard(session)
@@ -411,10 +418,20 @@ class GroupRelay:
         return bounds
 
 
+def _stamp_rejoin(relay: GroupRelay, session: Session, gkey: str, deciding: bool = False) -> None:
+    """A join of a session counted a member starts (``deciding``) or ends: _confirm's earlier read is stale."""
+    if gkey in session.groups:  # detach drops the stamp
+        relay.join_seq += 1
+        relay.rejoins[session, gkey] = relay.join_seq
+        relay.rejoining.update([(session, gkey)] if deciding else [])
+
+
 async def _confirm(
     relay: GroupRelay, session: Session, gkeys: list[str], bounds: dict[tuple[Session, str], tuple[int, int]]
 ) -> None:
-    """``verify`` for one session: read its memberships of ``gkeys`` again and act on the answer."""
+    """``verify`` for one session: read its memberships of ``gkeys`` again and act on the answer.  A join
+    not ended before the read decides that membership itself (a refusal detaches): soak seed 5201."""
+    seq = relay.join_seq
     views = await relay.groups.views(session.key, gkeys)
     for gkey, view in views.items():
         bounds[session, gkey] = id_tuple(view.now)
@@ -425,6 +442,8 @@ async def _confirm(
         if gkey not in session.groups:
             continue  # detached while we waited
         since = views[gkey].since
+        if since is None and ((session, gkey) in relay.rejoining or relay.rejoins.get((session, gkey), 0) > seq):
+            continue  # stale: a join began or ended since the read, and its answer governs
         if since is None:
             log.info("%s is no longer in %s; delivery stopped", session.name, gkey)
             relay.detach(session, gkey)

@@ -6,6 +6,15 @@ recipient exactly once with its acked id, unacked ones at most once, nothing
 arrives that nobody sent, ids rise per stream, and nobody gets a group message
 stored while they were clearly not a member (membership windows are bounded by
 the group's clock read before and after each change; a join's position is exact).
+
+Ids are per stream, not global (docs/protocol.md §7.1): each user's inbox, each
+group and the broadcasts have their own clock, and the two directions of a DM
+conversation are numbered by the two users' clocks (even and odd ``seq``).  So a
+message is named by its stream *and* id (:func:`stream_of`), order is checked per
+stream, and the only uniqueness the checker demands is per stream and per DM
+conversation (:func:`conversation_of`): two unrelated streams may reuse an id.
+A DM must also be numbered above every DM its sender had received when it sent
+it (the ``floor``), so a reply sorts after what it answers.
 """
 
 from __future__ import annotations
@@ -16,13 +25,34 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from protocol import frames as f
-from protocol.names import id_tuple
+from protocol.names import id_tuple, name_key
 
 if TYPE_CHECKING:
     from tests.chaos.nemesis import Config, User
 
 Mid = tuple[int, int]
 REMOVAL_WINDOW_MS = 15_000  # see Checker._known
+Stream = tuple[str, ...]  # ("dm", recipient) = a user's inbox, ("*",), ("#", group key)
+
+
+def stream_of(user: str, to: str) -> Stream:
+    """The stream a message addressed ``to`` reaches ``user`` on, as its ids are numbered: a DM by the
+    recipient's inbox clock (``user`` is the recipient), a broadcast by the broadcast clock, a group
+    message by its group's clock.  Ids rise within one stream and are unique there; nowhere else."""
+    if to == "*":
+        return ("*",)
+    if to.startswith("#"):
+        return ("#", name_key(to[1:]))
+    return ("dm", name_key(user))
+
+
+def conversation_of(sender: str, to: str) -> Stream:
+    """Where an id must be unique: a DM conversation (both directions: the two clocks use even and odd
+    ``seq``s), or the broadcast or group stream itself."""
+    if to.startswith("@"):
+        a, b = sorted((name_key(sender), name_key(to[1:])))
+        return ("conv", a, b)
+    return stream_of(sender, to)
 
 
 @dataclass
@@ -32,6 +62,9 @@ class Sent:
     body: str
     ack: str | None = None  # id, once acked
     refused: bool = False  # an error reply that means "not stored" (not_member, not_found)
+    # A DM's floor: the last DM its sender's client had received when it first sent it.  The reply
+    # must be numbered above it (protocol §7.1), though the two were numbered by different clocks.
+    floor: str | None = None
 
 
 @dataclass
@@ -136,13 +169,31 @@ class Checker:
         return None
 
     def _all_delivered(self) -> bool:
+        """Has every acked message reached every intended recipient?  A message is named by (stream, id):
+        an id alone is not enough, since another stream may have handed out the same one."""
         for user in self.users:
-            got = {m.id for m in self.history.received[user]}
+            got = {(stream_of(user, m.to), m.id) for m in self.history.received[user]}
             for sent in self.history.sends.values():
-                if (sent.ack and self._expected(user, sent) == "yes" and sent.ack not in got
+                if (sent.ack and self._expected(user, sent) == "yes"
+                        and (stream_of(user, sent.to), sent.ack) not in got
                         and not self._known(user, sent, "lost")):
                     return False
         return True
+
+    def _id_clashes(self, note: Any) -> int:
+        """Two different messages under one id in one stream or DM conversation: the per-owner clocks
+        must never hand out an id twice there (the same id in two unrelated streams is fine)."""
+        bodies: dict[tuple[Stream, str], set[str]] = defaultdict(set)
+        for body, sent in self.history.sends.items():
+            if sent.ack:
+                bodies[(conversation_of(sent.sender, sent.to), sent.ack)].add(body)
+        for user in self.users:
+            for m in self.history.received[user]:
+                bodies[(conversation_of(m.from_, m.to), m.id)].add(m.body)
+        clashes = [(where, mid, sorted(names)) for (where, mid), names in bodies.items() if len(names) > 1]
+        for where, mid, names in clashes:
+            note(f"id clash: {mid} names {names} in {where}")
+        return len(clashes)
 
     def check(self) -> None:
         h = self.history
@@ -157,9 +208,9 @@ class Checker:
         for user in self.users:
             got = h.received[user]
             seen: Counter[str] = Counter()
-            last: dict[str, Mid] = {}
+            last: dict[Stream, Mid] = {}
             for m in got:
-                stream = m.to if m.to[:1] in ("*", "#") else "dm"
+                stream = stream_of(user, m.to)
                 mid = id_tuple(m.id)
                 if stream in last and mid <= last[stream]:
                     out_of_order += 1
@@ -183,8 +234,8 @@ class Checker:
                         self.known.append(f"{label}: {sent.to} {sent.ack} {body!r} never reached {user}")
                     elif n == 0:
                         lost += 1
-                        stream = sent.to if sent.to[0] in "*#" else "dm"
-                        later = [m.id for m in got if (m.to if m.to[0] in "*#" else "dm") == stream
+                        stream = stream_of(user, sent.to)
+                        later = [m.id for m in got if stream_of(user, m.to) == stream
                                  and sent.ack and id_tuple(m.id) > id_tuple(sent.ack)]
                         client = self.users[user].client
                         note(f"lost: {sent.to} {sent.ack} {body!r} never reached {user} (on {client.node}; "
@@ -198,6 +249,12 @@ class Checker:
                     leaked += 1
                     note(f"leak: {user} got {sent.to} {sent.ack} {body!r} while not a member"
                          + self._why(user, sent))
+        id_clash = self._id_clashes(note)
+        below_floor = 0
+        for body, sent in by_body.items():
+            if sent.ack and sent.floor and id_tuple(sent.ack) <= id_tuple(sent.floor):
+                below_floor += 1
+                note(f"below floor: {sent.to} {body!r} acked as {sent.ack}, though its sender had seen {sent.floor}")
         acked = Counter(("dm" if s.to[0] == "@" else s.to[0]) for s in by_body.values() if s.ack)
         self.stats.update(
             seed=self.cfg.seed, faults=sum(h.faults.values()), fault_kinds=dict(h.faults),
@@ -206,14 +263,15 @@ class Checker:
             unacked=sum(1 for s in by_body.values() if s.ack is None and not s.refused),
             deliveries_checked=deliveries, membership_ops=h.membership_ops, refused_joins=h.refused_joins,
             lost=lost, duplicated=duplicated, leaked=leaked, unknown=unknown, out_of_order=out_of_order,
-            wrong_id=wrong_id, reconnects=sum(u.client.reconnects for u in self.users.values()),
+            wrong_id=wrong_id, id_clash=id_clash, below_floor=below_floor,
+            reconnects=sum(u.client.reconnects for u in self.users.values()),
             client_dropped_duplicates=sum(u.client.duplicates for u in self.users.values()),
             known_limitation=len(self.known),
         )
         if examples:
             self.problems.extend(examples)
-        if lost or duplicated or leaked or unknown or out_of_order or wrong_id:
+        if lost or duplicated or leaked or unknown or out_of_order or wrong_id or id_clash or below_floor:
             self.problems.append(
                 f"checker: lost={lost} duplicated={duplicated} leaked={leaked} unknown={unknown} "
-                f"out_of_order={out_of_order} wrong_id={wrong_id}"
+                f"out_of_order={out_of_order} wrong_id={wrong_id} id_clash={id_clash} below_floor={below_floor}"
             )

@@ -37,6 +37,15 @@ choices (timing still varies).  A long run::
 
     python -m tests.chaos.nemesis --soak 30          # 30 minutes, in rounds of 5
     python -m tests.chaos.nemesis --seed 7 --duration 20
+
+``--redis-cluster`` runs the same workload and checker on a 3+3 Redis Cluster
+(common/redis_cluster.py, with AOF) instead, the gateways with ``--durability
+replica`` (an ack waits for WAIT 1, so a promoted replica has every acked
+message).  The gateways reach the nodes directly (a cluster client follows the
+addresses the nodes announce, so no proxy can sit in between): the partition
+and latency faults are left out, and ``master_kill`` (``kill -9`` of a random
+master, its replica promoted, the old master restarted as a replica) stands in
+for ``redis_restart``.
 """
 
 from __future__ import annotations
@@ -61,6 +70,8 @@ import redis.asyncio as redis_async
 from client import ChatClient
 from client.errors import ClientError
 from common import keys
+from common.redis import connect_redis_cluster
+from common.redis_cluster import RedisCluster
 from protocol import frames as f
 from protocol.errors import ChatError, Forbidden, NotFound, NotMember
 from protocol.names import group_name, id_tuple
@@ -78,6 +89,9 @@ FAULTS = (
     "kill9", "pause_short", "pause_long", "redis_restart", "partition_short", "partition_long", "latency",
     "drop_takeover", "drop_same", "group_churn",
 )
+# On a Redis Cluster (``Config.redis_cluster``): no proxy between the gateways and the nodes.
+PROXY_FAULTS = ("redis_restart", "partition_short", "partition_long", "latency")
+CLUSTER_FAULTS = (*(k for k in FAULTS if k not in PROXY_FAULTS), "master_kill")
 
 
 
@@ -89,12 +103,17 @@ class Config:
     gateways: int = 3
     rate: float = 3.0  # sends per second per user
     max_concurrent_faults: int = 2
+    redis_cluster: bool = False  # a 3+3 Redis Cluster instead of one Redis (see the module docstring)
+
+    @property
+    def faults(self) -> tuple[str, ...]:
+        return CLUSTER_FAULTS if self.redis_cluster else FAULTS
 
 
 class Cluster:
     """Redis, presence and the gateways (each behind its proxy); faults act on it."""
 
-    def __init__(self, cfg: Config, procs: Processes, redis: RedisServer) -> None:
+    def __init__(self, cfg: Config, procs: Processes, redis: RedisServer | RedisCluster) -> None:
         self.cfg = cfg
         self.procs = procs
         self.redis = redis
@@ -110,7 +129,8 @@ class Cluster:
         self.generation = [0] * cfg.gateways
         self.busy: set[Any] = set()  # gateways / "redis" a fault is acting on right now
         self.paused: set[int] = set()
-        self.admin = redis_async.Redis.from_url(redis.url, socket_timeout=3, socket_connect_timeout=2)
+        self.admin: Any = (connect_redis_cluster(redis.url) if isinstance(redis, RedisCluster)
+                           else redis_async.Redis.from_url(redis.url, socket_timeout=3, socket_connect_timeout=2))
 
     @property
     def urls(self) -> list[str]:
@@ -119,9 +139,10 @@ class Cluster:
     async def start(self) -> None:
         self.procs.presence(self.redis.url, env=self.env)
         for _ in range(self.cfg.gateways):
-            proxy = Proxy(self.redis.port)
-            await proxy.start()
-            self.proxies.append(proxy)
+            if isinstance(self.redis, RedisServer):
+                proxy = Proxy(self.redis.port)
+                await proxy.start()
+                self.proxies.append(proxy)
             front = Proxy(None)
             await front.start()
             self.fronts.append(front)
@@ -132,8 +153,11 @@ class Cluster:
             self.generation[i] += 1
         node = f"gw{i}-{self.generation[i]}"
         args = ["--node-id", node, "--ping-interval", "5"]
+        url = self.proxies[i].url if isinstance(self.redis, RedisServer) else self.redis.url
+        if isinstance(self.redis, RedisCluster):
+            args += ["--durability", "replica"]  # acked = on the replica a failover promotes
         for attempt in range(1, BIND_ATTEMPTS + 1):
-            proc = self.procs.gateway(self.proxies[i].url, env=self.env, args=args, start=False)  # new ports
+            proc = self.procs.gateway(url, env=self.env, args=args, start=False)  # new ports
             proc.start(wait_ready=False)
             self.gateways[i] = proc
             if await self._wait_started(i, proc):
@@ -195,7 +219,11 @@ class Cluster:
         for proxy in self.proxies:
             proxy.latency = 0.0
             proxy.heal(reset=False)
-        if self.redis.proc is None or self.redis.proc.poll() is not None:
+        if isinstance(self.redis, RedisCluster):
+            for node in self.redis.nodes:
+                if not node.alive():
+                    await asyncio.to_thread(self.redis.restart, node)
+        elif self.redis.proc is None or self.redis.proc.poll() is not None:
             await asyncio.to_thread(self.redis.start)
         for i, proc in enumerate(self.gateways):
             if proc is None or proc.exited():
@@ -299,7 +327,7 @@ class Run(Checker):
     async def send(self, user: User, to: str) -> None:
         user.sent += 1
         body = f"{user.name}:{user.sent}:{to}"
-        sent = Sent(user.name, to, body)
+        sent = Sent(user.name, to, body, floor=user.client.positions.get(f.STREAM_DM) if to[:1] == "@" else None)
         self.history.sends[body] = sent
         ref = f"{self.cfg.seed}-{body}"
         user.doing = f"send {body}"
@@ -399,7 +427,7 @@ class Run(Checker):
     # -- nemesis --------------------------------------------------------------
 
     async def nemesis(self, cluster: Cluster) -> None:
-        kinds = list(FAULTS)
+        kinds = list(self.cfg.faults)
         self.rng.shuffle(kinds)  # every kind at least once first, then at random
         running: set[asyncio.Task[None]] = set()
         started = time.monotonic()
@@ -408,13 +436,16 @@ class Run(Checker):
             running = {t for t in running if not t.done()}
             if len(running) >= self.cfg.max_concurrent_faults:
                 continue
-            kind = kinds.pop() if kinds else self.rng.choice(FAULTS)
+            kind = kinds.pop() if kinds else self.rng.choice(self.cfg.faults)
             running.add(asyncio.create_task(self.fault(cluster, kind, random.Random(self.rng.random()))))
         await asyncio.gather(*running, return_exceptions=False)
         self.stop_faults.set()
 
     async def fault(self, cluster: Cluster, kind: str, rng: random.Random) -> None:
         free = [i for i in range(self.cfg.gateways) if i not in cluster.busy]
+        if kind == "master_kill":
+            await self._master_kill(cluster, rng)
+            return
         if kind == "redis_restart":
             if "redis" in cluster.busy or cluster.paused:  # paused gateways would miss it anyway
                 return
@@ -451,8 +482,25 @@ class Run(Checker):
         finally:
             cluster.busy.discard(i)
 
+    async def _master_kill(self, cluster: Cluster, rng: random.Random) -> None:
+        """``kill -9`` a random master of the Redis Cluster, wait for its replica's promotion, restart it
+        (it rejoins as the new master's replica).  One at a time, so every master has a replica."""
+        if "redis" in cluster.busy or not isinstance(cluster.redis, RedisCluster):
+            return
+        cluster.busy.add("redis")
+        try:
+            nodes = cluster.redis
+            master = rng.choice(sorted(await asyncio.to_thread(nodes.master_nodes), key=lambda n: n.port))
+            self._log(f"master_kill {master.address}")
+            failover = await asyncio.to_thread(nodes.kill_master, master)
+            log.info("master_kill: %s promoted in %.1fs", failover.promoted.address, failover.seconds)
+            await asyncio.sleep(rng.uniform(0.2, 1.5))
+            await asyncio.to_thread(nodes.restart, master)
+        finally:
+            cluster.busy.discard("redis")
+
     async def _gateway_fault(self, cluster: Cluster, kind: str, i: int, rng: random.Random) -> None:
-        proxy = cluster.proxies[i]
+        proxy = cluster.proxies[i] if cluster.proxies else None  # none on a Redis Cluster
         if kind == "kill9":
             new_node = rng.random() < 0.5
             self._log(f"kill9 gw{i} (restart {'with a new node id' if new_node else 'as the same node'})")
@@ -469,6 +517,8 @@ class Run(Checker):
             finally:
                 cluster.signal(i, signal.SIGCONT)
                 cluster.paused.discard(i)
+        elif proxy is None:
+            raise AssertionError(f"{kind} needs a proxy between the gateway and Redis")
         elif kind in ("partition_short", "partition_long"):
             span = rng.uniform(0.3, 0.8) * LEASE_TTL if kind == "partition_short" else rng.uniform(1.5, 3.0) * LEASE_TTL
             reset = rng.random() < 0.5
@@ -508,8 +558,13 @@ class Run(Checker):
                 self.stats["max_loop_stall"] = max(self.stats.get("max_loop_stall", 0.0), round(lag, 1))
 
     async def run(self, procs: Processes) -> dict[str, Any]:
-        redis = RedisServer(self.workdir / "redis")
-        redis.start()
+        redis: RedisServer | RedisCluster
+        if self.cfg.redis_cluster:
+            redis = await asyncio.to_thread(
+                RedisCluster(masters=3, directory=self.workdir / "redis", appendonly=True).start)
+        else:
+            redis = RedisServer(self.workdir / "redis")
+            redis.start()
         cluster = Cluster(self.cfg, procs, redis)
         watch = asyncio.create_task(self._watch_loop())
         try:
@@ -654,11 +709,12 @@ def seed_from_env(default: int) -> int:
 
 SOAK_TOTALS = (
     "faults", "sent", "acked", "unacked", "received", "deliveries_checked", "lost", "duplicated", "out_of_order",
-    "leaked", "unknown", "wrong_id", "membership_ops", "reconnects", "rebinds", "first_login_retries",
+    "leaked", "unknown", "wrong_id", "id_clash", "below_floor", "membership_ops", "reconnects", "rebinds",
+    "first_login_retries",
 )
 
 
-async def soak(minutes: float, seed: int, round_minutes: float, workdir: Path) -> int:
+async def soak(minutes: float, seed: int, round_minutes: float, workdir: Path, redis_cluster: bool = False) -> int:
     """Rounds of random faults until ``minutes`` have passed; non-zero exit on the first failure."""
     end = time.monotonic() + minutes * 60
     totals: Counter[str] = Counter()
@@ -666,7 +722,8 @@ async def soak(minutes: float, seed: int, round_minutes: float, workdir: Path) -
     seeds: list[int] = []
     rounds = 0
     while time.monotonic() < end:
-        cfg = Config(seed=seed + rounds, duration=max(10.0, min(round_minutes * 60, end - time.monotonic())))
+        cfg = Config(seed=seed + rounds, duration=max(10.0, min(round_minutes * 60, end - time.monotonic())),
+                     redis_cluster=redis_cluster)
         stats, problems, _ = await run_once(cfg, Path(tempfile.mkdtemp(prefix=f"seed{cfg.seed}-", dir=workdir)))
         rounds += 1
         seeds.append(cfg.seed)
@@ -690,6 +747,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--soak", type=float, default=None, metavar="MINUTES", help="run rounds for this long")
     parser.add_argument("--round-minutes", type=float, default=5.0, help="length of one soak round")
     parser.add_argument("--workdir", type=Path, default=None, help="where logs and Redis data go")
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="on a 3+3 Redis Cluster, with master kills (see above)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     logging.getLogger("chinwag.client").setLevel(logging.WARNING)
@@ -698,8 +757,9 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"nemesis: logs and data in {workdir}", flush=True)
     if args.soak is not None:
-        raise SystemExit(asyncio.run(soak(args.soak, seed, args.round_minutes, workdir)))
-    _, problems, _ = asyncio.run(run_once(Config(seed=seed, duration=args.duration), workdir))
+        raise SystemExit(asyncio.run(soak(args.soak, seed, args.round_minutes, workdir, args.redis_cluster)))
+    cfg = Config(seed=seed, duration=args.duration, redis_cluster=args.redis_cluster)
+    _, problems, _ = asyncio.run(run_once(cfg, workdir))
     if problems:
         print("FAILED:\n" + "\n".join(problems))
         raise SystemExit(1)

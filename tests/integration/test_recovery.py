@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -408,3 +409,50 @@ async def test_a_refused_join_after_an_unseen_removal_delivers_the_old_membershi
     probe = await owner.send("@member", "probe")  # nothing of the group may come before it
     rest = (await _messages(member, 1))[0]
     assert rest.id == probe.id, f"{rest} (the message after the removal is {after.id})"
+
+
+async def test_a_rejoin_while_the_catch_up_reads_memberships_keeps_delivering(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path
+) -> None:
+    """Soak seed 5201 (issue 15): a member was removed while its gateway's subscriptions were down (the
+    ``part`` notice lost), invited again and joined while the catch-up was confirming memberships.  The
+    catch-up had read "not a member" just before the join decided, and then stopped delivery, after the
+    join had answered: the member got nothing of the group until it left and joined again.  A join that
+    starts while the memberships are read now makes that read stale.  In-process, to hold the catch-up
+    between its read and its verdict until the join has answered."""
+    settings = Settings(
+        redis_url=redis_server.url, port=0, http_port=0, argon2_memory_kib=1024, argon2_time_cost=1,
+        rate_messages=0, rate_requests=0, ip_connections=0, ip_logins=0, data_dir=str(tmp_path),
+    )
+    gateway = Gateway(settings)
+    await gateway.start()
+    other = processes.gateway(redis_server.url)
+    try:
+        async with _admin(redis_server.url) as admin:
+            member = await clients.login(f"ws://127.0.0.1:{gateway.port}", "member")
+            owner = await clients.login(other.url, "owner")
+            await owner.group("create", "devs", invite_only=True)
+            await owner.group("invite", "devs", user="member")
+            await member.group("join", "devs")
+            parted, read = gateway.groups.parted, asyncio.Event()
+
+            async def parted_after_the_join(ukey: str, gkeys: list[str]) -> Any:
+                read.set()  # the catch-up has read "not a member"; the member joins again now
+                await async_wait_until(lambda: admin.hexists(keys.group_members("devs"), "member"), 10,
+                                       "the join to be decided in Redis")
+                return await parted(ukey, gkeys)
+
+            gateway.groups.parted = parted_after_the_join  # type: ignore[method-assign]
+            await _cut_subscriptions(admin)
+            await owner.group("remove", "devs", user="member")  # the notice is lost
+            await owner.group("invite", "devs", user="member")
+            await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")  # the catch-up starts
+            await asyncio.wait_for(read.wait(), 10)
+            await member.group("join", "devs")
+            await async_wait_until(lambda: not gateway.recovery.held and gateway.router.live, 10, "the catch-up")
+            gateway.groups.parted = parted  # type: ignore[method-assign]
+            after = await owner.send("#devs", "stored after the rejoin")
+            got = await _messages(member, 1)
+            assert [m.id for m in got] == [after.id]
+    finally:
+        await gateway.stop()
