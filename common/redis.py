@@ -16,11 +16,14 @@ by the URL's scheme, and type what they pass down as ``RedisClient``.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError
@@ -28,6 +31,48 @@ from redis.exceptions import ConnectionError, RedisError
 # What "Redis is away" looks like to a caller: redis-py's own errors, the socket's, and a
 # ``wait_for`` around a command running out.  Loops catch exactly these, back off and retry.
 REDIS_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def is_closed_transport(exc: BaseException) -> bool:
+    """uvloop's way of saying "this socket is closed": ``RuntimeError('unable to perform operation on
+    <TCPTransport closed=True ...>; the handler is closed')``, raised by a write to a connection whose
+    peer went away (a killed cluster master).  Only that message: any other RuntimeError is a bug."""
+    text = str(exc)
+    return type(exc) is RuntimeError and text.startswith("unable to perform operation on") and "closed" in text
+
+
+class TranslatingConnection(Connection):
+    """redis-py's connection, with uvloop's closed-transport RuntimeError turned into the ConnectionError it is.
+
+    redis-py turns a write's OSError into ConnectionError but re-raises anything else as is, and
+    uvloop (unlike asyncio's own transports) raises RuntimeError for a write to a closed transport.
+    Translating it here, where redis-py raises it, is the one place that covers every caller: every
+    ``except REDIS_ERRORS`` in the programs, and redis-py's own cluster client, whose retry and slot-map
+    refresh after a failover react to ConnectionError only.  Safe because the test is narrow (the
+    exact uvloop message, see ``is_closed_transport``) and redis-py has already dropped the connection
+    (its ``except BaseException`` disconnects before re-raising), so what follows is what follows any
+    lost connection: the next command connects again.
+    """
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except RuntimeError as exc:
+            if not is_closed_transport(exc):
+                raise
+            raise ConnectionError(f"Error writing to socket: the connection is closed ({exc})") from exc
+
+
+def _use_translating_connections(cluster: RedisCluster) -> RedisCluster:
+    """Make every node connection of ``cluster`` a TranslatingConnection (RedisCluster takes no
+    ``connection_class``: it fixes its own in the kwargs it hands each ClusterNode, so set it there,
+    for the nodes it has made already and those it will make on learning the slot map)."""
+    if cluster.nodes_manager.connection_kwargs.get("connection_class", Connection) is not Connection:
+        return cluster  # TLS (SSLConnection): left as redis-py made it
+    cluster.nodes_manager.connection_kwargs["connection_class"] = TranslatingConnection
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = TranslatingConnection
+    return cluster
 
 
 # What the programs pass down: one Redis or a cluster client.  Both carry the same command methods
@@ -107,7 +152,7 @@ def connect_redis_cluster(url: str, *, max_connections: int = 64) -> RedisCluste
     ``max_connections`` is per node.
     """
     parsed = parse_cluster_url(url)
-    return RedisCluster(
+    return _use_translating_connections(RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
         username=parsed.username,
         password=parsed.password,
@@ -117,7 +162,7 @@ def connect_redis_cluster(url: str, *, max_connections: int = 64) -> RedisCluste
         decode_responses=False,
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
-    )
+    ))
 
 
 def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 5.0) -> Redis:
@@ -149,8 +194,14 @@ def connect_redis(url: str, *, max_connections: int = 64, pool_timeout: float = 
         socket_timeout=5.0,
         retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         health_check_interval=0,
+        **_connection_class(url),
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+def _connection_class(url: str) -> dict[str, Any]:
+    """TranslatingConnection for a plain TCP URL; TLS and unix sockets keep redis-py's own class."""
+    return {"connection_class": TranslatingConnection} if url.lower().startswith("redis://") else {}
 
 
 def connect_any(url: str, *, max_connections: int = 64) -> RedisClient:
