@@ -97,6 +97,9 @@ async def run(gateway: Gateway) -> None:
                 _gateway_log.warning("Redis unreachable (%s); answering sends with 'unavailable'", type(exc).__name__)
             gateway.redis_ok = False
             await asyncio.sleep(backoff.next_delay())
+        except Exception:  # a loop that survives: a bug here must not end the lease (and every re-claim) for good
+            _gateway_log.exception("lease loop of %s failed unexpectedly; retrying", gateway.node_id)
+            await asyncio.sleep(backoff.next_delay())
 
 
 async def reclaim(gateway: Gateway) -> set[Session]:

@@ -58,6 +58,8 @@ class Recovery:
     pub/sub losses, by which a login notices one happened while it ran.
     """
 
+    give_up_after = 60.0  # seconds a catch-up retries before leaving it to the next trigger (and a re-claim retry)
+
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
         # Id of the last broadcast fanned out; Gateway.start sets it from Redis's clock.
@@ -69,6 +71,9 @@ class Recovery:
         self.losses = 0  # times the pub/sub connection was lost: a catch-up spanning one is stale
         self.lease_losses = 0  # times the lease was found lost: a login spanning one may have missed DMs
         self._lease_fresh_until: float | None = None  # loop time until which the last renewal vouches
+        # Between recovery tasks that died with a re-claim still to do: capped, jittered retries.
+        self._retry_backoff = Backoff(base=0.1, cap=5.0)
+        self._retry: asyncio.TimerHandle | None = None
 
     @property
     def running(self) -> bool:
@@ -181,14 +186,46 @@ class Recovery:
         accepts subscriptions while still loading its AOF); live frames are held
         meanwhile, and nothing new can be stored until Redis has loaded.
         """
-        gw = self.gw
         scope = self.scope  # what was lost since the last catch-up; losses during this one add to it
         self._hold(scope)  # normally already holding since the loss
         losses = self.losses
         sessions = self._sessions(scope)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
+        deadline = loop.time() + self.give_up_after
         backoff = Backoff(base=0.05, cap=1.0)
+        superseded = False
+        try:
+            await self._recover_loop(sessions, scope, losses, deadline, backoff)
+        except asyncio.CancelledError:
+            superseded = True
+            raise
+        finally:
+            # A loop that survives: whatever ended this task (a bug, an error nobody foresaw, the 60 s
+            # give-up), a re-claim still owed is retried, so a later lease loss (which returns early
+            # while one is pending) never finds it stuck.  Not when superseded: the newer task has it.
+            if not superseded:
+                if self.reclaim_pending:
+                    self._schedule_retry()
+                else:
+                    self._retry_backoff.reset()
+
+    def _schedule_retry(self) -> None:
+        if self._retry is not None and not self._retry.cancelled():
+            self._retry.cancel()
+        delay = self._retry_backoff.next_delay()
+        log.warning("re-claim of %s still to do; retrying in %.2f s", self.gw.node_id, delay)
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_reclaim)
+
+    def _retry_reclaim(self) -> None:
+        self._retry = None
+        if self.reclaim_pending and not self.running and not self.gw.stopping:
+            self.start()
+
+    async def _recover_loop(
+        self, sessions: list[Session], scope: Scope, losses: int, deadline: float, backoff: Backoff
+    ) -> None:
+        gw = self.gw
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 end_if_cancelled()  # superseded, and redis-py swallowed the cancel: stop here
@@ -199,7 +236,11 @@ class Recovery:
                         sessions = [s for s in sessions if s not in lost]
                     recovered = await self._catch_up(sessions, scope)
                     end_if_cancelled()  # a superseded catch-up must not release what the newer one holds
-                except (*REDIS_ERRORS, NoLease) as exc:  # NoLease: reaped again before the re-claim
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not isinstance(exc, (*REDIS_ERRORS, NoLease)):  # NoLease: reaped again before the re-claim
+                        log.error("catch-up failed unexpectedly; retrying", exc_info=exc)
                     if loop.time() > deadline:
                         log.error("gave up catching up after reconnect (%s); clients resume on their next login",
                                   type(exc).__name__)
