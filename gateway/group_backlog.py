@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -34,6 +34,13 @@ log = logging.getLogger("chinwag.groups")
 Spawn = Callable[[Awaitable[Any], str], "asyncio.Task[Any]"]
 Replayer = Callable[[str, str], Awaitable[Any]]  # (stream, after id) -> a Replay (``.frames``: (id, frame))
 _OWED_DEADLINE = 60.0  # seconds a removed member's backlog is retried while Redis cannot answer
+
+
+class Unheard(Protocol):
+    """A pending join as :meth:`GroupBacklog.cover` sees it (group_relay._Pending)."""
+
+    unheard: bool  # a catch-up ran (verify) while Redis had not answered the join
+    cancelled: bool  # removed again before the join took effect
 
 
 class GroupBacklog:
@@ -122,3 +129,26 @@ class GroupBacklog:
                 break
             with contextlib.suppress(ConnectionClosed):
                 await session.replay_group(gkey, frame, member=True)
+
+    async def cover(self, session: Session, gkey: str, position: str, pending: Unheard | None) -> None:
+        """A join Redis answered (membership from ``position``) after a catch-up had run without it
+        (``pending.unheard``, set by ``GroupRelay.verify``): its marker may be lost with the link, the
+        frames before the catch-up gave up on it were dropped as "before the marker", and the catch-up
+        replayed nothing for it (not a member there yet).  So, before delivery starts, write what the
+        group stored from ``position`` up to its position now, while the membership is still the one
+        that began at ``position`` (else its end governs); later messages are parked live, or lost
+        with another outage, whose catch-up sets ``unheard`` again (so read again) or, once a member,
+        replays them.  Soak seed 5201."""
+        while pending is not None and pending.unheard and not pending.cancelled and self._replay is not None:
+            pending.unheard = False
+            view = (await self.groups.views(session.key, [gkey]))[gkey]
+            if view.since is None or id_tuple(view.since) != id_tuple(position):
+                return  # ended (and maybe begun again) meanwhile: the removal's record governs
+            start, bound = max(session.last_group.get(gkey, (0, 0)), id_tuple(position)), id_tuple(view.now)
+            if start >= bound:
+                continue
+            for mid, frame in (await self._replay(keys.group_stream(gkey), f"{start[0]}-{start[1]}")).frames:
+                if id_tuple(mid) > bound:
+                    break
+                with contextlib.suppress(ConnectionClosed):
+                    await session.replay_group(gkey, frame, member=True)

@@ -82,7 +82,7 @@ T = TypeVar("T")
 class _Pending:
     """A session waiting for Redis's answer (and its marker) on one group."""
 
-    __slots__ = ("admit", "cancelled", "frames", "marked", "marker")
+    __slots__ = ("admit", "cancelled", "frames", "marked", "marker", "unheard")
 
     def __init__(self, nonce: str | None) -> None:
         # No nonce (login, re-attach): no marker comes; membership was read after subscribing.
@@ -90,7 +90,8 @@ class _Pending:
         self.marked = not nonce
         self.frames: list[bytes] = []  # after the marker, in arrival order
         self.admit: tuple[str, tuple[int, int]] | None = None  # (display name, first position) once Redis said yes
-        self.cancelled = False  # removed again before it took effect
+        # Removed again before it took effect; a catch-up ran before Redis answered (the join writes the gap):
+        self.cancelled, self.unheard = False, False
 
 
 def _leaver(frame: bytes) -> str | None:
@@ -166,12 +167,12 @@ class GroupRelay:
         await self.open(session, gkey, nonce)
         try:
             state, _ = await decide(nonce)
+            assert state.position is not None
+            await self.backlog.cover(session, gkey, state.position, self._pending.get(gkey, {}).get(session))
         except BaseException:
-            # A refusal, or no answer at all: then the script may have run, and a `join` again
-            # (answered "already a member") starts delivery.
+            # A refusal, or no answer (the script may have run: a `join` again, "already a member", starts delivery).
             self.abandon(session, gkey)
             raise
-        assert state.position is not None
         self.admit(session, gkey, state.name, state.position)  # new, or a member in Redis already
         return state
 
@@ -396,18 +397,17 @@ class GroupRelay:
     # -- after the pub/sub connection was lost ------------------------------
 
     async def verify(self) -> dict[tuple[Session, str], tuple[int, int]]:
-        """Markers and ``part`` notices published while the subscriptions were down are gone: pending
-        joins stop waiting for a marker (messages stay checked by id), and every local membership is
-        read again from Redis.  Sessions no longer members stop receiving; a membership that began
-        again meanwhile (removed, then back) starts at its new position.  Returns, per (session,
-        group), the group's position when that membership was read (each group has its own clock):
-        a catch-up replay must stop there (what is later arrives live, behind any removal)."""
+        """Markers and ``part`` notices published while the subscriptions were down are gone: pending joins stop
+        waiting for a marker (messages stay checked by id; one Redis has not answered yet is no member here, so
+        its join writes what it missed: backlog.cover), and every local membership is read again from Redis.
+        Sessions no longer members stop receiving; a membership that began again meanwhile (removed, then back)
+        starts at its new position.  Returns, per (session, group), the group's position when that membership
+        was read (each group has its own clock): a catch-up replay must stop there (later ones arrive live)."""
         for gkey, pending in list(self._pending.items()):
             for session, p in list(pending.items()):
-                if not p.marked:
-                    p.marked = True
-                    if p.admit is not None:
-                        self._promote(session, gkey, p)
+                p.marked, p.unheard = True, p.admit is None
+                if p.admit is not None:
+                    self._promote(session, gkey, p)
         by_session: dict[Session, list[str]] = {}
         for gkey, members in self.members.items():
             for session in members:

@@ -456,3 +456,53 @@ async def test_a_rejoin_while_the_catch_up_reads_memberships_keeps_delivering(
             assert [m.id for m in got] == [after.id]
     finally:
         await gateway.stop()
+
+
+@pytest.mark.parametrize("marker_heard", [False, True], ids=["link-down-at-the-join", "link-lost-after-the-marker"])
+async def test_a_join_answered_after_a_catch_up_loses_nothing(
+    redis_server: RedisServer, processes: Processes, clients: Clients, tmp_path: Path, marker_heard: bool
+) -> None:
+    """Soak seed 5201 (issue 15): "member" joined a group its gateway was already subscribed to (another
+    local member) while that gateway's pub/sub link was down, so the join's marker was lost; the link
+    came back and the catch-up ran before the join had answered.  The catch-up stopped waiting for the
+    marker but did not count the join a member (no answer yet), so it replayed nothing for it, and the
+    join then started live delivery: what the group stored between the join and the resubscribe never
+    arrived.  The join now writes that itself before delivery starts.  The same if the marker was heard and
+    the link lost after it, before the answer.  In-process, to hold the join's answer until the catch-up
+    is done."""
+    other = processes.gateway(redis_server.url)
+    async with _gateway_in_process(redis_server.url, tmp_path) as gateway, _admin(redis_server.url) as admin:
+        watcher = await clients.login(_url(gateway), "watcher")  # keeps the group subscribed here
+        member = await clients.login(_url(gateway), "member")
+        owner = await clients.login(other.url, "owner")
+        await owner.group("create", "devs")
+        await watcher.group("join", "devs")
+        join, decided, answer = gateway.groups.join, asyncio.Event(), asyncio.Event()
+
+        async def join_answered_late(gkey: str, ukey: str, uname: str, nonce: str = "") -> Any:
+            result = await join(gkey, ukey, uname, nonce)  # decided in Redis: the marker is published
+            decided.set()
+            await answer.wait()
+            return result
+
+        gateway.groups.join = join_answered_late  # type: ignore[method-assign]
+        if not marker_heard:
+            await _cut_subscriptions(admin)
+            await async_wait_until(lambda: not gateway.router.live, 10, "the pub/sub link to drop")
+        joining = asyncio.create_task(member.group("join", "devs"))
+        await asyncio.wait_for(decided.wait(), 10)
+        if marker_heard:
+            pending = gateway.relay._pending  # the relay's parked joins (no public view of the marker)
+            await async_wait_until(lambda: all(p.marked for p in pending.get("devs", {}).values()), 10, "the marker")
+            await _cut_subscriptions(admin)
+            await async_wait_until(lambda: not gateway.router.live, 10, "the pub/sub link to drop")
+        lost = await owner.send("#devs", "stored after the join, while the link was down")
+        await admin.execute_command("ACL", "SETUSER", "default", "+subscribe")  # the catch-up starts
+        await async_wait_until(lambda: gateway.router.live and not gateway.recovery.running, 10, "the catch-up")
+        answer.set()
+        await joining
+        gateway.groups.join = join  # type: ignore[method-assign]
+        after = await owner.send("#devs", "stored once the join had answered")
+        first = (await _messages(member, 1))[0]
+        assert first.id == lost.id, f"got {first.id} first; {lost.id} was stored after the join"
+        assert (await _messages(member, 1))[0].id == after.id
