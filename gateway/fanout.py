@@ -70,6 +70,14 @@ class Fanout:
         self.live.discard(ws)
         self.presence_each.discard(ws)
         self.presence_batched.discard(ws)
+        if not self.presence_batched:
+            # Nobody is left to get the window's batch, and while nobody is, events are not recorded in it
+            # (on_presence): kept, an older status would be flushed to the next batched session after newer
+            # events for that user it got held at login (soak seed 7000: a reaper's ``offline u5`` pending
+            # since before u5's new login on this gateway reached u5 after that login's own ``online u5``,
+            # and u5 saw itself offline for good).  Cleared, every status a batch carries is the latest
+            # event this gateway received for that user.
+            self._pending.clear()
 
     def broadcast(self, frame: bytes) -> int:
         """Write ``frame`` to every live socket; how many."""
